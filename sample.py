@@ -1,0 +1,57 @@
+"""Generate text from a trained run.
+
+    python sample.py out/quickstart --prompt "ROMEO:" --tokens 300 --temperature 0.8 --top_k 200 --num_samples 2
+
+Loads the newest checkpoint of a run directory (or a checkpoint file), continues the prompt as a
+fresh document (end-of-text first, as in training) and prints each sample.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import model as model_lib
+import prepare
+
+
+def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator):
+    """The prompt and its continuation as text; the continuation stops where the model ends the document."""
+    prompt_ids = [tokenizer.eot_token] + tokenizer.encode_ordinary(prompt)
+    device = next(model.parameters()).device
+    out = model.generate(torch.tensor([prompt_ids], device=device), tokens, temperature=temperature, top_k=top_k,
+                         generator=generator)
+    new_ids = out[0, len(prompt_ids):].tolist()
+    if tokenizer.eot_token in new_ids:
+        new_ids = new_ids[:new_ids.index(tokenizer.eot_token)]
+    return prompt + tokenizer.decode(new_ids, errors="replace")
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
+    parser.add_argument("--prompt", default="", help="text to continue")
+    parser.add_argument("--tokens", type=int, default=300, help="new tokens per sample")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    path = Path(args.path)
+    checkpoint_path = model_lib.newest_checkpoint(path) if path.is_dir() else path
+    if checkpoint_path is None or not checkpoint_path.is_file():
+        print(f"error: no checkpoint at {path}", file=sys.stderr)
+        return 2
+    model = model_lib.load_model(checkpoint_path, device=args.device)
+    # mmap: read just the tokenizer's name without loading the weights a second time
+    tokenizer = prepare.load_tokenizer(torch.load(checkpoint_path, mmap=True, weights_only=False)["tokenizer"])
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    for i in range(args.num_samples):
+        text = generate_text(model, tokenizer, args.prompt, args.tokens, args.temperature, args.top_k or None, generator)
+        print(f"----- sample {i + 1} -----\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,36 @@
+"""Shared test set-up: the repository root on sys.path, and a tiny prepared corpus."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than ~10 s")
+
+
+def write_corpus(directory, n_docs=60, seed=0):
+    """Small English-like documents of varied length, as .txt files."""
+    import random
+    rng = random.Random(seed)
+    words = ("the king and queen of a far land spoke to their people about bread war peace love "
+             "night day rain sun sea ship gold iron horse field song").split()
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))).capitalize() + "."
+                 for _ in range(rng.randint(2, 30))]
+        (directory / f"doc{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """data_dir holding 'tiny': the byte-tokenized corpus above, split 90/10 by document."""
+    import prepare
+    root = tmp_path_factory.mktemp("data")
+    corpus = write_corpus(root / "corpus")
+    prepare.prepare(str(corpus), name="tiny", tokenizer="bytes", val_fraction=0.1, workers=1, out_dir=str(root / "data"))
+    return root / "data"

@@ -1,0 +1,394 @@
+"""Tests for model.py: the parameter summary and its command line, packed documents, the two
+attention back-ends, agreement with Hugging Face's LlamaForCausalLM, cached generation, the loss,
+checkpoint loading and the initialisation. CPU, fp32, tiny models."""
+
+import math
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from model import (PRESETS, ModelConfig, Transformer, document_ids, document_positions, format_summary,
+                   human, load_model, main, newest_checkpoint, parameter_summary, sample_next)
+
+ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
+
+VOCAB = 97
+EOT = 0  # end-of-text id in these tests; ordinary tokens are drawn from 1..VOCAB-1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run this file on one thread: these models are tiny, and on a busy 2-core machine a second
+    OpenMP thread makes every small op wait for a time slice (generation measured 200x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides):
+    """A 2-layer model config small enough for exact comparisons in milliseconds."""
+    return ModelConfig(**{"vocab_size": VOCAB, "dim": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 160,
+                          **overrides})
+
+
+def tiny_model(seed=0, **overrides):
+    """A tiny model with random weights at a scale where attention is far from uniform, so that
+    positions, masks and cached keys visibly change the logits (at init scale they barely do)."""
+    torch.manual_seed(seed)
+    model = Transformer(tiny(**overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)  # not all ones, so a misplaced norm weight shows
+            elif name != "embed_tokens.weight":
+                p.normal_(0.0, 0.25)
+    return model
+
+
+def tokens(n, generator=None):
+    return torch.randint(1, VOCAB, (n,), generator=generator)
+
+
+# -----------------------------------------------------------------------------------------------
+# 1. Parameter summary
+
+LLAMA_MEDIUM_SUMMARY = """\
+Total:             162M
+Trainable:         162M
+Embedding:         49.2M
+Non-embedding:     113M
+Tied embeddings:   False
+Chinchilla tokens: 2.27G
+FLOPs/token:       6.80e+08"""
+
+
+def test_llama_medium_summary_matches_reference_figures():
+    config = PRESETS["llama-medium"]
+    summary = parameter_summary(config)
+    # counted by hand: q, k, v, o (dim x dim each), gate, up, down (dim x ffn each), two norms
+    per_layer = 4 * 768 * 768 + 3 * 768 * 2048 + 2 * 768
+    assert summary["embedding"] == 2 * 32000 * 768
+    assert summary["non_embedding"] == 16 * per_layer + 768  # + the final norm
+    assert summary["total"] == summary["trainable"] == summary["embedding"] + summary["non_embedding"]
+    assert summary["chinchilla_tokens"] == 20 * summary["non_embedding"]
+    assert summary["flops_per_token"] == 6 * summary["non_embedding"]
+    assert summary["tied"] is False
+    assert format_summary(config) == LLAMA_MEDIUM_SUMMARY
+
+    tied = parameter_summary(replace(config, tie_embeddings=True))
+    assert tied["embedding"] == 32000 * 768  # the shared matrix counts once
+    assert tied["total"] == summary["total"] - 32000 * 768
+    assert tied["non_embedding"] == summary["non_embedding"]
+
+
+def test_human_numbers():
+    assert [human(n) for n in (512, 1234, 49_152_000, 999_999, 2_265_436_000)] == \
+        ["512", "1.23K", "49.2M", "1M", "2.27G"]
+
+
+def test_command_line():
+    # two interpreters at once: each spends most of its time importing torch
+    commands = [["llama-medium"], ["llama-medium", "n_layer=4"]]
+    procs = [subprocess.Popen([sys.executable, "model.py", *args], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
+    (ok_out, ok_err), (bad_out, bad_err) = [p.communicate(timeout=60) for p in procs]
+    assert procs[0].returncode == 0, ok_err
+    assert ok_out.strip() == LLAMA_MEDIUM_SUMMARY
+    assert procs[1].returncode == 2
+    assert bad_out == ""
+    assert bad_err.strip().splitlines() == ["error: unknown ModelConfig field 'n_layer' (closest: 'n_layers')"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["llama-medum"], "error: unknown preset 'llama-medum' (closest: 'llama-medium')"),
+    (["quickstart", "dim=abc"], "error: dim must be int, got 'abc'"),
+    (["quickstart", "n_heads=5"], "error: dim (128) must be divisible by n_heads (5)"),
+    (["quickstart", "attn=flash"], "error: attn must be 'sdpa' or 'eager', got 'flash'"),
+    (["quickstart", "dim"], "error: expected key=value, got 'dim'"),
+])
+def test_command_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+def test_command_line_overrides(capsys):
+    main(["quickstart", "vocab_size=50257", "tie_embeddings=True", "n_kv_heads=2", "rope_theta=500000"])
+    printed = capsys.readouterr().out
+    expected = replace(PRESETS["quickstart"], vocab_size=50257, tie_embeddings=True, n_kv_heads=2)
+    assert printed.strip() == format_summary(expected)
+    assert "Embedding:         6.43M" in printed  # 50257 * 128, counted once
+    assert "Tied embeddings:   True" in printed
+
+
+# -----------------------------------------------------------------------------------------------
+# 2. Packed documents
+
+
+def test_document_ids_and_positions():
+    a, b, c = 5, 6, 7
+    idx = torch.tensor([[a, a, EOT, b, b, EOT, c], [EOT, a, a, a, EOT, b, EOT]])
+    doc_ids = document_ids(idx, EOT)
+    assert doc_ids.tolist() == [[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 2, 2, 3]]
+    assert document_positions(doc_ids).tolist() == [[0, 1, 0, 1, 2, 0, 1], [0, 1, 2, 3, 0, 1, 0]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_packed_documents_match_documents_alone(attn, n_kv_heads):
+    model = tiny_model(attn=attn, n_kv_heads=n_kv_heads)
+    generator = torch.Generator().manual_seed(1)
+    a, b, c = tokens(7, generator), tokens(9, generator), tokens(5, generator)
+    eot = torch.tensor([EOT])
+    # row 0 starts mid-document (no EOT in front of a); row 1 packs the same documents differently
+    row0 = torch.cat([a, eot, b, eot, c])
+    row1 = torch.cat([eot, c, eot, b, eot, a[:6]])
+    idx = torch.stack([row0, row1])
+    packed = model(idx, doc_ids=document_ids(idx, EOT))
+
+    def alone(*parts):
+        return model(torch.cat(parts)[None])[0]
+
+    assert_close(packed[0, :7], alone(a), atol=1e-5, rtol=0)
+    assert_close(packed[0, 7:17], alone(eot, b), atol=1e-5, rtol=0)
+    assert_close(packed[0, 17:], alone(eot, c), atol=1e-5, rtol=0)
+    assert_close(packed[1, :6], alone(eot, c), atol=1e-5, rtol=0)
+    assert_close(packed[1, 6:16], alone(eot, b), atol=1e-5, rtol=0)
+    assert_close(packed[1, 16:], alone(eot, a)[:7], atol=1e-5, rtol=0)
+    # without document ids the same rows give different logits, so the comparison above has teeth
+    unpacked = model(idx)
+    assert not torch.allclose(unpacked[0, 7:17], alone(eot, b), atol=1e-3)
+
+
+# -----------------------------------------------------------------------------------------------
+# 3. The sdpa back-end against the eager one
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_sdpa_matches_eager_logits_and_gradients(packed, n_kv_heads):
+    sdpa = tiny_model(attn="sdpa", n_kv_heads=n_kv_heads)
+    eager = Transformer(tiny(attn="eager", n_kv_heads=n_kv_heads))
+    eager.load_state_dict(sdpa.state_dict())
+    generator = torch.Generator().manual_seed(2)
+    idx = torch.randint(1, VOCAB, (2, 32), generator=generator)
+    idx[0, [5, 17]] = EOT
+    idx[1, [0, 11, 12]] = EOT  # includes a one-token document
+    targets = torch.randint(0, VOCAB, (2, 32), generator=generator)
+    targets[:, ::7] = -1
+    doc_ids = document_ids(idx, EOT) if packed else None
+
+    assert_close(sdpa(idx, doc_ids), eager(idx, doc_ids), atol=3e-5, rtol=1e-5)  # logits up to ~10
+    for model in (sdpa, eager):
+        model(idx, doc_ids, targets).backward()
+    for (name, p_sdpa), (_, p_eager) in zip(sdpa.named_parameters(), eager.named_parameters()):
+        scale = p_eager.grad.abs().max().item()  # gradients of a summed loss reach ~10: compare relative to that
+        assert scale > 0, name
+        assert (p_sdpa.grad - p_eager.grad).abs().max().item() <= 2e-5 * scale, name
+
+
+def test_eager_backend_runs_without_sdpa(monkeypatch):
+    model = tiny_model(attn="eager")
+    idx = torch.randint(1, VOCAB, (1, 8))
+    expected = model(idx, document_ids(idx, EOT))
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("the eager back-end called scaled_dot_product_attention")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+    assert torch.equal(model(idx, document_ids(idx, EOT)), expected)
+    model.generate(idx, 3)
+
+
+# -----------------------------------------------------------------------------------------------
+# 4. Hugging Face's LlamaForCausalLM as an independent reference
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("n_kv_heads, tied", [(None, False), (2, True)])
+def test_matches_huggingface_llama(n_kv_heads, tied, attn):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = tiny_model(n_kv_heads=n_kv_heads, tie_embeddings=tied, rope_theta=500.0, attn=attn)
+    c = model.config
+    hf_config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
+        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
+        rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.tie_embeddings, hidden_act="silu", attention_bias=False, mlp_bias=False,
+        max_position_embeddings=64)
+    hf = LlamaForCausalLM._from_config(hf_config, attn_implementation="eager").eval()
+    assert hf.config._attn_implementation == "eager"
+    # our names are HF's without the "model." prefix of the decoder stack
+    state = {(name if name == "lm_head.weight" else "model." + name): tensor
+             for name, tensor in model.state_dict().items()}
+    hf.load_state_dict(state, strict=True)
+    assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == tied
+
+    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf(input_ids=idx).logits
+        ours = model(idx)
+    assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+# -----------------------------------------------------------------------------------------------
+# 5. Generation with the key/value cache
+
+
+def generate_without_cache(model, idx, max_new_tokens, pick):
+    """The obvious loop: run the whole sequence again for every new token."""
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            idx = torch.cat([idx, pick(model(idx)[:, -1])], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_generate_greedy_matches_full_recompute(attn):
+    model = tiny_model(attn=attn, n_kv_heads=2)
+    prompt = torch.randint(1, VOCAB, (2, 5), generator=torch.Generator().manual_seed(4))
+    cached = model.generate(prompt, max_new_tokens=30, temperature=0)
+    assert cached.shape == (2, 35)
+    assert torch.equal(cached[:, :5], prompt)
+    expected = generate_without_cache(model, prompt, 30, lambda logits: logits.argmax(-1, keepdim=True))
+    assert torch.equal(cached, expected)
+    # keeping only the single most likely token is greedy decoding, whatever the temperature
+    assert torch.equal(model.generate(prompt, 30, temperature=1.0, top_k=1), cached)
+
+
+def test_generate_sampling_is_reproducible_and_matches_full_recompute():
+    model = tiny_model(n_kv_heads=2)
+    prompt = torch.randint(1, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
+
+    def sample(seed):
+        return model.generate(prompt, 20, temperature=0.8, top_k=10,
+                              generator=torch.Generator().manual_seed(seed))
+
+    first = sample(123)
+    assert torch.equal(sample(123), first)
+    assert not torch.equal(sample(124), first)  # the generator is really what draws the tokens
+    generator = torch.Generator().manual_seed(123)
+    expected = generate_without_cache(model, prompt, 20,
+                                      lambda logits: sample_next(logits, 0.8, 10, generator))
+    assert torch.equal(first, expected)
+
+
+# -----------------------------------------------------------------------------------------------
+# 6. The loss
+
+
+def test_loss_is_summed_cross_entropy_ignoring_minus_one():
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, VOCAB, (3, 16), generator=generator)
+    targets = torch.randint(0, VOCAB, (3, 16), generator=generator)
+    targets[0, :4] = -1
+    targets[2, 10] = -1
+    loss = model(idx, targets=targets)
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+
+    logits = model(idx)
+    expected = F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1), ignore_index=-1, reduction="sum")
+    assert_close(loss, expected)
+    # the same by hand: minus the log-probability of each real target, summed
+    log_probs = logits.log_softmax(-1)
+    valid = targets != -1
+    by_hand = -log_probs[valid].gather(-1, targets[valid][:, None]).sum()
+    assert_close(loss, by_hand, atol=1e-4, rtol=1e-5)
+
+
+def test_loss_is_fp32_under_bf16_autocast():
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, VOCAB, (2, 16), generator=generator)
+    targets = torch.randint(0, VOCAB, (2, 16), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(idx).dtype == torch.bfloat16
+        loss = model(idx, targets=targets)
+    assert loss.dtype == torch.float32
+    assert_close(loss, model(idx, targets=targets), rtol=2e-2, atol=0)
+
+
+# -----------------------------------------------------------------------------------------------
+# 7. Checkpoints
+
+
+def save_checkpoint(model, path):
+    torch.save({"model": model.state_dict(), "model_config": asdict(model.config), "step": 0}, path)
+
+
+def test_load_model_from_file_and_run_directory(tmp_path):
+    config = tiny(n_kv_heads=2, tie_embeddings=True, rope_theta=500.0)
+    torch.manual_seed(0)
+    older, newer = Transformer(config), Transformer(config)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(older, run_dir / "ckpt_00000900.pt")
+    save_checkpoint(newer, run_dir / "ckpt_00001000.pt")
+    (run_dir / "ckpt_00002000.pt.tmp").write_bytes(b"an interrupted write")
+    assert newest_checkpoint(run_dir) == run_dir / "ckpt_00001000.pt"
+
+    idx = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        from_dir = load_model(run_dir)
+        assert not from_dir.training
+        assert from_dir.config == config
+        assert from_dir.lm_head.weight is from_dir.embed_tokens.weight  # still tied after loading
+        assert torch.equal(from_dir(idx), newer(idx))
+        assert torch.equal(load_model(run_dir / "ckpt_00000900.pt")(idx), older(idx))
+        assert not torch.equal(older(idx), newer(idx))
+
+
+def test_load_model_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file or run directory"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "ckpt_00000001.pt.tmp").write_bytes(b"")
+    assert newest_checkpoint(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path)
+
+
+# -----------------------------------------------------------------------------------------------
+# 8. Initialisation
+
+# A normal cut at +-3 sigma has standard deviation sigma * sqrt(1 - 2*3*pdf(3) / (cdf(3) - cdf(-3))).
+TRUNCATED_STD = math.sqrt(1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2)))
+
+
+def check_trunc_normal(weight, std):
+    assert abs(weight.mean().item()) < 0.05 * std  # the mean of >= 65k samples is within ~0.01 sigma
+    assert weight.std().item() == pytest.approx(std * TRUNCATED_STD, rel=0.02)
+    assert weight.abs().max().item() <= 3 * std * (1 + 1e-6)
+
+
+def test_init_statistics():
+    config = ModelConfig(vocab_size=4096, dim=256, n_layers=6, n_heads=4, ffn_dim=704)
+    torch.manual_seed(0)
+    model = Transformer(config)
+    residual_std = 0.02 / math.sqrt(2 * 6)
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+            check_trunc_normal(linear.weight, 0.02)
+        check_trunc_normal(attn.o_proj.weight, residual_std)
+        check_trunc_normal(mlp.down_proj.weight, residual_std)
+        assert torch.equal(layer.input_layernorm.weight, torch.ones(256))
+        assert torch.equal(layer.post_attention_layernorm.weight, torch.ones(256))
+    assert torch.equal(model.norm.weight, torch.ones(256))
+    check_trunc_normal(model.lm_head.weight, 256**-0.5)
+    embedding = model.embed_tokens.weight
+    assert embedding.std().item() == pytest.approx(1.0, rel=0.01)
+    assert embedding.abs().max().item() > 3.0  # a plain normal, not truncated
+
+    tied = Transformer(replace(config, tie_embeddings=True))
+    assert tied.embed_tokens.weight is tied.lm_head.weight
+    check_trunc_normal(tied.embed_tokens.weight, 256**-0.5)

@@ -1,0 +1,120 @@
+"""train.py end to end on a tiny byte-level corpus: outputs, resume, torchrun, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import train
+from conftest import ROOT
+
+# A model small enough that a step takes milliseconds; log every step so runs can be compared.
+TINY = ["model=quickstart", "dim=32", "n_layers=2", "n_heads=2", "ffn_dim=64", "seq_len=32", "batch_size=4",
+        "total_tokens=0.004", "warmup_tokens=0.0005", "lr=3e-3", "log_interval=1", "eval_interval=5", "eval_iters=2",
+        "sample_tokens=20", "data=tiny", "device=cpu"]
+
+
+def run_args(tiny_data, out_dir, *extra):
+    return TINY + [f"data_dir={tiny_data}", f"out_dir={out_dir}", *extra]
+
+
+def read_log(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r], [r for r in lines if "eval_loss" in r]
+
+
+def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=r", "checkpoint_interval=10")) == 0
+    run_dir = tmp_path / "r"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dim"] == 32 and config["vocab_size"] == 257 and config["lr"] == 3e-3
+    train_lines, eval_lines = read_log(run_dir)
+    steps = 4000 // (32 * 4)
+    assert [r["step"] for r in train_lines] == list(range(1, steps + 1))
+    for key in ("step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "time"):
+        assert key in train_lines[-1]
+    assert train_lines[-1]["tokens"] == steps * 32 * 4
+    assert {"step", "tokens", "eval_loss", "eval_bpb"} <= set(eval_lines[-1])
+    assert eval_lines[0]["step"] == 0 and eval_lines[-1]["step"] == steps
+    assert eval_lines[-1]["eval_loss"] < eval_lines[0]["eval_loss"] - 1.0  # from ~ln(257) towards byte statistics
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"] - 1.0
+    # bytes tokenizer: one token per byte except the end-of-text ones, so bits/byte ~ loss/ln 2
+    assert eval_lines[-1]["eval_bpb"] == pytest.approx(eval_lines[-1]["eval_loss"] / 0.6931, rel=0.1)
+    assert sorted(p.name for p in run_dir.glob("ckpt_*.pt")) == [f"ckpt_{30:08d}.pt", f"ckpt_{steps:08d}.pt"]  # 10, 20, 30, 31: the newest two kept
+    assert not list(run_dir.glob("*.tmp"))
+    assert (run_dir / "samples.txt").read_text().startswith(f"----- step {steps} -----\n")
+
+
+def test_resume_continues_the_same_trajectory(tiny_data, tmp_path):
+    """Stopped at step 10 and started again, a run reaches step 20 with the loss of an unstopped one."""
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=straight", "max_steps=20")) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=10")) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=20")) == 0
+    straight, _ = read_log(tmp_path / "straight")
+    resumed, resumed_evals = read_log(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == list(range(1, 21))  # no step logged twice
+    for a, b in zip(straight, resumed):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6, (a["step"], a["loss"], b["loss"])
+        assert a["lr"] == b["lr"]
+    assert [r["step"] for r in resumed_evals] == [0, 5, 10, 15, 20]
+
+
+def test_torchrun_two_processes_match_one_with_grad_accum(tiny_data, tmp_path):
+    """2 processes x batch 4 and 1 process x batch 4 x grad_accum 2: the same global batches, the same losses."""
+    common = run_args(tiny_data, tmp_path, "max_steps=8", "eval_interval=4", "total_tokens=0.008")
+    assert train.main(common + ["run_name=single", "grad_accum=2"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(ROOT / "train.py"), *common, "run_name=ddp"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, single_evals = read_log(tmp_path / "single")
+    ddp, ddp_evals = read_log(tmp_path / "ddp")
+    assert [r["step"] for r in ddp] == list(range(1, 9))
+    for a, b in zip(single, ddp):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
+        assert a["tokens"] == b["tokens"] and a["lr"] == b["lr"]
+    for a, b in zip(single_evals, ddp_evals):
+        assert abs(a["eval_loss"] - b["eval_loss"]) <= 1e-5
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["lrr=0.1"], "unknown config key 'lrr' (did you mean 'lr'?)"),
+    (["batch_sise=3"], "did you mean 'batch_size'"),
+    (["lr=fast"], "lr must be float, got 'fast'"),
+    (["compile=3"], "compile must be bool"),
+    (["n_layers=2.5"], "n_layers must be int"),
+    (["data=nowhere"], "nowhere"),
+    (["vocab_size=32000"], "vocab_size=32000 but"),
+    (["tokenizer=cl100k_32k"], "tokenizer='cl100k_32k' but"),
+    (["attn=flash"], "attn='flash' is not one of sdpa, eager"),
+    (["configs/missing.py"], "config file configs/missing.py not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, extra, message):
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "bad").exists()  # nothing was built
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "configs/quickstart.py", "batch_sise=3",
+                             f"out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown config key 'batch_sise' (did you mean 'batch_size'?)\n"
+
+
+def test_config_files_build_on_each_other(tmp_path):
+    child = tmp_path / "child.py"
+    child.write_text("from configs.quickstart import *\nlr = 0.25\nn_layers = 7\n")
+    cfg, model_overrides = train.load_config([str(child), "batch_size=5"])
+    assert (cfg.run_name, cfg.lr, cfg.batch_size, model_overrides) == ("quickstart", 0.25, 5, {"n_layers": 7})
+
+
+def test_a_different_model_in_the_run_directory_is_refused(tiny_data, tmp_path, capsys):
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=2")) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "dim=64")) == 2
+    assert "holds a different model" in capsys.readouterr().err

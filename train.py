@@ -1,0 +1,440 @@
+"""Pretrain a small language model.
+
+    python train.py configs/quickstart.py                          # one process
+    python train.py configs/quickstart.py lr=1e-3 max_steps=100    # key=value overrides come last
+    torchrun --standalone --nproc_per_node=4 train.py configs/X.py # DDP (nccl on CUDA, gloo on CPU)
+
+Every key and its default is declared once, in TrainConfig below. A config file is plain Python
+that assigns some of those names (it may start with `from configs.other import *`). The model
+shape comes from a preset in model.PRESETS, and any ModelConfig field can be overridden the same
+way (`n_layers=2`). The run lives in out/<run_name>/: config.json, log.jsonl, checkpoints and
+samples.txt. Running the same command again resumes from the newest checkpoint.
+"""
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import os
+import runpy
+import sys
+import time
+import types
+import typing
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import data
+import model as model_lib
+import prepare
+import sched
+from sample import generate_text
+
+
+@dataclass
+class TrainConfig:
+    # run
+    run_name: str = "run"               # the run directory is <out_dir>/<run_name>
+    out_dir: str = "out"
+    seed: int = 1337                    # model init and data order
+    # data
+    data: str = "shakespeare"           # a directory under data_dir written by prepare.py
+    data_dir: str = "data"
+    tokenizer: str | None = None        # None: whatever the data was prepared with; set it to insist
+    seq_len: int = 256                  # tokens per training sequence
+    batch_size: int = 16                # sequences per process per micro-step
+    grad_accum: int = 1                 # micro-steps per optimizer step
+    total_tokens: float = 1.0           # training budget, in millions of tokens: sets the schedule
+    max_steps: int | None = None        # optional cap on steps; the schedule still follows total_tokens
+    # model: a preset; every ModelConfig field (dim, n_layers, ...) may also be set as a key
+    model: str = "quickstart"
+    attn: str = "sdpa"                  # "sdpa" (fast) | "eager" (plain math, the reference)
+    # optimizer
+    optimizer: str = "adamw"            # torch.optim.AdamW (the hand-written optimizers are issue 3)
+    lr: float = 1e-3                    # peak learning rate
+    min_lr: float | None = None         # the end of the decay; None: lr / 10
+    warmup_tokens: float = 0.1          # linear warmup, in millions of tokens
+    schedule: str = "cosine"            # "cosine" | "constant" (after warmup)
+    weight_decay: float = 0.1           # decoupled; on matrices only, not on norms
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0              # max global grad norm; 0 = no clipping (the norm is still logged)
+    # precision and speed
+    device: str = "auto"                # "auto" (cuda if available) | "cpu" | "cuda"
+    dtype: str = "auto"                 # "fp32" | "bf16-mixed" (autocast); auto: bf16-mixed on CUDA, fp32 on CPU
+    compile: bool = False               # torch.compile the model (~20 s up front, ~10% faster on CPU)
+    # eval, logging, checkpoints, samples
+    eval_interval: int = 100            # steps between evals (and one before the first step and after the last)
+    eval_iters: int = 10                # global batches of val.bin per eval (capped at the whole split)
+    log_interval: int = 10              # steps between progress lines
+    checkpoint_interval: int = 500      # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2           # newest checkpoints kept in the run directory
+    sample_interval: int = 0            # steps between samples into samples.txt; 0: only at the end
+    sample_prompt: str = ""             # text the sample continues (it starts a fresh document)
+    sample_tokens: int = 200
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 200
+
+
+class UserError(Exception):
+    """A mistake in the command, config or data: reported as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- config
+
+# ModelConfig fields double as keys; None means "as the preset says". attn is a TrainConfig key.
+MODEL_KEYS = {k: v for k, v in typing.get_type_hints(model_lib.ModelConfig).items() if k != "attn"}
+TRAIN_KEYS = typing.get_type_hints(TrainConfig)
+
+
+def check_type(key, value, hint):
+    """Return value (ints widened to float where a float is wanted) or raise UserError naming the key."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    if isinstance(value, bool):  # bool is an int subclass; only a bool may stand for a bool
+        if bool in allowed:
+            return value
+    elif float in allowed and isinstance(value, (int, float)):
+        return float(value)
+    elif any(t is not type(None) and isinstance(value, t) for t in allowed):
+        return value
+    names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+    raise UserError(f"{key} must be {names}, got {value!r}")
+
+
+def unknown_key(key):
+    close = difflib.get_close_matches(key, list(TRAIN_KEYS) + list(MODEL_KEYS), n=1)
+    return UserError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def parse_value(text):
+    """key=value on the command line: a Python literal where it parses, true/false, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(argv):
+    """Defaults, then each config file in order, then key=value pairs. Returns (TrainConfig, model overrides)."""
+    overrides = {}
+    for arg in argv:
+        if "=" in arg:
+            key, text = arg.split("=", 1)
+            overrides[key] = parse_value(text)
+        elif arg.endswith(".py"):
+            if not os.path.isfile(arg):
+                raise UserError(f"config file {arg} not found")
+            try:
+                namespace = runpy.run_path(arg)
+            except Exception as e:
+                raise UserError(f"config file {arg} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                # a config may import helpers or define _private names; only plain values are keys
+                if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                    continue
+                overrides[key] = value
+        else:
+            raise UserError(f"expected a config file (.py) or key=value, got {arg!r}")
+    train_values, model_overrides = {}, {}
+    for key, value in overrides.items():
+        if key in TRAIN_KEYS:
+            train_values[key] = check_type(key, value, TRAIN_KEYS[key])
+        elif key in MODEL_KEYS:
+            model_overrides[key] = check_type(key, value, MODEL_KEYS[key])
+        else:
+            raise unknown_key(key)
+    cfg = TrainConfig(**train_values)
+    choices = {"attn": ("sdpa", "eager"), "optimizer": ("adamw",), "schedule": tuple(sched.SCHEDULES),
+               "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed"), "model": tuple(model_lib.PRESETS)}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in ("seq_len", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "keep_checkpoints"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    return cfg, model_overrides
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def setup_distributed(cfg):
+    """(rank, world_size, device). Under torchrun: one process per device, nccl on CUDA, gloo on CPU."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available")
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world_size, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+
+
+def read_data(cfg, model_overrides):
+    """The data's meta.json, checked against what the config asks of it."""
+    data_dir = Path(cfg.data_dir) / cfg.data
+    try:
+        meta = prepare.read_meta(data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"{e} (prepare it with: python prepare.py ... --name {cfg.data})")
+    if cfg.tokenizer is not None and cfg.tokenizer != meta["tokenizer"]:
+        raise UserError(f"tokenizer={cfg.tokenizer!r} but {data_dir} was prepared with {meta['tokenizer']!r}")
+    vocab = model_overrides.get("vocab_size")
+    if vocab is not None and vocab != meta["vocab_size"]:
+        raise UserError(f"vocab_size={vocab} but {data_dir} was prepared with {meta['tokenizer']!r}, a {meta['vocab_size']}-token vocabulary")
+    return data_dir, meta
+
+
+def build_model_config(cfg, model_overrides, meta):
+    values = dataclasses.asdict(model_lib.PRESETS[cfg.model])
+    values.update(model_overrides, attn=cfg.attn, vocab_size=meta["vocab_size"])
+    try:
+        return model_lib.ModelConfig(**values)
+    except (ValueError, AssertionError) as e:
+        raise UserError(f"model {cfg.model} with {model_overrides}: {e}")
+
+
+def make_optimizer(cfg, raw_model, device):
+    # Decay matrices (embeddings, projections) but not the 1-D norm weights: shrinking a norm's
+    # gain towards 0 fights the very scale it exists to set.
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- checkpoints and logs
+
+def save_checkpoint(run_dir, state, keep):
+    """Write ckpt_<step>.pt atomically (temp file, then rename), then drop all but the newest `keep`."""
+    path = run_dir / f"ckpt_{state['step']:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(run_dir.glob("ckpt_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def trim_log(log_path, step):
+    """On resume, drop log lines past the checkpoint's step so curves never double back."""
+    if not log_path.exists():
+        return
+    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = log_path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log_path)
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------- eval and samples
+
+@torch.no_grad()
+def evaluate(model, val, cfg, rank, world_size, device, autocast):
+    """Mean loss per token over a fixed set of val blocks, split across ranks and summed."""
+    model.eval()
+    rows = data.eval_blocks(val.n_blocks, cfg.eval_iters * cfg.batch_size * cfg.grad_accum * world_size)
+    my_rows = rows[rank::world_size]
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
+    for i in range(0, len(my_rows), cfg.batch_size):
+        x, y, doc_ids = val.blocks(my_rows[i:i + cfg.batch_size], device)
+        with autocast:
+            totals[0] += model(x, doc_ids, y).double()
+        totals[1] += y.numel()
+    if world_size > 1:
+        dist.all_reduce(totals)
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+def write_sample(raw_model, tokenizer, cfg, step, run_dir, device):
+    """Continue sample_prompt and append it to samples.txt; the same text whether or not the run was resumed."""
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)
+    raw_model.eval()
+    text = generate_text(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.sample_temperature,
+                         cfg.sample_top_k, generator)
+    raw_model.train()
+    with open(run_dir / "samples.txt", "a") as f:
+        f.write(f"----- step {step} -----\n{text}\n")
+    return text
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg, model_overrides):
+    rank, world_size, device = setup_distributed(cfg)
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    data_dir, meta = read_data(cfg, model_overrides)
+    model_config = build_model_config(cfg, model_overrides, meta)
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    resolved = dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
+
+    # the budget in steps; the schedule is laid out over total_steps even when max_steps stops earlier
+    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size)
+    total_steps = sched.steps_for_tokens(cfg.total_tokens, tokens_per_step)
+    if total_steps < 1:
+        raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
+    warmup_steps = sched.steps_for_tokens(cfg.warmup_tokens, tokens_per_step)
+    run_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    lr_at = sched.SCHEDULES[cfg.schedule]
+
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    try:
+        train_data = data.BlockSource(data_dir / "train.bin", meta["dtype"], cfg.seq_len, meta["eot_id"], cfg.seed)
+        val_data = data.BlockSource(data_dir / "val.bin", meta["dtype"], cfg.seq_len, meta["eot_id"], cfg.seed)
+    except (ValueError, OSError) as e:  # missing, truncated or too short for one block
+        raise UserError(f"{data_dir}: {e}")
+    tokenizer = prepare.load_tokenizer(meta["tokenizer"])
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    raw_model = model_lib.Transformer(model_config).to(device)
+    optimizer = make_optimizer(cfg, raw_model, device)
+
+    step = 0
+    checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None
+    if checkpoint_path is not None:
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if checkpoint["model_config"] != dataclasses.asdict(model_config) | {"attn": checkpoint["model_config"].get("attn")}:
+            raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        changed = {k: v for k, v in resolved.items() if checkpoint["config"].get(k) != v}
+        say(f"resuming from {checkpoint_path} at step {step}" + (f" with changes {changed}" if changed else ""))
+        del checkpoint
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        trim_log(run_dir / "log.jsonl", step)
+        say("config: " + json.dumps(resolved))
+        say(model_lib.format_summary(model_config).replace("\n", " | "))
+        say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
+            f"{total_steps} steps for {cfg.total_tokens}M tokens" + (f", stopping at {run_steps}" if run_steps < total_steps else ""))
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    log_file = open(run_dir / "log.jsonl", "a") if master else None
+
+    def log(record):
+        if master:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    def run_eval():
+        eval_loss = evaluate(model, val_data, cfg, rank, world_size, device, autocast)
+        if not math.isfinite(eval_loss):
+            raise UserError(f"eval loss is {eval_loss} at step {step}; the newest checkpoint is left as it was")
+        eval_bpb = eval_loss / math.log(2) * meta["val"]["tokens"] / meta["val"]["bytes"]
+        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {math.exp(min(eval_loss, 50)):.2f} | {eval_bpb:.4f} bits/byte")
+        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb})
+
+    def checkpoint():
+        if master:
+            state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(model_config),
+                     "optimizer": optimizer.state_dict(), "step": step, "tokens": step * tokens_per_step,
+                     "tokenizer": meta["tokenizer"], "config": resolved}
+            save_checkpoint(run_dir, state, cfg.keep_checkpoints)
+
+    if step >= run_steps:
+        say(f"already trained to step {step} of {run_steps}; nothing to do")
+    elif step == 0:
+        run_eval()
+    start_time = last_time = time.time()
+    steps_timed, last_step = 0, step
+    while step < run_steps:
+        lr = lr_at(step, cfg.lr, min_lr, warmup_steps, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = [train_data.examples(data.micro_batch_examples(step, m, rank, cfg.batch_size, cfg.grad_accum, world_size), device)
+                         for m in range(cfg.grad_accum)]
+        # Normalise by the number of target tokens in the whole global batch, so the gradient is
+        # that of the mean loss over the step whatever the split into processes and micro-steps.
+        target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=device)
+        if world_size > 1:
+            dist.all_reduce(target_count)
+        step_loss = torch.zeros((), device=device)
+        for m, (x, y, doc_ids) in enumerate(micro_batches):
+            last_micro = m == cfg.grad_accum - 1
+            with model.no_sync() if world_size > 1 and not last_micro else nullcontext():
+                with autocast:
+                    loss_sum = model(x, doc_ids, y)
+                # DDP averages gradients over ranks; scaling by world_size turns that into the sum.
+                (loss_sum * (world_size / target_count)).backward()
+            step_loss += loss_sum.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % cfg.log_interval == 0 or step == run_steps:
+            if world_size > 1:
+                dist.all_reduce(step_loss)
+            loss = (step_loss / target_count).item()
+            if not math.isfinite(loss):
+                raise UserError(f"loss is {loss} at step {step}; stopped without saving, the newest checkpoint is left as it was")
+            now = time.time()
+            tok_per_s = (step - last_step) * tokens_per_step / (now - last_time)
+            steps_timed += step - last_step
+            eta = (now - start_time) / steps_timed * (run_steps - step)
+            last_time, last_step = now, step
+            say(f"step {step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f} | "
+                f"{tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
+            log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                 "tok_per_s": tok_per_s, "time": now})
+        if step % cfg.eval_interval == 0 or step == run_steps:
+            run_eval()
+        if step % cfg.checkpoint_interval == 0 or step == run_steps:
+            checkpoint()
+        if master and ((cfg.sample_interval and step % cfg.sample_interval == 0) or step == run_steps):
+            text = write_sample(raw_model, tokenizer, cfg, step, run_dir, device)
+            say(f"----- sample at step {step} -----\n{text}\n-----")
+    if log_file:
+        log_file.close()
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def main(argv):
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        for name, value in dataclasses.asdict(TrainConfig()).items():
+            print(f"  {name} = {value!r}")
+        print("  and the ModelConfig fields: " + ", ".join(MODEL_KEYS))
+        return 0
+    try:
+        cfg, model_overrides = load_config(argv)
+        train(cfg, model_overrides)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
