@@ -14,12 +14,11 @@ Parameter names are those of Hugging Face's LlamaForCausalLM without its "model.
 maths follows its conventions (RoPE "rotate half", fp32 RMSNorm), so exporting is plain copying.
 """
 
-import ast
 import difflib
 import math
 import re
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -441,46 +440,31 @@ def fail(message):
     raise SystemExit(2)
 
 
-def closest(name, known):
-    return difflib.get_close_matches(name, list(known), n=1, cutoff=0)[0]
-
-
-def parse_override(arg):
-    """'dim=512' -> ('dim', 512), the value type-checked against the ModelConfig field."""
-    key, sep, text = arg.partition("=")
-    field_types = {f.name: f.type for f in fields(ModelConfig)}  # int, float, bool, str or int | None
-    if not sep:
-        fail(f"expected key=value, got {arg!r}")
-    if key not in field_types:
-        fail(f"unknown ModelConfig field {key!r} (closest: {closest(key, field_types)!r})")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # a bare word such as attn=eager
-    expected = field_types[key]
-    if expected is float and type(value) is int:
-        value = float(value)
-    # bool is a subclass of int: reject True for an int field and 1 for a bool field
-    if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-        fail(f"{key} must be {getattr(expected, '__name__', expected)}, got {value!r}")
-    return key, value
-
-
 def main(argv):
+    # key=value is parsed and type-checked by the trainer's config code, so both commands read values alike
+    from train import MODEL_KEYS, UserError, check_type, parse_value
     usage = f"usage: python model.py PRESET [key=value ...]  (presets: {', '.join(PRESETS)})"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return
     if not argv:
         fail(f"no preset given; {usage}")
-    name, *overrides = argv
+    name, *args = argv
     if name not in PRESETS:
-        fail(f"unknown preset {name!r} (closest: {closest(name, PRESETS)!r})")
-    try:
-        config = replace(PRESETS[name], **dict(parse_override(arg) for arg in overrides))
-    except ValueError as e:  # an invalid combination, e.g. dim not divisible by n_heads
-        fail(str(e))
-    print(format_summary(config))
+        fail(f"unknown preset {name!r} (closest: {difflib.get_close_matches(name, PRESETS, n=1, cutoff=0)[0]!r})")
+    overrides = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep:
+            fail(f"expected key=value, got {arg!r}")
+        if key not in MODEL_KEYS:
+            fail(f"unknown ModelConfig field {key!r} (closest: {difflib.get_close_matches(key, MODEL_KEYS, n=1, cutoff=0)[0]!r})")
+        try:
+            overrides[key] = check_type(key, parse_value(text), MODEL_KEYS[key])
+            config = replace(PRESETS[name], **overrides)
+        except (UserError, ValueError) as e:  # a wrong type, or an invalid shape such as dim % n_heads != 0
+            fail(str(e))
+    print(format_summary(PRESETS[name] if not overrides else config))
 
 
 if __name__ == "__main__":

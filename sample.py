@@ -45,7 +45,7 @@ def main(argv):
         return 2
     model = model_lib.load_model(checkpoint_path, device=args.device)
     # mmap: read just the tokenizer's name without loading the weights a second time
-    tokenizer = prepare.load_tokenizer(torch.load(checkpoint_path, mmap=True, weights_only=False)["tokenizer"])
+    tokenizer = prepare.load_tokenizer(torch.load(checkpoint_path, mmap=True, weights_only=True)["tokenizer"])
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     for i in range(args.num_samples):
         text = generate_text(model, tokenizer, args.prompt, args.tokens, args.temperature, args.top_k or None, generator)

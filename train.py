@@ -315,7 +315,7 @@ def train(cfg, model_overrides):
     step = 0
     checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None
     if checkpoint_path is not None:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if checkpoint["model_config"] != dataclasses.asdict(model_config) | {"attn": checkpoint["model_config"].get("attn")}:
             raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
         raw_model.load_state_dict(checkpoint["model"])
@@ -404,6 +404,7 @@ def train(cfg, model_overrides):
                 f"{tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
             log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                  "tok_per_s": tok_per_s, "time": now})
+        pause_start = time.time()
         if step % cfg.eval_interval == 0 or step == run_steps:
             run_eval()
         if step % cfg.checkpoint_interval == 0 or step == run_steps:
@@ -411,6 +412,8 @@ def train(cfg, model_overrides):
         if master and ((cfg.sample_interval and step % cfg.sample_interval == 0) or step == run_steps):
             text = write_sample(raw_model, tokenizer, cfg, step, run_dir, device)
             say(f"----- sample at step {step} -----\n{text}\n-----")
+        paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
+        start_time, last_time = start_time + paused, last_time + paused
     if log_file:
         log_file.close()
     if world_size > 1:

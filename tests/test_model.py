@@ -110,7 +110,7 @@ def test_command_line():
     (["llama-medum"], "error: unknown preset 'llama-medum' (closest: 'llama-medium')"),
     (["quickstart", "dim=abc"], "error: dim must be int, got 'abc'"),
     (["quickstart", "n_heads=5"], "error: dim (128) must be divisible by n_heads (5)"),
-    (["quickstart", "attn=flash"], "error: attn must be 'sdpa' or 'eager', got 'flash'"),
+    (["quickstart", "tie_embeddings=1"], "error: tie_embeddings must be bool, got 1"),
     (["quickstart", "dim"], "error: expected key=value, got 'dim'"),
 ])
 def test_command_line_errors(argv, message, capsys):
