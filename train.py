@@ -326,7 +326,7 @@ def train(cfg, model_overrides):
         del checkpoint
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        prepare.write_json_atomic(run_dir / "config.json", resolved)
         trim_log(run_dir / "log.jsonl", step)
         say("config: " + json.dumps(resolved))
         say(model_lib.format_summary(model_config).replace("\n", " | "))

@@ -1,4 +1,4 @@
-"""The CPU quickstart: a 0.8M-parameter Llama on the embedded Shakespeare corpus, a few minutes on 2 cores."""
+"""The CPU quickstart: a 0.9M-parameter Llama, byte-level, on the embedded Shakespeare corpus, a few minutes on 2 cores."""
 run_name = "quickstart"
 data = "shakespeare"
 model = "quickstart"
