@@ -187,7 +187,7 @@ def read_data(cfg, model_overrides):
     try:
         meta = prepare.read_meta(data_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"{e} (prepare it with: python prepare.py ... --name {cfg.data})")
+        raise UserError(f"data={cfg.data!r}: {e}")
     if cfg.tokenizer is not None and cfg.tokenizer != meta["tokenizer"]:
         raise UserError(f"tokenizer={cfg.tokenizer!r} but {data_dir} was prepared with {meta['tokenizer']!r}")
     vocab = model_overrides.get("vocab_size")
