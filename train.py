@@ -56,10 +56,20 @@ class TrainConfig:
     attn: str = "sdpa"                  # "sdpa" (fast) | "eager" (plain math, the reference)
     # optimizer
     optimizer: str = "adamw"            # torch.optim.AdamW (the hand-written optimizers are issue 3)
-    lr: float = 1e-3                    # peak learning rate
-    min_lr: float | None = None         # the end of the decay; None: lr / 10
-    warmup_tokens: float = 0.1          # linear warmup, in millions of tokens
-    schedule: str = "cosine"            # "cosine" | "constant" (after warmup)
+    # learning-rate schedule (sched.py): token amounts in millions, turned into steps at start-up
+    schedule: str = "cosine"            # "cosine" | "constant" | "infinite" (Infinite-LR) | "wsd" (WSD-S)
+    lr: float = 1e-3                    # peak learning rate (at base_batch_tokens, if that is set)
+    base_batch_tokens: int | None = None  # tokens per step at which lr was tuned; None: lr is used as it is
+    lr_alpha: float = 0.5               # lr scales as (tokens_per_step / base_batch_tokens) ** lr_alpha
+    min_lr: float | None = None         # the end of every decay; None: lr / 10
+    constant_lr: float | None = None    # infinite: the plateau after the cooldown; None: lr / 3
+    warmup_tokens: float = 0.1          # linear warmup from 0
+    cooldown_p: float = 0.3             # infinite: the cosine cooldown lasts this share of total_tokens...
+    min_cooldown_tokens: float = 0.0    # ...or this many tokens, whichever is longer
+    annealing_tokens: float = 0.0       # infinite/wsd: length of the final decay to min_lr, placed at the end of total_tokens
+    decay_shape: str = "rsqrt"          # infinite/wsd: "rsqrt" (1/lr linear) | "linear" | "cosine"
+    start_annealing: bool = False       # on resume, start the final decay now (the start is kept by later resumes);
+                                        # a running job does the same when the file <run dir>/anneal appears
     weight_decay: float = 0.1           # decoupled; on matrices only, not on norms
     beta1: float = 0.9
     beta2: float = 0.95
@@ -154,7 +164,7 @@ def load_config(argv):
         else:
             raise unknown_key(key)
     cfg = TrainConfig(**train_values)
-    choices = {"attn": ("sdpa", "eager"), "optimizer": ("adamw",), "schedule": tuple(sched.SCHEDULES),
+    choices = {"attn": ("sdpa", "eager"), "optimizer": ("adamw",), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
                "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed"), "model": tuple(model_lib.PRESETS)}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
@@ -162,7 +172,18 @@ def load_config(argv):
     for key in ("seq_len", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.start_annealing and (cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0):
+        raise UserError("start_annealing needs schedule='infinite' or 'wsd' and annealing_tokens > 0 (the decay's length)")
     return cfg, model_overrides
+
+
+def make_schedule(cfg, world_size, annealing_start=None):
+    """The run's sched.Schedule; annealing_start is the step where an annealing was requested, if one was."""
+    return sched.plan(cfg.schedule, sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size),
+                      cfg.total_tokens, cfg.lr, warmup_tokens=cfg.warmup_tokens, base_batch_tokens=cfg.base_batch_tokens,
+                      lr_alpha=cfg.lr_alpha, min_lr=cfg.min_lr, constant_lr=cfg.constant_lr, cooldown_p=cfg.cooldown_p,
+                      min_cooldown_tokens=cfg.min_cooldown_tokens, decay_tokens=cfg.annealing_tokens,
+                      decay_start=annealing_start, decay_shape=cfg.decay_shape)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -285,15 +306,11 @@ def train(cfg, model_overrides):
     run_dir = Path(cfg.out_dir) / cfg.run_name
     resolved = dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
 
-    # the budget in steps; the schedule is laid out over total_steps even when max_steps stops earlier
+    # the budget in steps; the schedule is laid out over total_tokens even when max_steps stops earlier
     tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size)
-    total_steps = sched.steps_for_tokens(cfg.total_tokens, tokens_per_step)
-    if total_steps < 1:
+    schedule = make_schedule(cfg, world_size)
+    if schedule.total_steps < 1:
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
-    warmup_steps = sched.steps_for_tokens(cfg.warmup_tokens, tokens_per_step)
-    run_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
-    lr_at = sched.SCHEDULES[cfg.schedule]
 
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
@@ -312,7 +329,7 @@ def train(cfg, model_overrides):
     raw_model = model_lib.Transformer(model_config).to(device)
     optimizer = make_optimizer(cfg, raw_model, device)
 
-    step = 0
+    step, annealing_start = 0, None
     checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None
     if checkpoint_path is not None:
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -320,7 +337,11 @@ def train(cfg, model_overrides):
             raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        step = checkpoint["step"]
+        step, annealing_start = checkpoint["step"], checkpoint["annealing_start"]
+        if cfg.start_annealing and annealing_start is None:
+            annealing_start = step
+            say(f"annealing starts at step {step} (start_annealing=True)")
+        schedule = make_schedule(cfg, world_size, annealing_start)
         changed = {k: v for k, v in resolved.items() if checkpoint["config"].get(k) != v}
         say(f"resuming from {checkpoint_path} at step {step}" + (f" with changes {changed}" if changed else ""))
         del checkpoint
@@ -331,7 +352,7 @@ def train(cfg, model_overrides):
         say("config: " + json.dumps(resolved))
         say(model_lib.format_summary(model_config).replace("\n", " | "))
         say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
-            f"{total_steps} steps for {cfg.total_tokens}M tokens" + (f", stopping at {run_steps}" if run_steps < total_steps else ""))
+            f"{schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {schedule.lr:.3g}")
 
     model = torch.compile(raw_model) if cfg.compile else raw_model
     if world_size > 1:
@@ -355,9 +376,25 @@ def train(cfg, model_overrides):
         if master:
             state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(model_config),
                      "optimizer": optimizer.state_dict(), "step": step, "tokens": step * tokens_per_step,
-                     "tokenizer": meta["tokenizer"], "config": resolved}
+                     "annealing_start": annealing_start, "tokenizer": meta["tokenizer"], "config": resolved}
             save_checkpoint(run_dir, state, cfg.keep_checkpoints)
 
+    def steps_to_run():  # the schedule's end (an annealing request moves it), capped by max_steps
+        return min(schedule.end_step, cfg.max_steps) if cfg.max_steps else schedule.end_step
+
+    def annealing_requested():
+        """Rank 0 looks for <run dir>/anneal and tells every rank; the file is consumed."""
+        request = run_dir / "anneal"
+        found = torch.tensor(float(master and request.exists()), device=device)
+        if world_size > 1:
+            dist.broadcast(found, 0)
+        if master and found.item():
+            request.unlink(missing_ok=True)
+            if cfg.annealing_tokens <= 0 or cfg.schedule not in ("infinite", "wsd"):
+                say("ignored the anneal request: it needs schedule='infinite' or 'wsd' and annealing_tokens > 0")
+        return bool(found.item()) and cfg.annealing_tokens > 0 and cfg.schedule in ("infinite", "wsd")
+
+    run_steps = steps_to_run()
     if step >= run_steps:
         say(f"already trained to step {step} of {run_steps}; nothing to do")
     elif step == 0:
@@ -365,7 +402,7 @@ def train(cfg, model_overrides):
     start_time = last_time = time.time()
     steps_timed, last_step = 0, step
     while step < run_steps:
-        lr = lr_at(step, cfg.lr, min_lr, warmup_steps, total_steps)
+        lr = sched.lr_at(step, schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [train_data.examples(data.micro_batch_examples(step, m, rank, cfg.batch_size, cfg.grad_accum, world_size), device)
@@ -405,6 +442,12 @@ def train(cfg, model_overrides):
             log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                  "tok_per_s": tok_per_s, "time": now})
         pause_start = time.time()
+        if annealing_start is None and step % cfg.log_interval == 0 and annealing_requested():
+            annealing_start, schedule = step, make_schedule(cfg, world_size, step)
+            run_steps = steps_to_run()
+            say(f"annealing starts at step {step} (requested through {run_dir / 'anneal'}); the run now ends at step {run_steps}")
+            log({"step": step, "tokens": step * tokens_per_step, "event": "annealing started"})
+            checkpoint()  # so that every later resume keeps this start
         if step % cfg.eval_interval == 0 or step == run_steps:
             run_eval()
         if step % cfg.checkpoint_interval == 0 or step == run_steps:

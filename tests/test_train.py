@@ -136,3 +136,42 @@ def test_the_same_command_resumes_after_a_kill(tiny_data, tmp_path):
     resumed, _ = read_log(run_dir)
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit-identical on CPU in fp32
+
+
+# warmup 3 steps, cooldown 3 steps, then the plateau at lr/3 = 1e-3; a 10-step annealing to 1e-4
+INFINITE = ["schedule=infinite", "annealing_tokens=0.00128", "cooldown_p=0.0005", "min_lr=1e-4"]
+
+
+def test_annealing_started_on_resume_is_kept_by_later_resumes(tiny_data, tmp_path):
+    import sched
+    command = run_args(tiny_data, tmp_path, "run_name=a", *INFINITE, "total_tokens=1.0")  # a long budget: 7812 steps
+    assert train.main(command + ["max_steps=12"]) == 0
+    assert train.main(command + ["max_steps=17", "start_annealing=True"]) == 0  # annealing from step 12
+    assert train.main(command + ["start_annealing=True"]) == 0  # resumed at 17: the start stays 12
+    lines, _ = read_log(tmp_path / "a")
+    assert [r["step"] for r in lines] == list(range(1, 23))  # the run ends when the annealing does: 12 + 10
+    cfg, _ = train.load_config(command)
+    expected = train.make_schedule(cfg, world_size=1, annealing_start=12)
+    for r in lines:  # a train line's lr is the one its update used: that of step r["step"] - 1
+        assert r["lr"] == pytest.approx(sched.lr_at(r["step"] - 1, expected), rel=1e-12)
+    assert lines[-1]["lr"] == pytest.approx(1 / (0.9 / 1e-4 + 0.1 / 1e-3))  # rsqrt at t = 9/10: step 21
+    assert [r["lr"] for r in lines[6:13]] == [pytest.approx(1e-3)] * 7  # steps 6..12: the plateau
+    assert lines[13]["lr"] < 1e-3
+
+
+def test_a_running_job_anneals_when_the_file_appears(tiny_data, tmp_path):
+    command = run_args(tiny_data, tmp_path, "run_name=f", *INFINITE, "total_tokens=1.0")
+    assert train.main(command + ["max_steps=6"]) == 0
+    (tmp_path / "f" / "anneal").touch()  # as `touch out/f/anneal` would, while the job runs
+    assert train.main(command) == 0
+    assert not (tmp_path / "f" / "anneal").exists()  # consumed
+    records = [json.loads(line) for line in (tmp_path / "f" / "log.jsonl").read_text().splitlines()]
+    assert {"step": 7, "tokens": 7 * 128, "event": "annealing started"} in records
+    lines, _ = read_log(tmp_path / "f")
+    assert lines[-1]["step"] == 17 and lines[-1]["lr"] < lines[6]["lr"]
+    assert train.main(command) == 0  # resumed: nothing left to do, the start was kept in the checkpoint
+
+
+def test_start_annealing_needs_a_decay(tiny_data, tmp_path, capsys):
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "start_annealing=True")) == 2
+    assert "start_annealing needs schedule='infinite' or 'wsd'" in capsys.readouterr().err
