@@ -54,8 +54,6 @@ class TrainConfig:
     # model: a preset; every ModelConfig field (dim, n_layers, ...) may also be set as a key
     model: str = "quickstart"
     attn: str = "sdpa"                  # "sdpa" (fast) | "eager" (plain math, the reference)
-    # optimizer
-    optimizer: str = "adamw"            # torch.optim.AdamW (the hand-written optimizers are issue 3)
     # learning-rate schedule (sched.py): token amounts in millions, turned into steps at start-up
     schedule: str = "cosine"            # "cosine" | "constant" | "infinite" (Infinite-LR) | "wsd" (WSD-S)
     lr: float = 1e-3                    # peak learning rate (at base_batch_tokens, if that is set)
@@ -70,6 +68,8 @@ class TrainConfig:
     decay_shape: str = "rsqrt"          # infinite/wsd: "rsqrt" (1/lr linear) | "linear" | "cosine"
     start_annealing: bool = False       # on resume, start the final decay now (the start is kept by later resumes);
                                         # a running job does the same when the file <run dir>/anneal appears
+    # optimizer
+    optimizer: str = "adamw"            # torch.optim.AdamW (the hand-written optimizers are issue 3)
     weight_decay: float = 0.1           # decoupled; on matrices only, not on norms
     beta1: float = 0.9
     beta2: float = 0.95
