@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data
 import model as model_lib
+import optim
 import prepare
 import sched
 from sample import generate_text
@@ -69,15 +70,17 @@ class TrainConfig:
     start_annealing: bool = False       # on resume, start the final decay now (the start is kept by later resumes);
                                         # a running job does the same when the file <run dir>/anneal appears
     # optimizer
-    optimizer: str = "adamw"            # torch.optim.AdamW (the hand-written optimizers are issue 3)
-    weight_decay: float = 0.1           # decoupled; on matrices only, not on norms
-    beta1: float = 0.9
+    optimizer: str = "adamw"            # ours (optim.py): "adamw" | "adafactor" | "muon"; or "torch_adamw"
+    optimizer_state: str = "fp32"       # "fp32" | "bf16" (moments kept in bf16 with stochastic rounding; ours only)
+    weight_decay: float = 0.1           # decoupled; on matrices only, not on norms (optim.param_groups says why)
+    beta1: float = 0.9                  # AdamW (and Muon's AdamW groups)
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0              # max global grad norm; 0 = no clipping (the norm is still logged)
     # precision and speed
     device: str = "auto"                # "auto" (cuda if available) | "cpu" | "cuda"
-    dtype: str = "auto"                 # "fp32" | "bf16-mixed" (autocast); auto: bf16-mixed on CUDA, fp32 on CPU
+    dtype: str = "auto"                 # "fp32" | "bf16-mixed" (fp32 weights, bf16 autocast) | "bf16" (pure bf16
+                                        # weights, stochastic rounding: ours only); auto: bf16-mixed on CUDA, else fp32
     compile: bool = False               # torch.compile the model (~20 s up front, ~10% faster on CPU)
     # eval, logging, checkpoints, samples
     eval_interval: int = 100            # steps between evals (and one before the first step and after the last)
@@ -164,14 +167,17 @@ def load_config(argv):
         else:
             raise unknown_key(key)
     cfg = TrainConfig(**train_values)
-    choices = {"attn": ("sdpa", "eager"), "optimizer": ("adamw",), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
-               "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed"), "model": tuple(model_lib.PRESETS)}
+    choices = {"attn": ("sdpa", "eager"), "optimizer": optim.OPTIMIZERS, "optimizer_state": ("fp32", "bf16"), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
+               "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed", "bf16"), "model": tuple(model_lib.PRESETS)}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
     for key in ("seq_len", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if (cfg.dtype == "bf16" or cfg.optimizer_state == "bf16") and cfg.optimizer not in optim.SR_OPTIMIZERS:
+        raise UserError(f"dtype='bf16' and optimizer_state='bf16' need an optimizer with stochastic rounding "
+                        f"({', '.join(optim.SR_OPTIMIZERS)}), not {cfg.optimizer!r}: round-to-nearest loses small updates")
     if cfg.start_annealing and (cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0):
         raise UserError("start_annealing needs schedule='infinite' or 'wsd' and annealing_tokens > 0 (the decay's length)")
     return cfg, model_overrides
@@ -224,15 +230,6 @@ def build_model_config(cfg, model_overrides, meta):
         return model_lib.ModelConfig(**values)
     except (ValueError, AssertionError) as e:
         raise UserError(f"model {cfg.model} with {model_overrides}: {e}")
-
-
-def make_optimizer(cfg, raw_model, device):
-    # Decay matrices (embeddings, projections) but not the 1-D norm weights: shrinking a norm's
-    # gain towards 0 fights the very scale it exists to set.
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- checkpoints and logs
@@ -326,8 +323,9 @@ def train(cfg, model_overrides):
     tokenizer = prepare.load_tokenizer(meta["tokenizer"])
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    raw_model = model_lib.Transformer(model_config).to(device)
-    optimizer = make_optimizer(cfg, raw_model, device)
+    raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
+                                      seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
 
     step, annealing_start = 0, None
     checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None

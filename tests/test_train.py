@@ -46,11 +46,19 @@ def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
     assert (run_dir / "samples.txt").read_text().startswith(f"----- step {steps} -----\n")
 
 
-def test_resume_continues_the_same_trajectory(tiny_data, tmp_path):
-    """Stopped at step 10 and started again, a run reaches step 20 with the loss of an unstopped one."""
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=straight", "max_steps=20")) == 0
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=10")) == 0
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=20")) == 0
+@pytest.mark.parametrize("precision", [
+    [],                                                                   # fp32, our AdamW
+    ["optimizer=torch_adamw"],
+    ["dtype=bf16", "optimizer=adamw", "optimizer_state=bf16"],            # pure bf16: stochastic rounding
+    ["dtype=bf16", "optimizer=adafactor", "optimizer_state=bf16"],
+    ["dtype=bf16", "optimizer=muon"],
+])
+def test_resume_continues_the_same_trajectory(tiny_data, tmp_path, precision):
+    """Stopped at step 10 and started again, a run reaches step 20 with the loss of an unstopped one.
+    In pure bf16 that needs the optimizer's random generator back from the checkpoint, too."""
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=straight", "max_steps=20", *precision)) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=10", *precision)) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=resumed", "max_steps=20", *precision)) == 0
     straight, _ = read_log(tmp_path / "straight")
     resumed, resumed_evals = read_log(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == list(range(1, 21))  # no step logged twice
@@ -91,6 +99,8 @@ def test_torchrun_two_processes_match_one_with_grad_accum(tiny_data, tmp_path):
     (["tokenizer=cl100k_32k"], "tokenizer='cl100k_32k' but"),
     (["attn=flash"], "attn='flash' is not one of sdpa, eager"),
     (["configs/missing.py"], "config file configs/missing.py not found"),
+    (["dtype=bf16", "optimizer=torch_adamw"], "need an optimizer with stochastic rounding (adamw, adafactor, muon), not 'torch_adamw'"),
+    (["optimizer=sgd"], "optimizer='sgd' is not one of adamw, adafactor, muon, torch_adamw"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, extra, message):
     assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", *extra)) == 2
