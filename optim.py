@@ -1,0 +1,373 @@
+"""Optimizers for small-lm: AdamW, Adafactor and Muon, each able to train pure-bf16 weights.
+
+Top to bottom:
+- stochastic_round: fp32 -> bf16, rounding up or down at random so that on average nothing is lost.
+- param_groups, muon_param_groups: which parameters get weight decay, and which go to Muon.
+- StochasticRoundingOptimizer: what the three share: a random generator saved with the state, the
+  write-back of bf16 tensors, and the AdamW rule (Muon uses it for the parameters it does not own).
+- AdamW, Adafactor, Muon: torch.optim.Optimizer subclasses (REFERENCE.md, "Optimizers").
+- build_optimizer: the one call the trainer makes.
+
+Precision. Weights may be fp32 or bf16. The maths always runs in fp32: a bf16 weight (and a bf16
+optimizer state, with state_dtype=torch.bfloat16) is copied to fp32, updated, and written back
+with stochastic rounding. With round-to-nearest instead, any update smaller than half a bf16 unit
+in the last place (1/256 of the weight) is lost every time, so late-training updates vanish.
+
+Determinism. The random bits come from a torch.Generator owned by the optimizer, seeded by `seed`
+and saved in state_dict(). Every DDP rank has the same gradients and draws the same sequence, so
+ranks round identically and their weights stay bit-identical; a resumed run draws what an
+uninterrupted one would have.
+"""
+
+import math
+
+import torch
+
+# -----------------------------------------------------------------------------------------------
+# Stochastic rounding
+
+
+def stochastic_round(x, generator):
+    """fp32 tensor -> bf16 tensor, rounding each element up or down at random: E[result] = x.
+
+    bf16 is the top 16 bits of fp32. Truncating the low 16 bits rounds towards zero; adding one unit
+    to the kept half (0x10000) rounds away from zero. Going away with probability low16 / 2^16 (the
+    fraction of the way to the next bf16 value) makes the result unbiased.
+    """
+    bits = x.float().view(torch.int32)
+    low_bits = bits & 0xFFFF
+    random_bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    rounded = (bits - low_bits) + (random_bits < low_bits).int() * 0x10000
+    return rounded.view(torch.float32).bfloat16()  # exact: the low 16 bits are now zero
+
+
+# -----------------------------------------------------------------------------------------------
+# Parameter groups. model.parameters() lists a tied matrix (embedding = lm_head) once, so every
+# parameter lands in exactly one group.
+
+
+def param_groups(model, weight_decay):
+    """Two groups for AdamW/Adafactor: decay on matrices (embeddings and lm_head included), none on 1-D.
+
+    Why no decay on 1-D parameters: a norm's gain exists to set the scale of its output, and decay
+    keeps pulling that scale towards 0 for no reason (the next layer's weights absorb the scale
+    anyway); biases and scalars (ALiBi slopes) are few and set offsets, not capacity. nanoGPT and
+    most Llama recipes do the same.
+    """
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def muon_param_groups(model, lr, adamw_lr, weight_decay):
+    """Groups for Muon: the 2-D weights inside the blocks go to Muon; the embedding, lm_head and every
+    1-D parameter go to the AdamW rule (with decay on the matrices only, as in param_groups).
+
+    Muon orthogonalises a hidden layer's update matrix; an embedding is a lookup table, not a linear
+    map between hidden spaces, and vectors have no matrix to orthogonalise.
+    """
+    hidden = {id(p) for p in model.layers.parameters() if p.dim() == 2}
+    params = list(model.parameters())
+    return [{"params": [p for p in params if id(p) in hidden], "lr": lr, "weight_decay": weight_decay, "use_muon": True},
+            {"params": [p for p in params if id(p) not in hidden and p.dim() >= 2], "lr": adamw_lr,
+             "weight_decay": weight_decay, "use_muon": False},
+            {"params": [p for p in params if p.dim() < 2], "lr": adamw_lr, "weight_decay": 0.0, "use_muon": False}]
+
+
+# -----------------------------------------------------------------------------------------------
+# What the three optimizers share
+
+
+class StochasticRoundingOptimizer(torch.optim.Optimizer):
+    """An Optimizer whose weights and state may be bf16, written back with stochastic rounding."""
+
+    def __init__(self, params, defaults, state_dtype, seed):
+        super().__init__(params, defaults)
+        name = type(self).__name__
+        self.state_dtype = state_dtype or torch.float32  # dtype of the optimizer's moment estimates
+        if self.state_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"{name}: state_dtype must be None, torch.float32 or torch.bfloat16, got {state_dtype}")
+        params = [p for group in self.param_groups for p in group["params"]]
+        for p in params:
+            if p.dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"{name}: parameters must be float32 or bfloat16, got {p.dtype}")
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(f"{name}: all parameters must be on one device, got {sorted(map(str, devices))}")
+        self.generator = torch.Generator(devices.pop()).manual_seed(seed)  # the bits of stochastic rounding
+
+    def state_dict(self):
+        """torch's state dict plus "generator": the random generator's state (a uint8 tensor)."""
+        return super().state_dict() | {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        generator_state = state_dict.pop("generator")
+        super().load_state_dict(state_dict)
+        # torch casts floating-point state to its parameter's dtype (it assumes they match): fp32 moments
+        # of bf16 weights would come back rounded to bf16. Put the saved tensors back in our state dtype.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    self.state[p][key] = value.to(p.device, self.state_dtype)
+        self.generator.set_state(generator_state.cpu())
+
+    def write_back(self, stored, working):
+        """Store each fp32 working tensor into its stored tensor; bf16 ones get stochastic rounding.
+
+        An fp32 stored tensor is its own working tensor (x.float() returns x), updated in place already.
+        """
+        for target, value in zip(stored, working):
+            if target is not value:
+                target.copy_(stochastic_round(value, self.generator))
+
+    def adamw_update(self, params, lr, betas, eps, weight_decay):
+        """The AdamW rule on the params (of one group) that have gradients.
+
+        p -= lr*wd*p;  m = lerp(m, g, 1-b1);  v = lerp(v, g^2, 1-b2)
+        p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps*sqrt(1-b2^t))
+        REFERENCE.md writes the last denominator sqrt(v) + eps. We scale eps by sqrt(1-b2^t), which adds
+        it to the bias-corrected sqrt(v / (1-b2^t)) as torch.optim.AdamW does, so that eps means what
+        torch's eps means. The two differ only in the first ~1/(1-b2) steps, for gradients within a few
+        orders of magnitude of eps.
+        """
+        beta1, beta2 = betas
+        params = [p for p in params if p.grad is not None]
+        # fp32 weights with fp32 state update in place, all at once with foreach kernels (fast). Anything
+        # held in bf16 goes one tensor at a time through fp32 working copies, so the copies stay small.
+        all_fp32 = [p.dtype == self.state_dtype == torch.float32 for p in params]
+        in_place = [p for p, fp32 in zip(params, all_fp32) if fp32]
+        batches = ([in_place] if in_place else []) + [[p] for p, fp32 in zip(params, all_fp32) if not fp32]
+        for batch in batches:
+            for p in batch:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype)  # m
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype)  # v
+                state["step"] += 1
+            states = [self.state[p] for p in batch]
+            n = len(batch)
+            stored = batch + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]
+            working = [t.float() for t in stored]  # p, m, v in fp32: the tensors themselves when fp32
+            p32, m32, v32 = working[:n], working[n:2 * n], working[2 * n:]
+            g32 = [p.grad.float() for p in batch]
+            if weight_decay:
+                torch._foreach_mul_(p32, 1 - lr * weight_decay)
+            torch._foreach_lerp_(m32, g32, 1 - beta1)
+            torch._foreach_mul_(v32, beta2)  # lerp(v, g^2, 1-b2) = b2*v + (1-b2)*g*g, without a g^2 tensor
+            torch._foreach_addcmul_(v32, g32, g32, 1 - beta2)
+            sqrt_corrections = [math.sqrt(1 - beta2 ** s["step"]) for s in states]
+            step_sizes = [-lr * c / (1 - beta1 ** s["step"]) for c, s in zip(sqrt_corrections, states)]
+            denominators = torch._foreach_sqrt(v32)
+            torch._foreach_add_(denominators, [eps * c for c in sqrt_corrections])
+            torch._foreach_addcdiv_(p32, m32, denominators, step_sizes)
+            self.write_back(stored, working)
+
+
+# -----------------------------------------------------------------------------------------------
+# AdamW
+
+
+class AdamW(StochasticRoundingOptimizer):
+    """AdamW with decoupled weight decay (torch.optim.AdamW's arguments), for fp32 or bf16 weights.
+
+    state_dtype: None keeps m and v in fp32; torch.bfloat16 keeps them in bf16 (stochastically rounded).
+    seed: seeds the stochastic rounding; the same on every rank.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, state_dtype=None, seed=0):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW: need lr, eps, weight_decay >= 0 and betas in [0, 1), got lr={lr}, "
+                             f"betas={betas}, eps={eps}, weight_decay={weight_decay}")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults, state_dtype, seed)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            self.adamw_update(group["params"], group["lr"], group["betas"], group["eps"], group["weight_decay"])
+
+
+# -----------------------------------------------------------------------------------------------
+# Adafactor
+
+GRAD_SQ_EPS = 1e-30  # added to g^2 so that no running mean is ever 0 (then rsqrt would be inf)
+
+
+class Adafactor(StochasticRoundingOptimizer):
+    """Adafactor without a first moment, with a factored second moment for matrices (REFERENCE.md).
+
+    Unlike torch.optim.Adafactor, lr is an absolute step size (no relative step, so no eps pair):
+    p = p*(1 - lr*wd) - lr*u, where u = g/sqrt(V) clipped to RMS at most d. V is the running mean of
+    g^2 with weight 1 - beta2_t, beta2_t = min(1 - t^beta2_decay, beta2): the first step (t = 1)
+    takes g^2 whole. A matrix of shape (rows, cols) keeps only the running means of g^2 per row
+    (rows,) and per column (cols,): memory O(rows + cols). A tensor of more dimensions is a batch of
+    matrices over its last two dimensions; vectors and scalars keep the full V.
+    """
+
+    def __init__(self, params, lr=1e-3, beta2_decay=-0.8, d=1.0, weight_decay=0.01, *, beta2=0.999,
+                 state_dtype=None, seed=0):
+        if lr < 0 or beta2_decay > 0 or d <= 0 or weight_decay < 0 or not 0 <= beta2 < 1:
+            raise ValueError(f"Adafactor: need lr, weight_decay >= 0, beta2_decay <= 0, d > 0 and beta2 in [0, 1), "
+                             f"got lr={lr}, beta2_decay={beta2_decay}, d={d}, weight_decay={weight_decay}, beta2={beta2}")
+        defaults = {"lr": lr, "beta2_decay": beta2_decay, "d": d, "weight_decay": weight_decay, "beta2": beta2}
+        super().__init__(params, defaults, state_dtype, seed)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, weight_decay, d = group["lr"], group["weight_decay"], group["d"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    if p.dim() >= 2:
+                        state["row_var"] = p.new_zeros(p.shape[:-1], dtype=self.state_dtype)  # (..., rows)
+                        state["col_var"] = p.new_zeros(p.shape[:-2] + p.shape[-1:], dtype=self.state_dtype)  # (..., cols)
+                    else:
+                        state["variance"] = torch.zeros_like(p, dtype=self.state_dtype)
+                state["step"] += 1
+                beta2_t = min(1 - state["step"] ** group["beta2_decay"], group["beta2"])
+                stored = [p] + [state[k] for k in ("row_var", "col_var", "variance") if k in state]
+                working = [t.float() for t in stored]
+                p32, g = working[0], p.grad.float()
+                grad_sq = g.square().add_(GRAD_SQ_EPS)
+                if p.dim() >= 2:
+                    row_var, col_var = working[1:]
+                    row_var.lerp_(grad_sq.mean(dim=-1), 1 - beta2_t)
+                    col_var.lerp_(grad_sq.mean(dim=-2), 1 - beta2_t)
+                    # V is estimated as outer(row_var, col_var) / mean(row_var), which is exact for a rank-1
+                    # V = a b^T: row_var = a*mean(b), col_var = mean(a)*b, mean(row_var) = mean(a)*mean(b). So
+                    #   u = g * rsqrt(row_var / mean(row_var)) (outer) rsqrt(col_var).
+                    # REFERENCE.md's rsqrt(r / sum(r)) is the same formula for row and column *sums* (the
+                    # paper's R and C); with means, sum(r) would make u sqrt(rows) times too large.
+                    row_scale = (row_var / row_var.mean(dim=-1, keepdim=True)).rsqrt()
+                    update = g * row_scale.unsqueeze(-1)
+                    update.mul_(col_var.rsqrt().unsqueeze(-2))
+                else:
+                    variance = working[1]
+                    variance.lerp_(grad_sq, 1 - beta2_t)
+                    update = g * variance.rsqrt()
+                update.div_((update.square().mean().sqrt() / d).clamp(min=1))  # u /= max(1, rms(u)/d)
+                p32.mul_(1 - lr * weight_decay).add_(update, alpha=-lr)
+                self.write_back(stored, working)
+
+
+# -----------------------------------------------------------------------------------------------
+# Muon
+
+
+def newton_schulz(G, coefficients, steps, eps):
+    """Orthogonalise a matrix approximately: U S V^T -> U S' V^T with S' roughly in [0.5, 1.5].
+
+    The quintic iteration X <- a X + (b A + c A^2) X with A = X X^T, in bf16, on X / ||X|| (the
+    Frobenius norm bounds the spectral norm, so every singular value starts in [0, 1]) -- the same
+    operations as torch.optim.Muon, so the results agree. A tall matrix is transposed first so that
+    A is the smaller Gram matrix.
+    """
+    a, b, c = coefficients
+    tall = G.size(0) > G.size(1)
+    X = G.bfloat16()
+    X = X.T if tall else X
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
+        X = torch.addmm(X, B, X, beta=a)  # a*X + B@X
+    return X.T if tall else X
+
+
+def muon_lr(lr, adjust_lr_fn, shape):
+    """The learning rate of one matrix of shape (rows, cols)."""
+    rows, cols = shape
+    if adjust_lr_fn == "match_rms_adamw":
+        # Moonshot's scaling: the orthogonalised update then has the RMS of a typical AdamW update,
+        # so Muon can reuse AdamW's learning rate and weight decay.
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1, rows / cols))  # None / "original": Keller Jordan's scaling
+
+
+class Muon(StochasticRoundingOptimizer):
+    """Muon for 2-D hidden matrices (torch.optim.Muon's arguments and maths); AdamW for the rest.
+
+    Muon: B = lerp(B, g, 1-momentum); the update is lerp(g, B, momentum) with nesterov, else B;
+    orthogonalised by newton_schulz; p -= lr*wd*p; p -= muon_lr(lr, adjust_lr_fn, shape) * update.
+    A param group with "use_muon": False takes the AdamW rule with adamw_betas, adamw_eps and the
+    group's lr and weight_decay: embeddings, lm_head, norms, biases, scalars (see muon_param_groups).
+    """
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,
+                 adamw_betas=(0.9, 0.95), adamw_eps=1e-8, state_dtype=None, seed=0):
+        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"Muon: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+        if lr < 0 or weight_decay < 0 or momentum < 0:
+            raise ValueError(f"Muon: need lr, weight_decay, momentum >= 0, got {lr}, {weight_decay}, {momentum}")
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                    "ns_coefficients": ns_coefficients, "eps": eps, "ns_steps": ns_steps, "adjust_lr_fn": adjust_lr_fn,
+                    "use_muon": True, "adamw_betas": adamw_betas, "adamw_eps": adamw_eps}
+        super().__init__(params, defaults, state_dtype, seed)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if group["use_muon"] and p.dim() != 2:
+                    raise ValueError(f"Muon: a use_muon group takes only 2-D parameters, got shape {tuple(p.shape)}; "
+                                     "put the others in a group with 'use_muon': False")
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            if not group["use_muon"]:
+                self.adamw_update(group["params"], lr, group["adamw_betas"], group["adamw_eps"], weight_decay)
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=self.state_dtype)
+                stored = [p, state["momentum_buffer"]]
+                working = [t.float() for t in stored]
+                p32, buffer = working
+                g = p.grad.float()
+                buffer.lerp_(g, 1 - momentum)
+                update = g.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p32.mul_(1 - lr * weight_decay)
+                p32.add_(update, alpha=-muon_lr(lr, group["adjust_lr_fn"], p.shape))
+                self.write_back(stored, working)
+
+
+# -----------------------------------------------------------------------------------------------
+# The trainer's one call
+
+OPTIMIZERS = ("adamw", "adafactor", "muon", "torch_adamw")
+SR_OPTIMIZERS = ("adamw", "adafactor", "muon")  # those that can train bf16 weights (stochastic rounding)
+
+
+def build_optimizer(name, model, lr, weight_decay, betas, eps, seed, state_dtype=None):
+    """The optimizer `name` (one of OPTIMIZERS) over model's parameters, grouped as above.
+
+    betas and eps are AdamW's: Muon uses them for its AdamW groups; Adafactor keeps its own defaults
+    (beta2 0.999, no eps). Muon takes the same lr as AdamW, scaled per matrix by "match_rms_adamw".
+    state_dtype (torch.bfloat16 for pure-bf16 training) applies to ours; torch_adamw has none.
+    """
+    if name == "adamw":
+        return AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, state_dtype=state_dtype, seed=seed)
+    if name == "adafactor":
+        return Adafactor(param_groups(model, weight_decay), lr=lr, state_dtype=state_dtype, seed=seed)
+    if name == "muon":
+        return Muon(muon_param_groups(model, lr, lr, weight_decay), adjust_lr_fn="match_rms_adamw",
+                    adamw_betas=betas, adamw_eps=eps, state_dtype=state_dtype, seed=seed)
+    if name == "torch_adamw":
+        if state_dtype not in (None, torch.float32):
+            raise ValueError("torch_adamw keeps its state in the parameters' dtype; state_dtype is for our optimizers")
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
+                                 fused=on_cuda, foreach=not on_cuda)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
