@@ -333,6 +333,9 @@ def train(cfg, model_overrides):
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if checkpoint["model_config"] != dataclasses.asdict(model_config) | {"attn": checkpoint["model_config"].get("attn")}:
             raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
+        if checkpoint["config"]["optimizer"] != cfg.optimizer:
+            raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
+                            f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, annealing_start = checkpoint["step"], checkpoint["annealing_start"]

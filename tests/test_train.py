@@ -128,6 +128,8 @@ def test_a_different_model_in_the_run_directory_is_refused(tiny_data, tmp_path, 
     assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=2")) == 0
     assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "dim=64")) == 2
     assert "holds a different model" in capsys.readouterr().err
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "optimizer=torch_adamw")) == 2
+    assert "was trained with optimizer='adamw', whose state does not carry over" in capsys.readouterr().err
 
 
 def test_the_same_command_resumes_after_a_kill(tiny_data, tmp_path):

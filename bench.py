@@ -1,0 +1,135 @@
+"""Side-by-side speed and memory benchmarks: ours beside torch's, in one run, on this machine.
+
+    python bench.py optim [--model llama-small] [--steps 20] [--muon-steps 1]
+
+One sub-command per benchmark (a function bench_<name> below, and its parser in main). Run them on
+a quiet machine (check `uptime`): on a 2-core CPU any other work shows up in the timings.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import model as model_lib
+import optim
+
+# -----------------------------------------------------------------------------------------------
+# optim: step time and state memory of each optimizer of optim.py beside its torch counterpart
+
+
+def state_bytes(optimizers):
+    """Bytes of the tensors the optimizers keep per parameter (moments, factored statistics, buffers)."""
+    return sum(t.numel() * t.element_size() for opt in optimizers for s in opt.state.values()
+               for t in s.values() if torch.is_tensor(t))
+
+
+def median_step_ms(optimizers, steps, warmup):
+    """Median wall time in ms of one step of all the optimizers together, after `warmup` untimed steps
+    (the first step allocates the state)."""
+    for _ in range(warmup):
+        for opt in optimizers:
+            opt.step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        for opt in optimizers:
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def bench_optim(args):
+    config = model_lib.PRESETS[args.model]
+    torch.manual_seed(0)
+    model = model_lib.Transformer(config)  # fp32 on the CPU
+    n_params = sum(p.numel() for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)  # random gradients, the same at every step: only the time matters
+    lr, weight_decay = 1e-4, 0.1
+
+    def groups():
+        return optim.param_groups(model, weight_decay)
+
+    def torch_muon():
+        # Muon on the same hidden matrices as ours; the rest under torch's AdamW, with the betas and eps
+        # of our Muon's AdamW groups: like for like.
+        muon_groups = optim.muon_param_groups(model, lr, lr, weight_decay)
+        rest = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in muon_groups if not g["use_muon"]]
+        return [torch.optim.Muon(muon_groups[0]["params"], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)]
+
+    # (name, what torch's side is, ours, torch's, timed steps, warm-up steps). Muon gets no warm-up: on
+    # the CPU a step takes minutes, of which allocating the state is a few milliseconds.
+    comparisons = [
+        ("AdamW", "torch.optim.AdamW(foreach=True)",
+         lambda: [optim.AdamW(groups(), lr=lr)],
+         lambda: [torch.optim.AdamW(groups(), lr=lr, foreach=True)], args.steps, 1),
+        ("Adafactor", "torch.optim.Adafactor (its default, a per-tensor loop on CPU; foreach=True is slower here)",
+         lambda: [optim.Adafactor(groups(), lr=lr)],
+         lambda: [torch.optim.Adafactor(groups(), lr=lr)], args.steps, 1),
+        ("Muon", "torch.optim.Muon on the block matrices + torch.optim.AdamW(foreach=True, betas (0.9, 0.95)) "
+                 "on embeddings, lm_head, norms; ours: one optim.Muon with the same split, Newton-Schulz in bf16 as torch's",
+         lambda: [optim.Muon(optim.muon_param_groups(model, lr, lr, weight_decay), adjust_lr_fn="match_rms_adamw",
+                             ns_dtype=torch.bfloat16)],
+         torch_muon, args.muon_steps, 0),
+    ]
+    print(f"{args.model}: {n_params / 1e6:.1f}M fp32 parameters ({4 * n_params / 2**20:.0f} MiB), CPU, "
+          f"{torch.get_num_threads()} threads; median step time")
+    rows = []
+    for name, torch_side, make_ours, make_torch, steps, warmup in comparisons:
+        print(f"  {name}: ours vs {torch_side}; {steps} timed step(s) after {warmup} warm-up", flush=True)
+        figures = []
+        for make in (make_ours, make_torch):
+            optimizers = make()
+            figures += [median_step_ms(optimizers, steps, warmup), state_bytes(optimizers)]
+            del optimizers  # free the state before the next one
+        rows.append((name, *figures))
+    print(f"\n{'optimizer':<11} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'ours state':>11} {'torch state':>12}")
+    for name, ours_ms, ours_bytes, torch_ms, torch_bytes in rows:
+        print(f"{name:<11} {ours_ms:>9.1f} {torch_ms:>9.1f} {ours_ms / torch_ms:>6.2f} "
+              f"{ours_bytes / 2**20:>7.1f} MiB {torch_bytes / 2**20:>8.1f} MiB")
+    bf16_state = optim.AdamW(groups(), lr=lr, state_dtype=torch.bfloat16)
+    bf16_state.step()
+    print(f"AdamW(state_dtype=torch.bfloat16) state: {state_bytes([bf16_state]) / 2**20:.1f} MiB")
+    fp32_muon = [optim.Muon(optim.muon_param_groups(model, lr, lr, weight_decay), adjust_lr_fn="match_rms_adamw")]
+    fp32_ms = median_step_ms(fp32_muon, 3, 1)
+    print(f"Muon with Newton-Schulz in fp32 (our default on CPU): {fp32_ms:.1f} ms, "
+          f"{rows[2][3] / fp32_ms:.0f}x faster than torch.optim.Muon's bf16 here")
+    print("ratio = ours / torch (below 1: ours is faster)")
+
+
+# -----------------------------------------------------------------------------------------------
+# Command line
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description="Side-by-side speed and memory benchmarks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    optim_parser = commands.add_parser("optim", help="optimizer step time and state memory, ours vs torch")
+    optim_parser.set_defaults(run=bench_optim)
+    optim_parser.add_argument("--model", default="llama-small", choices=model_lib.PRESETS,
+                              help="model preset whose parameters are optimized (default: llama-small)")
+    optim_parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per optimizer (default: 20)")
+    # torch.optim.Muon's Newton-Schulz runs in bf16, which has no fast path on CPUs without bf16 matrix
+    # units: about 2 minutes a step for llama-small on 2 cores. Ours is timed doing the same matmuls.
+    optim_parser.add_argument("--muon-steps", type=positive_int, default=1,
+                              help="timed steps for Muon (default: 1)")
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
