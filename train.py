@@ -17,6 +17,7 @@ import json
 import math
 import os
 import runpy
+import signal
 import sys
 import time
 import types
@@ -68,7 +69,7 @@ class TrainConfig:
     annealing_tokens: float = 0.0       # infinite/wsd: length of the final decay to min_lr, placed at the end of total_tokens
     decay_shape: str = "rsqrt"          # infinite/wsd: "rsqrt" (1/lr linear) | "linear" | "cosine"
     start_annealing: bool = False       # on resume, start the final decay now (the start is kept by later resumes);
-                                        # a running job does the same when the file <run dir>/anneal appears
+                                        # `python train.py control out/RUN anneal` does the same to a running job
     # optimizer
     optimizer: str = "adamw"            # ours (optim.py): "adamw" | "adafactor" | "muon"; or "torch_adamw"
     optimizer_state: str = "fp32"       # "fp32" | "bf16" (moments kept in bf16 with stochastic rounding; ours only)
@@ -77,6 +78,8 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0              # max global grad norm; 0 = no clipping (the norm is still logged)
+    divergence_factor: float = 3.0      # stop when a step's loss exceeds this times its running mean (0: never);
+                                        # a non-finite loss always stops the run, before anything is saved
     # precision and speed
     device: str = "auto"                # "auto" (cuda if available) | "cpu" | "cuda"
     dtype: str = "auto"                 # "fp32" | "bf16-mixed" (fp32 weights, bf16 autocast) | "bf16" (pure bf16
@@ -87,7 +90,7 @@ class TrainConfig:
     eval_iters: int = 10                # global batches of val.bin per eval (capped at the whole split)
     log_interval: int = 10              # steps between progress lines
     checkpoint_interval: int = 500      # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2           # newest checkpoints kept in the run directory
+    keep_checkpoints: int = 2           # newest checkpoints kept in the run directory (plus ckpt_best.pt: best eval loss)
     sample_interval: int = 0            # steps between samples into samples.txt; 0: only at the end
     sample_prompt: str = ""             # text the sample continues (it starts a fresh document)
     sample_tokens: int = 200
@@ -234,15 +237,64 @@ def build_model_config(cfg, model_overrides, meta):
 
 # ----------------------------------------------------------------------------- checkpoints and logs
 
-def save_checkpoint(run_dir, state, keep):
-    """Write ckpt_<step>.pt atomically (temp file, then rename), then drop all but the newest `keep`."""
-    path = run_dir / f"ckpt_{state['step']:08d}.pt"
+def save_checkpoint(run_dir, state, keep, best=False):
+    """Write ckpt_<step>.pt (or ckpt_best.pt) atomically: a temp file, then a rename, so a crash mid-write
+    leaves every earlier checkpoint whole. Then drop all but the newest `keep` step checkpoints."""
+    path = run_dir / ("ckpt_best.pt" if best else f"ckpt_{state['step']:08d}.pt")
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    for old in sorted(run_dir.glob("ckpt_*.pt"))[:-keep]:
-        old.unlink()
+    if not best:
+        for old in sorted(run_dir.glob("ckpt_[0-9]*.pt"))[:-keep]:
+            old.unlink()
     return path
+
+
+# ----------------------------------------------------------------------------- run control
+# `python train.py control out/RUN CMD` leaves CMD in out/RUN/control; rank 0 reads it after every
+# step and all ranks act on it together. SIGTERM and SIGINT (preemption, Ctrl-C) act like "stop".
+
+CONTROL_COMMANDS = ("save", "stop", "abort", "anneal")  # save and go on; save and exit; exit unsaved; start annealing
+
+
+def send_control(run_dir, command):
+    if command not in CONTROL_COMMANDS:
+        raise UserError(f"unknown control command {command!r}; known: {', '.join(CONTROL_COMMANDS)}")
+    if not (Path(run_dir) / "config.json").exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    tmp = Path(run_dir) / "control.tmp"
+    tmp.write_text(command + "\n")
+    os.replace(tmp, Path(run_dir) / "control")  # atomic: the trainer never reads half a command
+    print(f"sent {command!r} to {run_dir}: the run acts on it after its current step")
+
+
+def read_control(run_dir):
+    """The pending command, consumed; "" when there is none."""
+    path = run_dir / "control"
+    try:
+        command = path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    if command not in CONTROL_COMMANDS:
+        print(f"ignored unknown control command {command!r}", file=sys.stderr)
+        return ""
+    return command
+
+
+def catch_stop_signals():
+    """SIGTERM and SIGINT set a flag that the loop turns into "save and stop"; a second one stops at once."""
+    received = [False]
+
+    def on_signal(signum, frame):
+        if received[0]:
+            raise KeyboardInterrupt
+        received[0] = True
+        print(f"received {signal.Signals(signum).name}: saving after this step", file=sys.stderr)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return received
 
 
 def trim_log(log_path, step):
@@ -327,7 +379,7 @@ def train(cfg, model_overrides):
     optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                                       seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
 
-    step, annealing_start = 0, None
+    step, annealing_start, best_eval_loss = 0, None, float("inf")
     checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None
     if checkpoint_path is not None:
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -338,7 +390,8 @@ def train(cfg, model_overrides):
                             f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        step, annealing_start = checkpoint["step"], checkpoint["annealing_start"]
+        step, annealing_start, best_eval_loss = checkpoint["step"], checkpoint["annealing_start"], checkpoint["best_eval_loss"]
+        torch.set_rng_state(checkpoint["rng"].cpu())
         if cfg.start_annealing and annealing_start is None:
             annealing_start = step
             say(f"annealing starts at step {step} (start_annealing=True)")
@@ -365,35 +418,33 @@ def train(cfg, model_overrides):
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
 
+    def event(message):  # something that happened to the run: printed, and logged at its step
+        say(f"step {step:>6} | {message}")
+        log({"step": step, "tokens": step * tokens_per_step, "event": message})
+
     def run_eval():
+        nonlocal best_eval_loss
         eval_loss = evaluate(model, val_data, cfg, rank, world_size, device, autocast)
         if not math.isfinite(eval_loss):
-            raise UserError(f"eval loss is {eval_loss} at step {step}; the newest checkpoint is left as it was")
+            raise UserError(f"eval loss is {eval_loss} at step {step}; stopped, the checkpoints are left as they were")
         eval_bpb = eval_loss / math.log(2) * meta["val"]["tokens"] / meta["val"]["bytes"]
-        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {math.exp(min(eval_loss, 50)):.2f} | {eval_bpb:.4f} bits/byte")
-        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb})
+        eval_ppl = math.exp(min(eval_loss, 50))
+        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {eval_ppl:.2f} | {eval_bpb:.4f} bits/byte")
+        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb, "eval_ppl": eval_ppl})
+        if eval_loss < best_eval_loss and step > 0:
+            best_eval_loss = eval_loss
+            checkpoint(best=True)
 
-    def checkpoint():
+    def checkpoint(best=False):
         if master:
             state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(model_config),
                      "optimizer": optimizer.state_dict(), "step": step, "tokens": step * tokens_per_step,
-                     "annealing_start": annealing_start, "tokenizer": meta["tokenizer"], "config": resolved}
-            save_checkpoint(run_dir, state, cfg.keep_checkpoints)
+                     "annealing_start": annealing_start, "best_eval_loss": best_eval_loss, "rng": torch.get_rng_state(),
+                     "tokenizer": meta["tokenizer"], "config": resolved}
+            save_checkpoint(run_dir, state, cfg.keep_checkpoints, best)
 
     def steps_to_run():  # the schedule's end (an annealing request moves it), capped by max_steps
         return min(schedule.end_step, cfg.max_steps) if cfg.max_steps else schedule.end_step
-
-    def annealing_requested():
-        """Rank 0 looks for <run dir>/anneal and tells every rank; the file is consumed."""
-        request = run_dir / "anneal"
-        found = torch.tensor(float(master and request.exists()), device=device)
-        if world_size > 1:
-            dist.broadcast(found, 0)
-        if master and found.item():
-            request.unlink(missing_ok=True)
-            if cfg.annealing_tokens <= 0 or cfg.schedule not in ("infinite", "wsd"):
-                say("ignored the anneal request: it needs schedule='infinite' or 'wsd' and annealing_tokens > 0")
-        return bool(found.item()) and cfg.annealing_tokens > 0 and cfg.schedule in ("infinite", "wsd")
 
     run_steps = steps_to_run()
     if step >= run_steps:
@@ -401,7 +452,8 @@ def train(cfg, model_overrides):
     elif step == 0:
         run_eval()
     start_time = last_time = time.time()
-    steps_timed, last_step = 0, step
+    steps_timed, last_step, loss_mean, losses_seen = 0, step, None, 0
+    stop_signal = catch_stop_signals()
     while step < run_steps:
         lr = sched.lr_at(step, schedule)
         for group in optimizer.param_groups:
@@ -427,12 +479,23 @@ def train(cfg, model_overrides):
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
+        # One small all-reduce a step carries what every rank must agree on: the step's loss (for the
+        # divergence guard), a stop signal received by any rank, and the command rank 0 found.
+        command = read_control(run_dir) if master else ""
+        status = torch.stack([step_loss.float(), torch.tensor(float(stop_signal[0]), device=device),
+                              torch.tensor(float(CONTROL_COMMANDS.index(command) + 1 if command else 0), device=device)])
+        if world_size > 1:
+            dist.all_reduce(status)
+        loss = status[0].item() / target_count.item()
+        signalled, command = status[1].item() > 0, ("",) + CONTROL_COMMANDS
+        command = command[int(status[2].item())]
+
+        if not math.isfinite(loss) or (cfg.divergence_factor and losses_seen >= 20 and loss > cfg.divergence_factor * loss_mean):
+            raise UserError(f"loss diverged at step {step}: {loss:.4g}" + (f" against a running mean of {loss_mean:.4g}" if
+                            math.isfinite(loss) else "") + "; stopped without saving, the checkpoints are left as they were")
+        loss_mean = loss if loss_mean is None else 0.98 * loss_mean + 0.02 * loss  # over the last ~50 steps
+        losses_seen += 1
         if step % cfg.log_interval == 0 or step == run_steps:
-            if world_size > 1:
-                dist.all_reduce(step_loss)
-            loss = (step_loss / target_count).item()
-            if not math.isfinite(loss):
-                raise UserError(f"loss is {loss} at step {step}; stopped without saving, the newest checkpoint is left as it was")
             now = time.time()
             tok_per_s = (step - last_step) * tokens_per_step / (now - last_time)
             steps_timed += step - last_step
@@ -443,12 +506,24 @@ def train(cfg, model_overrides):
             log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                  "tok_per_s": tok_per_s, "time": now})
         pause_start = time.time()
-        if annealing_start is None and step % cfg.log_interval == 0 and annealing_requested():
-            annealing_start, schedule = step, make_schedule(cfg, world_size, step)
-            run_steps = steps_to_run()
-            say(f"annealing starts at step {step} (requested through {run_dir / 'anneal'}); the run now ends at step {run_steps}")
-            log({"step": step, "tokens": step * tokens_per_step, "event": "annealing started"})
-            checkpoint()  # so that every later resume keeps this start
+        if command == "abort":
+            event("aborted: exiting without saving")
+            return 1
+        if signalled or command == "stop":
+            checkpoint()
+            event(f"stopped by {'a signal' if signalled else 'the stop command'}: saved; the same command resumes")
+            break
+        if command == "save":
+            checkpoint()
+            event("saved on request")
+        if command == "anneal":
+            if annealing_start is not None or cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0:
+                event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing yet")
+            else:
+                annealing_start, schedule = step, make_schedule(cfg, world_size, step)
+                run_steps = steps_to_run()
+                event(f"annealing started on request; the run now ends at step {run_steps}")
+                checkpoint()  # so that every later resume keeps this start
         if step % cfg.eval_interval == 0 or step == run_steps:
             run_eval()
         if step % cfg.checkpoint_interval == 0 or step == run_steps:
@@ -462,6 +537,7 @@ def train(cfg, model_overrides):
         log_file.close()
     if world_size > 1:
         dist.destroy_process_group()
+    return 0
 
 
 def main(argv):
@@ -471,16 +547,24 @@ def main(argv):
             print(f"  {name} = {value!r}")
         print("  and the ModelConfig fields: " + ", ".join(MODEL_KEYS))
         return 0
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if argv[:1] == ["control"]:
+            if len(argv) != 3:
+                raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(CONTROL_COMMANDS)}}}")
+            send_control(argv[1], argv[2])
+            return 0
         cfg, model_overrides = load_config(argv)
-        train(cfg, model_overrides)
+        return train(cfg, model_overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    finally:  # train() catches SIGTERM/SIGINT while it runs; a caller (a test, a notebook) gets its own back
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

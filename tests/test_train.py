@@ -1,10 +1,12 @@
 """train.py end to end on a tiny byte-level corpus: outputs, resume, torchrun, bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import train
 from conftest import ROOT
@@ -41,7 +43,11 @@ def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
     assert train_lines[-1]["loss"] < train_lines[0]["loss"] - 1.0
     # bytes tokenizer: one token per byte except the end-of-text ones, so bits/byte ~ loss/ln 2
     assert eval_lines[-1]["eval_bpb"] == pytest.approx(eval_lines[-1]["eval_loss"] / 0.6931, rel=0.1)
-    assert sorted(p.name for p in run_dir.glob("ckpt_*.pt")) == [f"ckpt_{30:08d}.pt", f"ckpt_{steps:08d}.pt"]  # 10, 20, 30, 31: the newest two kept
+    # 10, 20, 30, 31: the newest two kept, and the best by eval loss (the last eval here)
+    assert sorted(p.name for p in run_dir.glob("ckpt_*.pt")) == [f"ckpt_{30:08d}.pt", f"ckpt_{steps:08d}.pt", "ckpt_best.pt"]
+    best = torch.load(run_dir / "ckpt_best.pt", weights_only=True)
+    assert best["step"] == steps and best["best_eval_loss"] == eval_lines[-1]["eval_loss"]
+    assert eval_lines[-1]["eval_ppl"] == pytest.approx(math.exp(eval_lines[-1]["eval_loss"]))
     assert not list(run_dir.glob("*.tmp"))
     assert (run_dir / "samples.txt").read_text().startswith(f"----- step {steps} -----\n")
 
@@ -171,14 +177,14 @@ def test_annealing_started_on_resume_is_kept_by_later_resumes(tiny_data, tmp_pat
     assert lines[13]["lr"] < 1e-3
 
 
-def test_a_running_job_anneals_when_the_file_appears(tiny_data, tmp_path):
+def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path):
     command = run_args(tiny_data, tmp_path, "run_name=f", *INFINITE, "total_tokens=1.0")
     assert train.main(command + ["max_steps=6"]) == 0
-    (tmp_path / "f" / "anneal").touch()  # as `touch out/f/anneal` would, while the job runs
+    assert train.main(["control", str(tmp_path / "f"), "anneal"]) == 0  # as from another shell while the job runs
     assert train.main(command) == 0
-    assert not (tmp_path / "f" / "anneal").exists()  # consumed
+    assert not (tmp_path / "f" / "control").exists()  # consumed
     records = [json.loads(line) for line in (tmp_path / "f" / "log.jsonl").read_text().splitlines()]
-    assert {"step": 7, "tokens": 7 * 128, "event": "annealing started"} in records
+    assert {"step": 7, "tokens": 7 * 128, "event": "annealing started on request; the run now ends at step 17"} in records
     lines, _ = read_log(tmp_path / "f")
     assert lines[-1]["step"] == 17 and lines[-1]["lr"] < lines[6]["lr"]
     assert train.main(command) == 0  # resumed: nothing left to do, the start was kept in the checkpoint
