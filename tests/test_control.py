@@ -1,0 +1,185 @@
+"""Runs you can trust: a kill mid-checkpoint, SIGTERM, control commands under torchrun, the divergence guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import model as model_lib
+import train
+from conftest import ROOT
+from test_train import read_log, run_args
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def wait_for(condition, timeout=120, what="a condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def last_step(run_dir):
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if '"loss"' in line]
+    return steps[-1] if steps else 0
+
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path):
+    """The step-20 checkpoint write is killed half-way (SIGKILL, no clean-up): the first stays loadable and
+    the same command resumes from it."""
+    args = run_args(tiny_data, tmp_path, "run_name=k", "checkpoint_interval=10")
+    killer = (
+        "import os, signal, sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import train\n"
+        "real_save = torch.save\n"
+        "def save(obj, path):\n"
+        "    if str(path).endswith('ckpt_00000020.pt.tmp'):\n"
+        "        open(path, 'wb').write(b'half a checkpoint')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real_save(obj, path)\n"
+        "torch.save = save\n"
+        "train.main(sys.argv[2:])\n")
+    result = subprocess.run([sys.executable, "-c", killer, str(ROOT), *args], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "k"
+    assert (run_dir / f"ckpt_{20:08d}.pt.tmp").read_bytes() == b"half a checkpoint"  # where the kill struck
+    assert model_lib.newest_checkpoint(run_dir).name == f"ckpt_{10:08d}.pt"
+    model_lib.load_model(run_dir)  # the previous checkpoint is whole
+    assert train.main(args) == 0  # the same command resumes from step 10 and finishes
+    lines, _ = read_log(run_dir)
+    assert [r["step"] for r in lines] == list(range(1, 32))
+    assert not list(run_dir.glob("*.tmp"))  # the next write of step 20 replaced the torn file
+
+
+def test_sigterm_saves_exits_0_and_resumes_bit_identically(tiny_data, tmp_path):
+    args = run_args(tiny_data, tmp_path, "total_tokens=1.0", "checkpoint_interval=100000", "eval_interval=100000")
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, "run_name=t"], cwd=ROOT, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "t"
+    wait_for(lambda: last_step(run_dir) >= 5, what="5 steps")
+    signalled_at = last_step(run_dir)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    stopped_at = model_lib.newest_checkpoint(run_dir)
+    step = torch.load(stopped_at, weights_only=True)["step"]
+    assert signalled_at <= step <= signalled_at + 5 and last_step(run_dir) == step
+    assert "received SIGTERM" in err and "stopped by a signal: saved" in out
+    # the same command goes on; its losses are those of a run that was never stopped
+    assert train.main(args + ["run_name=t", f"max_steps={step + 5}"]) == 0
+    assert train.main(args + ["run_name=straight", f"max_steps={step + 5}"]) == 0
+    resumed, straight = read_log(run_dir)[0], read_log(tmp_path / "straight")[0]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+
+
+def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypatch, capsys):
+    args = run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")
+    real_forward, calls = model_lib.Transformer.forward, []
+
+    def forward(self, idx, doc_ids=None, targets=None):  # the 14th training step's forward returns NaN
+        loss = real_forward(self, idx, doc_ids, targets)
+        if targets is not None and torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 14:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(model_lib.Transformer, "forward", forward)
+    before = None
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: loss diverged at step 14: nan;") and err.count("\n") == 1
+    run_dir = tmp_path / "n"
+    assert model_lib.newest_checkpoint(run_dir).name == f"ckpt_{10:08d}.pt"  # nothing saved after the NaN
+    before = torch.load(model_lib.newest_checkpoint(run_dir), weights_only=True)
+    assert all(torch.isfinite(t).all() for t in before["model"].values())
+    assert last_step(run_dir) == 13
+
+
+def test_a_loss_spike_stops_the_run(tiny_data, tmp_path, monkeypatch, capsys):
+    real_forward, calls = model_lib.Transformer.forward, []
+
+    def forward(self, idx, doc_ids=None, targets=None):
+        loss = real_forward(self, idx, doc_ids, targets)
+        if targets is not None and torch.is_grad_enabled():
+            calls.append(1)
+            return loss * 10 if len(calls) == 25 else loss
+        return loss
+
+    monkeypatch.setattr(model_lib.Transformer, "forward", forward)
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=s")) == 2
+    assert "error: loss diverged at step 25:" in capsys.readouterr().err
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=s2", "divergence_factor=0")) == 0  # the guard is off
+
+
+@pytest.mark.slow
+def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path):
+    """save, anneal and stop on one 2-process run; abort on another."""
+    args = run_args(tiny_data, tmp_path, "schedule=infinite", "annealing_tokens=0.1", "total_tokens=1.0",
+                    "checkpoint_interval=100000", "eval_interval=100000", "dim=64", "seq_len=64")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *args]
+
+    def control(run_dir, what):
+        sent_at = last_step(run_dir)
+        assert train.main(["control", str(run_dir), what]) == 0
+        wait_for(lambda: not (run_dir / "control").exists(), what=f"{what} to be picked up")
+        return sent_at
+
+    def events(run_dir):
+        return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if '"event"' in line]
+
+    run_dir = tmp_path / "c"
+    process = subprocess.Popen(command + ["run_name=c"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, what="the first steps")
+        sent = control(run_dir, "save")
+        wait_for(lambda: any(e["event"] == "saved on request" for e in events(run_dir)), what="the save")
+        saved = [e for e in events(run_dir) if e["event"] == "saved on request"][0]["step"]
+        assert sent <= saved <= sent + 5 and (run_dir / f"ckpt_{saved:08d}.pt").exists()
+        sent = control(run_dir, "anneal")
+        wait_for(lambda: any(e["event"].startswith("annealing started") for e in events(run_dir)), what="the anneal")
+        annealed = [e for e in events(run_dir) if e["event"].startswith("annealing started")][0]["step"]
+        assert sent <= annealed <= sent + 5
+        sent = control(run_dir, "stop")
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    stopped = events(run_dir)[-1]
+    assert stopped["event"].startswith("stopped by the stop command") and sent <= stopped["step"] <= sent + 5
+    assert torch.load(model_lib.newest_checkpoint(run_dir), weights_only=True)["annealing_start"] == annealed
+
+    run_dir = tmp_path / "a"
+    process = subprocess.Popen(command + ["run_name=a"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, what="the first steps")
+        sent = control(run_dir, "abort")
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0  # torchrun reports the ranks' exit status 1
+    aborted = events(run_dir)[-1]
+    assert aborted["event"] == "aborted: exiting without saving" and sent <= aborted["step"] <= sent + 5
+    assert model_lib.newest_checkpoint(run_dir) is None
+
+
+def test_control_command_errors(tmp_path, capsys):
+    assert train.main(["control", str(tmp_path), "stop"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert train.main(["control", str(tmp_path), "halt"]) == 2
+    assert "unknown control command 'halt'" in capsys.readouterr().err
