@@ -307,6 +307,15 @@ def trim_log(log_path, step):
     os.replace(tmp, log_path)
 
 
+def tensorboard_writer(run_dir):
+    """TensorBoard event files in <run dir>/tensorboard when the tensorboard package is installed; never required."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def format_duration(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -412,11 +421,16 @@ def train(cfg, model_overrides):
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     log_file = open(run_dir / "log.jsonl", "a") if master else None
+    tensorboard = tensorboard_writer(run_dir) if master else None
 
     def log(record):
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+        if tensorboard:
+            for key, value in record.items():
+                if isinstance(value, float) and key != "time":
+                    tensorboard.add_scalar(key, value, record["step"])
 
     def event(message):  # something that happened to the run: printed, and logged at its step
         say(f"step {step:>6} | {message}")
@@ -535,6 +549,8 @@ def train(cfg, model_overrides):
         start_time, last_time = start_time + paused, last_time + paused
     if log_file:
         log_file.close()
+    if tensorboard:
+        tensorboard.close()
     if world_size > 1:
         dist.destroy_process_group()
     return 0

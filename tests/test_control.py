@@ -183,3 +183,26 @@ def test_control_command_errors(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert train.main(["control", str(tmp_path), "halt"]) == 2
     assert "unknown control command 'halt'" in capsys.readouterr().err
+
+
+def test_tensorboard_events_when_the_package_is_there(tiny_data, tmp_path, monkeypatch):
+    """tensorboard is not a dependency: stand in a recording SummaryWriter where torch looks for it."""
+    import types
+    scalars = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            scalars.append((key, value, step))
+
+        def close(self):
+            scalars.append("closed")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=tb", "max_steps=5")) == 0
+    lines, evals = read_log(tmp_path / "tb")
+    assert ("loss", lines[-1]["loss"], 5) in scalars and ("eval_loss", evals[-1]["eval_loss"], 5) in scalars
+    assert ("lr", lines[0]["lr"], 1) in scalars and scalars[-1] == "closed"
+    assert not any(key == "time" for key, *_ in scalars[:-1])
