@@ -1,12 +1,31 @@
-"""Plots of runs and schedules.
+"""Plots and summaries of runs, and of learning-rate schedules.
 
+    python plot.py out/RUN [out/RUN2 ...] [--smooth 10] [--perplexity] [--grad-norm] [--x-axis tokens] [--output x.png]
+    python plot.py summary out/* [--format md]
     python plot.py lr configs/ten_chinchilla.py configs/wsd.py [key=value ...] [--world-size 4] [--output lr.png]
+
+A plot reads out/<run>/log.jsonl (DESIGN.md) and draws, by default, the train loss (a line) and
+the eval loss (markers) of each run in one colour per run, and for a single run the learning
+rate on a second y axis. Lines without the plotted metric (eval lines for `loss`, event lines)
+are skipped. The y range ignores outliers unless --no-ignore-outliers: values outside Tukey's
+fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR] of everything drawn in the x range (quartiles of log10(y)
+with --log-scale) are left out, and the range runs from the smallest to the largest value kept,
+plus 5% either side. An early spike such as the loss at step 0 (about ln(vocabulary size))
+then no longer flattens the rest of the curve.
+
+`summary` prints one line per run: the best eval loss, its perplexity, the step and tokens where
+it was reached, the final train loss and the median tokens/s.
 
 `lr` draws the learning rate of each config over its whole budget, without training: the
 schedule is a pure function of the step (sched.py), laid out exactly as train.py would lay it
 out for --world-size processes. key=value overrides apply to every config.
 """
 import argparse
+import difflib
+import json
+import math
+import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -14,10 +33,328 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 import sched
 import train
 
+UserError = train.UserError  # one line on stderr, exit status 2
+DEFAULT_METRICS = ["loss", "eval_loss"]
+NAMES = {"loss": "train loss", "eval_loss": "eval loss", "grad_norm": "grad norm", "lr": "learning rate",
+         "tok_per_s": "tokens/s", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
+LINE_STYLES = ["-", "--", ":", "-."]  # one per train metric of a run, so two metrics of one colour stay apart
+EVAL_MARKERS = ["o", "s", "^", "D"]  # one per eval metric of a run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one "error: ..." line (exit 2) instead of usage + message."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+# ----------------------------------------------------------------------------- reading logs
+
+def read_log(run_dir):
+    """The records of run_dir/log.jsonl, in file order (blank lines skipped)."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise UserError(f"no log.jsonl in {run_dir}")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+            raise UserError(f"{path} line {number} is not a JSON object with a numeric step")
+        records.append(record)
+    return records
+
+
+def check_metric(metric, runs, paths):
+    """Stop, naming the closest known key, when no run logs `metric` at all (a typo, most likely)."""
+    if any(metric in record for records in runs for record in records):
+        return
+    known = sorted({key for records in runs for record in records for key in record})
+    close = difflib.get_close_matches(metric, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (keys there: {', '.join(known)})"
+    raise UserError(f"metric '{metric}' is in no line of {', '.join(paths)}{hint}")
+
+
+# ----------------------------------------------------------------------------- curves
+
+def x_positions(records, x_axis):
+    """The x of every record: its step, its tokens, or hours since the run's first train line.
+
+    Only train lines carry a time; eval and event lines take the time of their step,
+    interpolated between the train lines around it (clamped at the ends)."""
+    if x_axis in ("step", "tokens"):
+        if any(x_axis not in r for r in records):
+            raise UserError(f"a line of the log has no '{x_axis}'")
+        return [r[x_axis] for r in records]
+    timed = [r for r in records if "time" in r]
+    if not timed:
+        raise UserError("the log has no train line with a time")
+    start = timed[0]["time"]
+    steps = [r["step"] for r in timed]
+    hours = [(r["time"] - start) / 3600 for r in timed]
+    return [(r["time"] - start) / 3600 if "time" in r else float(np.interp(r["step"], steps, hours)) for r in records]
+
+
+def curve(records, xs, metric, perplexity=False):
+    """(x, y) arrays of the records that carry `metric`; exp(y) for a loss when perplexity is asked."""
+    points = [(x, r[metric]) for x, r in zip(xs, records) if metric in r]
+    if any(not isinstance(y, (int, float)) or isinstance(y, bool) for _, y in points):
+        raise UserError(f"metric '{metric}' is not a number in every line that has it")
+    x, y = np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float)
+    if perplexity and metric.endswith("loss"):
+        y = np.exp(np.minimum(y, 50))  # a loss above 50 nats is off any useful scale anyway
+    return x, y
+
+
+def moving_average(values, n):
+    """Trailing mean over the last n points (fewer at the start), so the curve keeps every x and never looks ahead."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - n, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def y_limits(values, ignore_outliers=True, log=False):
+    """(low, high) of the y axis: Tukey's fences, then min..max of what is kept, padded 5% (module docstring)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & ((values > 0) if log else True)]
+    if len(values) == 0:
+        return None
+    if log:
+        values = np.log10(values)
+    if ignore_outliers:
+        q1, q3 = np.percentile(values, [25, 75])
+        values = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1))]
+    low, high = values.min(), values.max()
+    pad = 0.05 * (high - low) if high > low else 0.05 * abs(high) or 1.0
+    low, high = low - pad, high + pad
+    return (10 ** low, 10 ** high) if log else (low, high)
+
+
+# ----------------------------------------------------------------------------- plotting runs
+
+def format_count(value, _position=None):
+    """Tick labels for token counts: 500k, 2.5M, 1.2B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def metric_name(metric, perplexity):
+    if perplexity and metric == "loss":
+        return "train perplexity"
+    if perplexity and metric == "eval_loss":
+        return "eval perplexity"
+    return NAMES.get(metric, metric)
+
+
+def draw(ax, x, y, color, label, style, smooth):
+    """One curve. style: a marker for eval curves, a line style for train curves, which are smoothed
+    over `smooth` points with the raw curve drawn faint behind."""
+    if style in EVAL_MARKERS:  # drawn on top, thicker, white-edged markers: the few points that matter most
+        ax.plot(x, y, color=color, marker=style, markersize=6, markeredgecolor="white", linewidth=2, label=label, zorder=3)
+    elif smooth > 1:
+        ax.plot(x, y, color=color, linestyle=style, linewidth=0.8, alpha=0.25)
+        ax.plot(x, moving_average(y, smooth), color=color, linestyle=style, linewidth=1.2, label=label)
+    else:
+        ax.plot(x, y, color=color, linestyle=style, linewidth=1.2, label=label)
+
+
+def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=None):
+    """Draw `metrics` of every run on ax (one colour per run) and set its y range."""
+    drawn_x, drawn_y = [], []
+    train_metrics = [m for m in metrics if not m.startswith("eval_")]
+    eval_metrics = [m for m in metrics if m.startswith("eval_")]
+    for i, (records, label) in enumerate(zip(runs, labels)):
+        xs = x_positions(records, args.x_axis)
+        for metric in metrics:
+            x, y = curve(records, xs, metric, args.perplexity)
+            if len(x) == 0:
+                continue
+            style = (EVAL_MARKERS[eval_metrics.index(metric) % len(EVAL_MARKERS)] if metric in eval_metrics
+                     else LINE_STYLES[train_metrics.index(metric) % len(LINE_STYLES)])
+            name = metric_name(metric, args.perplexity)
+            draw(ax, x, y, f"C{i % 10}", name if len(runs) == 1 else f"{label}: {name}", style, args.smooth)
+            drawn_x.append(x)
+            drawn_y.append(y)
+    if log:
+        ax.set_yscale("log")
+    if drawn_y:
+        x, y = np.concatenate(drawn_x), np.concatenate(drawn_y)
+        in_range = (x >= (-np.inf if args.x_min is None else args.x_min)) & (x <= (np.inf if args.x_max is None else args.x_max))
+        limits = y_limits(y[in_range], args.ignore_outliers, log)
+        if limits:
+            ax.set_ylim(limits)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low if y_min is None else y_min, high if y_max is None else y_max)
+    ax.grid(alpha=0.3)
+
+
+def draw_lr(ax, records, args):
+    """The learning rate of one run on a second y axis (grey, dashed); returns that axis."""
+    lr_axis = ax.twinx()
+    x, y = curve(records, x_positions(records, args.x_axis), "lr")
+    lr_axis.plot(x, y, color="0.45", linestyle="--", linewidth=1.2, label="learning rate")
+    lr_axis.set_ylabel("learning rate")
+    lr_axis.set_ylim(bottom=0)
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    return lr_axis
+
+
+def y_label(metrics, perplexity):
+    if set(metrics) <= {"loss", "eval_loss"}:
+        return "perplexity (exp of the loss)" if perplexity else "loss (nats per token)"
+    return ", ".join(metric_name(m, perplexity) for m in metrics)
+
+
+X_LABELS = {"step": "step", "tokens": "tokens", "time": "hours since the first train line"}
+
+
+def draw_runs(args):
+    """The figure of the runs in args (see plot_parser); raises UserError on bad input."""
+    runs = [read_log(path) for path in args.runs]
+    labels = args.labels.split(",") if args.labels else [Path(path).resolve().name for path in args.runs]
+    if len(labels) != len(runs):
+        raise UserError(f"--labels has {len(labels)} names for {len(runs)} runs")
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    for metric in metrics + (["grad_norm"] if args.grad_norm else []):
+        check_metric(metric, runs, args.runs)
+    if args.smooth < 1:
+        raise UserError("--smooth must be at least 1 (1: no smoothing)")
+    if args.grad_norm:
+        fig, (ax, grad_ax) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1])
+    else:
+        fig, ax = plt.subplots(figsize=(9, 5))
+    draw_panel(ax, runs, labels, metrics, args, args.log_scale, args.y_min, args.y_max)
+    ax.set_ylabel(y_label(metrics, args.perplexity))
+    handles, names = ax.get_legend_handles_labels()
+    if len(runs) == 1 and "lr" not in metrics and any("lr" in r for r in runs[0]):
+        lr_handles, lr_names = draw_lr(ax, runs[0], args).get_legend_handles_labels()
+        handles, names = handles + lr_handles, names + lr_names
+    ax.legend(handles, names, loc="upper right", fontsize=9)
+    bottom = ax
+    if args.grad_norm:
+        draw_panel(grad_ax, runs, labels, ["grad_norm"], args)
+        grad_ax.set_ylabel("grad norm")
+        bottom = grad_ax
+    bottom.set_xlabel(X_LABELS[args.x_axis])
+    if args.x_axis == "tokens":
+        bottom.xaxis.set_major_formatter(FuncFormatter(format_count))
+    ax.set_xlim(args.x_min, args.x_max)
+    what = y_label(metrics, args.perplexity).split(" (")[0] if metrics != DEFAULT_METRICS else \
+        "train and eval " + ("perplexity" if args.perplexity else "loss")
+    ax.set_title(f"{labels[0] if len(runs) == 1 else f'{len(runs)} runs'}: {what}"
+                 + (f" (train curves: mean of {args.smooth} points)" if args.smooth > 1 else ""))
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path):
+    """Write fig atomically (a temp file beside it, then a rename); the format follows the suffix."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=110)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_parser():
+    parser = ArgumentParser(prog="plot.py", description="plot the loss curves of runs (out/<run>/log.jsonl)")
+    parser.add_argument("runs", nargs="+", help="run directories")
+    parser.add_argument("--output", help="default: <run>/loss.png for one run, comparison.png for several")
+    parser.add_argument("--metrics", help="comma list of log keys instead of loss,eval_loss (e.g. loss,eval_loss,grad_norm)")
+    parser.add_argument("--labels", help="comma list of legend names, one per run (default: the directory names)")
+    parser.add_argument("--smooth", type=int, default=1, help="moving average over N points of the train curves")
+    parser.add_argument("--perplexity", action="store_true", help="plot exp(loss) for the train and eval loss")
+    parser.add_argument("--log-scale", action="store_true", help="logarithmic y axis")
+    parser.add_argument("--no-ignore-outliers", dest="ignore_outliers", action="store_false",
+                        help="y range over every value (default: outside Tukey's fences left out)")
+    parser.add_argument("--grad-norm", action="store_true", help="add the grad norm on a lower panel")
+    parser.add_argument("--x-axis", choices=["step", "tokens", "time"], default="step",
+                        help="time: hours since the first train line")
+    for limit in ("--x-min", "--x-max", "--y-min", "--y-max"):
+        parser.add_argument(limit, type=float, help="axis limit, in the units of the axis")
+    return parser
+
+
+def plot_runs(argv):
+    args = plot_parser().parse_args(argv)
+    output = args.output or (Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "comparison.png")
+    save_figure(draw_runs(args), output)
+    print(f"wrote {output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- summary
+
+SUMMARY_COLUMNS = ["run", "best eval loss", "ppl", "at step", "at tokens", "final train loss", "median tok/s"]
+
+
+def summarize(records):
+    """Best eval loss (its perplexity, step, tokens), final train loss and median tokens/s of one run; None where absent."""
+    evals = [r for r in records if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
+    train_lines = [r for r in records if "loss" in r]
+    best = min(evals, key=lambda r: r["eval_loss"]) if evals else {}
+    speeds = [r["tok_per_s"] for r in train_lines if "tok_per_s" in r]
+    return {"best_eval_loss": best.get("eval_loss"),
+            "best_eval_ppl": math.exp(best["eval_loss"]) if best else None,
+            "best_step": best.get("step"), "best_tokens": best.get("tokens"),
+            "final_loss": train_lines[-1]["loss"] if train_lines else None,
+            "median_tok_per_s": statistics.median(speeds) if speeds else None}
+
+
+def summary_row(name, s):
+    def cell(value, spec):
+        return "-" if value is None else format(value, spec)
+    return [name, cell(s["best_eval_loss"], ".4f"), cell(s["best_eval_ppl"], ".2f"), cell(s["best_step"], ","),
+            cell(s["best_tokens"], ","), cell(s["final_loss"], ".4f"), cell(s["median_tok_per_s"], ",.0f")]
+
+
+def format_table(rows, markdown=False):
+    """Rows of cells under SUMMARY_COLUMNS: a Markdown table, or aligned text (names left, numbers right)."""
+    if markdown:
+        lines = [SUMMARY_COLUMNS, ["---"] + ["---:"] * (len(SUMMARY_COLUMNS) - 1), *rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(cells[i]) for cells in [SUMMARY_COLUMNS, *rows]) for i in range(len(SUMMARY_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+                     for cells in [SUMMARY_COLUMNS, *rows])
+
+
+def summary(argv):
+    parser = ArgumentParser(prog="plot.py summary", description="one line per run: best eval loss, final loss, speed")
+    parser.add_argument("runs", nargs="+", help="run directories (paths without a log.jsonl are skipped)")
+    parser.add_argument("--format", choices=["text", "md"], default="text")
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.runs:
+        if not (Path(path) / "log.jsonl").is_file():
+            print(f"note: skipping {path}: no log.jsonl", file=sys.stderr)
+            continue
+        rows.append(summary_row(Path(path).resolve().name, summarize(read_log(path))))
+    if not rows:
+        raise UserError("none of the paths holds a log.jsonl")
+    print(format_table(rows, markdown=args.format == "md"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- learning-rate schedules
 
 def plot_lr(argv):
     parser = argparse.ArgumentParser(prog="plot.py lr", description="draw the LR schedule of configs, without training")
@@ -46,14 +383,15 @@ def plot_lr(argv):
 
 
 def main(argv):
-    if argv[:1] == ["lr"]:
-        try:
+    try:
+        if argv[:1] == ["lr"]:
             return plot_lr(argv[1:])
-        except train.UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(__doc__, file=sys.stderr)
-    return 2
+        if argv[:1] == ["summary"]:
+            return summary(argv[1:])
+        return plot_runs(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -298,10 +298,18 @@ def catch_stop_signals():
 
 
 def trim_log(log_path, step):
-    """On resume, drop log lines past the checkpoint's step so curves never double back."""
+    """On resume, drop log lines past the checkpoint's step so curves never double back (and a line torn
+    by a kill mid-write)."""
     if not log_path.exists():
         return
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+
+    def keep(line):
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in log_path.read_text().splitlines() if keep(line)]
     tmp = log_path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, log_path)

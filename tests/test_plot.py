@@ -16,3 +16,204 @@ def test_lr_plot_of_configs(tmp_path, capsys):
 def test_lr_plot_bad_key_is_one_line(tmp_path, capsys):
     assert plot.main(["lr", str(ROOT / "configs/wsd.py"), "anealing_tokens=3", "--output", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err == "error: unknown config key 'anealing_tokens' (did you mean 'annealing_tokens'?)\n"
+
+
+# ----------------------------------------------------------------------------- runs: plots and summaries
+
+import json
+import math
+import random
+
+import numpy as np
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOKENS_PER_STEP = 4096
+
+
+def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_floor=2.0):
+    """A synthetic out/<name>/log.jsonl as train.py writes it: a falling, noisy train loss every
+    log_every steps (one hour apart), an eval every eval_every steps whose step-0 value is a spike
+    (ln 32000, an untrained model), and one event line. Returns the run directory."""
+    rng = random.Random(seed)
+    run = root / name
+    run.mkdir(parents=True)
+    lines = []
+    for step in range(0, steps + 1):
+        tokens = step * TOKENS_PER_STEP
+        if step and step % log_every == 0:
+            lines.append({"step": step, "tokens": tokens, "loss": loss_floor + 3 * math.exp(-step / 40) + rng.gauss(0, 0.05),
+                          "lr": 1e-3, "grad_norm": 0.5 + rng.random(), "tok_per_s": 1000.0 * step, "time": 1e9 + 3600.0 * step})
+        if step == 7:
+            lines.append({"step": 7, "tokens": tokens, "event": "annealing started"})
+        if step % eval_every == 0:
+            eval_loss = math.log(32000) if step == 0 else loss_floor + 3 * math.exp(-step / 40) + 0.1
+            lines.append({"step": step, "tokens": tokens, "eval_loss": eval_loss, "eval_bpb": eval_loss / math.log(2)})
+    (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_single_run_plot_writes_png(tmp_path, capsys):
+    run = write_run(tmp_path, "a")
+    assert plot.main([str(run)]) == 0
+    png = run / "loss.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000
+    assert f"wrote {png}" in capsys.readouterr().out
+    assert not list(run.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_three_run_comparison_png_with_every_option(tmp_path, monkeypatch):
+    runs = [str(write_run(tmp_path, name, seed=i, loss_floor=2 + i / 4)) for i, name in enumerate("abc")]
+    monkeypatch.chdir(tmp_path)
+    assert plot.main(runs) == 0
+    png = tmp_path / "comparison.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000
+    out = tmp_path / "all.png"
+    assert plot.main([*runs, "--labels", "x,y,z", "--smooth", "5", "--perplexity", "--log-scale", "--grad-norm",
+                      "--x-axis", "tokens", "--x-min", "1e5", "--y-max", "30", "--output", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 20_000
+
+
+def test_one_colour_per_run_and_lr_axis_only_for_one_run(tmp_path):
+    runs = [str(write_run(tmp_path, name, seed=i)) for i, name in enumerate("abc")]
+    fig = plot.draw_runs(plot.plot_parser().parse_args(runs))
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [f"{r}: {m}" for r in "abc" for m in ("train loss", "eval loss")]
+    assert [line.get_color() for line in lines] == ["C0", "C0", "C1", "C1", "C2", "C2"]
+    assert len(fig.axes) == 1  # no LR axis when comparing runs
+    fig = plot.draw_runs(plot.plot_parser().parse_args(runs[:1]))
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "learning rate"
+
+
+def test_y_limits_by_hand():
+    values = [1, 2, 3, 4, 5, 6, 7, 8, 100]
+    # numpy's linear quartiles: Q1 = 3, Q3 = 7, IQR 4, fences [-3, 13]: 100 is out, 1..8 is kept, padded 5% of 7
+    assert plot.y_limits(values) == pytest.approx((1 - 0.35, 8 + 0.35))
+    assert plot.y_limits(values, ignore_outliers=False) == pytest.approx((1 - 4.95, 100 + 4.95))
+    # on a log axis the same rule runs on log10(y): 10, 100, ..., 1e8 and a 1e30 spike
+    assert plot.y_limits([10.0 ** k for k in [1, 2, 3, 4, 5, 6, 7, 8, 30]], log=True) == pytest.approx((10 ** 0.65, 10 ** 8.35))
+
+
+def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
+    run = write_run(tmp_path, "a")
+    records = plot.read_log(run)
+    spike = math.log(32000)
+    curve = [r["loss"] for r in records if "loss" in r] + [r["eval_loss"] for r in records if r["step"] > 0 and "eval_loss" in r]
+    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run)])).axes[0].get_ylim()
+    assert high < spike and low <= min(curve)
+    assert np.mean([low <= v <= high for v in curve]) > 0.8  # the spike goes, the curve stays
+    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--no-ignore-outliers"])).axes[0].get_ylim()
+    assert high > spike and low <= min(curve)
+    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--y-min", "0", "--y-max", "12"])).axes[0].get_ylim()
+    assert (low, high) == (0, 12)
+
+
+def test_moving_average_by_hand():
+    assert plot.moving_average([1, 2, 3, 4, 10], 3) == pytest.approx([1, 1.5, 2, 3, 17 / 3])
+    assert plot.moving_average([1, 2, 3, 4, 10], 1) == pytest.approx([1, 2, 3, 4, 10])
+    assert plot.moving_average([4, 8], 10) == pytest.approx([4, 6])
+
+
+def test_smoothed_curve_drawn_over_the_raw_one(tmp_path):
+    run = write_run(tmp_path, "a")
+    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--smooth", "4"]))
+    raw, smoothed = fig.axes[0].get_lines()[:2]
+    y = raw.get_ydata()
+    assert raw.get_alpha() < 1 and smoothed.get_alpha() in (None, 1)  # raw faint, smoothed opaque
+    assert len(raw.get_ydata()) == len(smoothed.get_ydata())
+    assert smoothed.get_ydata()[10] == pytest.approx(np.mean(y[7:11]))
+
+
+def test_x_axis_tokens_and_time(tmp_path):
+    run = write_run(tmp_path, "a", steps=20, eval_every=10, log_every=5)
+    records = plot.read_log(run)
+    assert plot.x_positions(records, "tokens") == [r["step"] * TOKENS_PER_STEP for r in records]
+    # train lines are 5 hours apart from step 5; evals at steps 0, 10, 20 and the event at step 7 interpolate
+    hours = dict(zip([(r["step"], tuple(sorted(r))) for r in records], plot.x_positions(records, "time")))
+    assert [h for (step, keys), h in hours.items() if "loss" in keys] == [0, 5, 10, 15]
+    assert [h for (step, keys), h in hours.items() if "eval_loss" in keys] == [0, 5, 15]
+    assert [h for (step, keys), h in hours.items() if "event" in keys] == [2]
+    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--x-axis", "tokens"]))
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [5 * TOKENS_PER_STEP * k for k in range(1, 5)]
+    assert fig.axes[0].get_xlabel() == "tokens"
+    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--x-axis", "time"]))
+    assert list(fig.axes[0].get_lines()[1].get_xdata()) == [0, 5, 15]
+
+
+def test_perplexity_and_metrics(tmp_path):
+    run = write_run(tmp_path, "a")
+    records = plot.read_log(run)
+    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--perplexity"]))
+    train_line = fig.axes[0].get_lines()[0]
+    assert train_line.get_ydata() == pytest.approx([math.exp(r["loss"]) for r in records if "loss" in r])
+    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--metrics", "grad_norm", "--grad-norm"]))
+    assert fig.axes[0].get_lines()[0].get_ydata() == pytest.approx([r["grad_norm"] for r in records if "grad_norm" in r])
+    assert fig.axes[1].get_ylabel() == "grad norm"
+
+
+def summary_records():
+    return [{"step": 0, "tokens": 0, "eval_loss": 10.0},
+            {"step": 10, "tokens": 40960, "loss": 3.0, "tok_per_s": 100.0, "time": 1.0},
+            {"step": 10, "tokens": 40960, "eval_loss": 2.5},
+            {"step": 20, "tokens": 81920, "loss": 2.6, "tok_per_s": 300.0, "time": 2.0},
+            {"step": 20, "tokens": 81920, "eval_loss": 2.75},
+            {"step": 30, "tokens": 122880, "loss": 2.4, "tok_per_s": 200.0, "time": 3.0}]
+
+
+def test_summary_numbers_in_both_formats(tmp_path, capsys):
+    run = tmp_path / "best"
+    run.mkdir()
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary_records()))
+    assert plot.summarize(summary_records()) == {"best_eval_loss": 2.5, "best_eval_ppl": pytest.approx(math.exp(2.5)),
+                                                 "best_step": 10, "best_tokens": 40960, "final_loss": 2.4,
+                                                 "median_tok_per_s": 200.0}
+    (tmp_path / "empty").mkdir()
+    assert plot.main(["summary", str(run), str(tmp_path / "empty")]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"note: skipping {tmp_path / 'empty'}: no log.jsonl\n"
+    header, line = out.splitlines()
+    assert line.split() == ["best", "2.5000", "12.18", "10", "40,960", "2.4000", "200"]
+    assert header.startswith("run") and "best eval loss" in header
+    assert plot.main(["summary", str(run), "--format", "md"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "| run | best eval loss | ppl | at step | at tokens | final train loss | median tok/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| best | 2.5000 | 12.18 | 10 | 40,960 | 2.4000 | 200 |"]
+
+
+def test_summary_of_a_run_without_evals(tmp_path, capsys):
+    assert plot.summarize([{"step": 5, "tokens": 5, "loss": 3.0}]) == {
+        "best_eval_loss": None, "best_eval_ppl": None, "best_step": None, "best_tokens": None,
+        "final_loss": 3.0, "median_tok_per_s": None}
+
+
+@pytest.mark.parametrize("case", ["missing", "metric", "malformed", "no_step", "labels", "option", "summary_malformed"])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
+    run = write_run(tmp_path, "a")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
+    argv, expected = {
+        "missing": ([str(tmp_path / "nope")], f"error: no log.jsonl in {tmp_path / 'nope'}\n"),
+        "metric": ([str(run), "--metrics", "loss,grad_nrom"], "did you mean 'grad_norm'?"),
+        "malformed": ([str(broken)], f"error: {broken / 'log.jsonl'} line 2 is not valid JSON\n"),
+        "no_step": ([str(broken)], "with a numeric step"),
+        "labels": ([str(run), str(run), "--labels", "x"], "error: --labels has 1 names for 2 runs\n"),
+        "option": ([str(run), "--x-axis", "wall"], "invalid choice: 'wall'"),
+        "summary_malformed": (["summary", str(run), str(broken)], "line 2 is not valid JSON"),
+    }[case]
+    if case == "no_step":
+        (broken / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n["loss", 2.0]\n')
+    assert plot.main(argv) == 2
+    assert expected in error_line(capsys)
+
+
+def test_summary_of_no_run_at_all(tmp_path, capsys):
+    assert plot.main(["summary", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == (f"note: skipping {tmp_path / 'nope'}: no log.jsonl\n"
+                                       "error: none of the paths holds a log.jsonl\n")

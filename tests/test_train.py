@@ -149,7 +149,7 @@ def test_the_same_command_resumes_after_a_kill(tiny_data, tmp_path):
         if path.name != f"ckpt_{10:08d}.pt":
             path.unlink()
     lines = [line for line in (run_dir / "log.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 15]
-    (run_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 16, "tok')  # killed mid-line
     assert train.main(command) == 0
     resumed, _ = read_log(run_dir)
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
