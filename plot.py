@@ -34,7 +34,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 import sched
 import train
@@ -62,12 +62,16 @@ def read_log(run_dir):
     if not path.is_file():
         raise UserError(f"no log.jsonl in {run_dir}")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    lines = path.read_text().split("\n")  # a complete file ends in "\n", so its last piece is ""
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines):  # no newline yet: a write torn by a kill (train.py drops it on resume)
+                print(f"note: {path} ends in a torn line; left out", file=sys.stderr)
+                break
             raise UserError(f"{path} line {number} is not valid JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
             raise UserError(f"{path} line {number} is not a JSON object with a numeric step")
@@ -128,7 +132,7 @@ def moving_average(values, n):
 def y_limits(values, ignore_outliers=True, log=False):
     """(low, high) of the y axis: Tukey's fences, then min..max of what is kept, padded 5% (module docstring)."""
     values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values) & ((values > 0) if log else True)]
+    values = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
     if len(values) == 0:
         return None
     if log:
@@ -137,7 +141,7 @@ def y_limits(values, ignore_outliers=True, log=False):
         q1, q3 = np.percentile(values, [25, 75])
         values = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1))]
     low, high = values.min(), values.max()
-    pad = 0.05 * (high - low) if high > low else 0.05 * abs(high) or 1.0
+    pad = 0.05 * (high - low) if high > low else (0.05 * abs(high) or 1.0)  # a flat curve still gets a range
     low, high = low - pad, high + pad
     return (10 ** low, 10 ** high) if log else (low, high)
 
@@ -189,8 +193,10 @@ def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=Non
             draw(ax, x, y, f"C{i % 10}", name if len(runs) == 1 else f"{label}: {name}", style, args.smooth)
             drawn_x.append(x)
             drawn_y.append(y)
-    if log:
+    if log:  # plain numbers (9, 10, 20) rather than 2x10^1, and minor ticks labelled over narrow ranges
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
     if drawn_y:
         x, y = np.concatenate(drawn_x), np.concatenate(drawn_y)
         in_range = (x >= (-np.inf if args.x_min is None else args.x_min)) & (x <= (np.inf if args.x_max is None else args.x_max))
@@ -217,6 +223,14 @@ def y_label(metrics, perplexity):
     if set(metrics) <= {"loss", "eval_loss"}:
         return "perplexity (exp of the loss)" if perplexity else "loss (nats per token)"
     return ", ".join(metric_name(m, perplexity) for m in metrics)
+
+
+def title(labels, metrics, args):
+    who = labels[0] if len(labels) == 1 else f"{len(labels)} runs"
+    what = ("train and eval " + ("perplexity" if args.perplexity else "loss") if metrics == DEFAULT_METRICS
+            else ", ".join(metric_name(m, args.perplexity) for m in metrics))
+    smoothing = f" (train curves: mean of {args.smooth} points)" if args.smooth > 1 else ""
+    return f"{who}: {what}{smoothing}"
 
 
 X_LABELS = {"step": "step", "tokens": "tokens", "time": "hours since the first train line"}
@@ -253,10 +267,7 @@ def draw_runs(args):
     if args.x_axis == "tokens":
         bottom.xaxis.set_major_formatter(FuncFormatter(format_count))
     ax.set_xlim(args.x_min, args.x_max)
-    what = y_label(metrics, args.perplexity).split(" (")[0] if metrics != DEFAULT_METRICS else \
-        "train and eval " + ("perplexity" if args.perplexity else "loss")
-    ax.set_title(f"{labels[0] if len(runs) == 1 else f'{len(runs)} runs'}: {what}"
-                 + (f" (train curves: mean of {args.smooth} points)" if args.smooth > 1 else ""))
+    ax.set_title(title(labels, metrics, args))
     fig.tight_layout()
     return fig
 

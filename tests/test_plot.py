@@ -30,6 +30,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 4096
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plot.plt.close("all")
+
+
+def figure(argv):
+    """The figure `python plot.py ARGV` would save."""
+    return plot.draw_runs(plot.plot_parser().parse_args([str(a) for a in argv]))
+
+
 def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_floor=2.0):
     """A synthetic out/<name>/log.jsonl as train.py writes it: a falling, noisy train loss every
     log_every steps (one hour apart), an eval every eval_every steps whose step-0 value is a spike
@@ -81,12 +92,12 @@ def test_three_run_comparison_png_with_every_option(tmp_path, monkeypatch):
 
 def test_one_colour_per_run_and_lr_axis_only_for_one_run(tmp_path):
     runs = [str(write_run(tmp_path, name, seed=i)) for i, name in enumerate("abc")]
-    fig = plot.draw_runs(plot.plot_parser().parse_args(runs))
+    fig = figure(runs)
     lines = fig.axes[0].get_lines()
     assert [line.get_label() for line in lines] == [f"{r}: {m}" for r in "abc" for m in ("train loss", "eval loss")]
     assert [line.get_color() for line in lines] == ["C0", "C0", "C1", "C1", "C2", "C2"]
     assert len(fig.axes) == 1  # no LR axis when comparing runs
-    fig = plot.draw_runs(plot.plot_parser().parse_args(runs[:1]))
+    fig = figure(runs[:1])
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "learning rate"
 
 
@@ -104,12 +115,12 @@ def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
     records = plot.read_log(run)
     spike = math.log(32000)
     curve = [r["loss"] for r in records if "loss" in r] + [r["eval_loss"] for r in records if r["step"] > 0 and "eval_loss" in r]
-    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run)])).axes[0].get_ylim()
+    low, high = figure([run]).axes[0].get_ylim()
     assert high < spike and low <= min(curve)
     assert np.mean([low <= v <= high for v in curve]) > 0.8  # the spike goes, the curve stays
-    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--no-ignore-outliers"])).axes[0].get_ylim()
+    low, high = figure([run, "--no-ignore-outliers"]).axes[0].get_ylim()
     assert high > spike and low <= min(curve)
-    low, high = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--y-min", "0", "--y-max", "12"])).axes[0].get_ylim()
+    low, high = figure([run, "--y-min", "0", "--y-max", "12"]).axes[0].get_ylim()
     assert (low, high) == (0, 12)
 
 
@@ -121,7 +132,7 @@ def test_moving_average_by_hand():
 
 def test_smoothed_curve_drawn_over_the_raw_one(tmp_path):
     run = write_run(tmp_path, "a")
-    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--smooth", "4"]))
+    fig = figure([run, "--smooth", "4"])
     raw, smoothed = fig.axes[0].get_lines()[:2]
     y = raw.get_ydata()
     assert raw.get_alpha() < 1 and smoothed.get_alpha() in (None, 1)  # raw faint, smoothed opaque
@@ -138,20 +149,20 @@ def test_x_axis_tokens_and_time(tmp_path):
     assert [h for (step, keys), h in hours.items() if "loss" in keys] == [0, 5, 10, 15]
     assert [h for (step, keys), h in hours.items() if "eval_loss" in keys] == [0, 5, 15]
     assert [h for (step, keys), h in hours.items() if "event" in keys] == [2]
-    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--x-axis", "tokens"]))
+    fig = figure([run, "--x-axis", "tokens"])
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [5 * TOKENS_PER_STEP * k for k in range(1, 5)]
     assert fig.axes[0].get_xlabel() == "tokens"
-    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--x-axis", "time"]))
+    fig = figure([run, "--x-axis", "time"])
     assert list(fig.axes[0].get_lines()[1].get_xdata()) == [0, 5, 15]
 
 
 def test_perplexity_and_metrics(tmp_path):
     run = write_run(tmp_path, "a")
     records = plot.read_log(run)
-    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--perplexity"]))
+    fig = figure([run, "--perplexity"])
     train_line = fig.axes[0].get_lines()[0]
     assert train_line.get_ydata() == pytest.approx([math.exp(r["loss"]) for r in records if "loss" in r])
-    fig = plot.draw_runs(plot.plot_parser().parse_args([str(run), "--metrics", "grad_norm", "--grad-norm"]))
+    fig = figure([run, "--metrics", "grad_norm", "--grad-norm"])
     assert fig.axes[0].get_lines()[0].get_ydata() == pytest.approx([r["grad_norm"] for r in records if "grad_norm" in r])
     assert fig.axes[1].get_ylabel() == "grad norm"
 
@@ -211,6 +222,15 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
         (broken / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n["loss", 2.0]\n')
     assert plot.main(argv) == 2
     assert expected in error_line(capsys)
+
+
+def test_a_torn_last_line_is_left_out_with_a_note(tmp_path, capsys):
+    run = write_run(tmp_path, "a")
+    complete = plot.read_log(run)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 201, "tok')  # killed mid-write
+    assert plot.read_log(run) == complete
+    assert capsys.readouterr().err == f"note: {run / 'log.jsonl'} ends in a torn line; left out\n"
 
 
 def test_summary_of_no_run_at_all(tmp_path, capsys):
