@@ -560,6 +560,9 @@ def train(cfg, model_overrides):
     if tensorboard:
         tensorboard.close()
     if world_size > 1:
+        # Every rank reaches the barrier before any tears gloo down: a rank that leaves while another is
+        # still writing the final checkpoint or sample could abort that rank's gloo threads at exit.
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
