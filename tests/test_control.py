@@ -84,21 +84,24 @@ def test_sigterm_saves_exits_0_and_resumes_bit_identically(tiny_data, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 
-def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypatch, capsys):
-    args = run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")
+def corrupt_loss_at(monkeypatch, step, factor):
+    """Multiply the training loss of `step` (1-based, one micro-step a step) by factor; eval is left alone."""
     real_forward, calls = model_lib.Transformer.forward, []
 
-    def forward(self, idx, doc_ids=None, targets=None):  # the 14th training step's forward returns NaN
+    def forward(self, idx, doc_ids=None, targets=None):
         loss = real_forward(self, idx, doc_ids, targets)
         if targets is not None and torch.is_grad_enabled():
             calls.append(1)
-            if len(calls) == 14:
-                return loss * float("nan")
+            if len(calls) == step:
+                return loss * factor
         return loss
 
     monkeypatch.setattr(model_lib.Transformer, "forward", forward)
-    before = None
-    assert train.main(args) == 2
+
+
+def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypatch, capsys):
+    corrupt_loss_at(monkeypatch, 14, float("nan"))
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: loss diverged at step 14: nan;") and err.count("\n") == 1
     run_dir = tmp_path / "n"
@@ -109,19 +112,13 @@ def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypat
 
 
 def test_a_loss_spike_stops_the_run(tiny_data, tmp_path, monkeypatch, capsys):
-    real_forward, calls = model_lib.Transformer.forward, []
-
-    def forward(self, idx, doc_ids=None, targets=None):
-        loss = real_forward(self, idx, doc_ids, targets)
-        if targets is not None and torch.is_grad_enabled():
-            calls.append(1)
-            return loss * 10 if len(calls) == 25 else loss
-        return loss
-
-    monkeypatch.setattr(model_lib.Transformer, "forward", forward)
+    corrupt_loss_at(monkeypatch, 25, 10.0)
     assert train.main(run_args(tiny_data, tmp_path, "run_name=s")) == 2
     assert "error: loss diverged at step 25:" in capsys.readouterr().err
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=s2", "divergence_factor=0")) == 0  # the guard is off
+    corrupt_loss_at(monkeypatch, 25, 10.0)  # the same spike again, with the guard off: the run goes on
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=s2", "divergence_factor=0")) == 0
+    spiked = [r for r in read_log(tmp_path / "s2")[0] if r["step"] == 25][0]["loss"]
+    assert spiked > 3 * read_log(tmp_path / "s2")[0][23]["loss"]  # the spike was there
 
 
 @pytest.mark.slow
@@ -140,11 +137,14 @@ def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path)
     def events(run_dir):
         return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if '"event"' in line]
 
-    run_dir = tmp_path / "c"
-    process = subprocess.Popen(command + ["run_name=c"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    def start(run_name):
+        process = subprocess.Popen(command + [f"run_name={run_name}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: last_step(tmp_path / run_name) >= 3, what="the first steps")
+        return process, tmp_path / run_name
+
+    process, run_dir = start("c")
     try:
-        wait_for(lambda: last_step(run_dir) >= 3, what="the first steps")
         sent = control(run_dir, "save")
         wait_for(lambda: any(e["event"] == "saved on request" for e in events(run_dir)), what="the save")
         saved = [e for e in events(run_dir) if e["event"] == "saved on request"][0]["step"]
@@ -162,11 +162,8 @@ def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path)
     assert stopped["event"].startswith("stopped by the stop command") and sent <= stopped["step"] <= sent + 5
     assert torch.load(model_lib.newest_checkpoint(run_dir), weights_only=True)["annealing_start"] == annealed
 
-    run_dir = tmp_path / "a"
-    process = subprocess.Popen(command + ["run_name=a"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process, run_dir = start("a")
     try:
-        wait_for(lambda: last_step(run_dir) >= 3, what="the first steps")
         sent = control(run_dir, "abort")
         out, err = process.communicate(timeout=120)
     finally:
