@@ -92,7 +92,7 @@ class TrainConfig:
     checkpoint_interval: int = 500      # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2           # newest checkpoints kept in the run directory (plus ckpt_best.pt: best eval loss)
     sample_interval: int = 0            # steps between samples into samples.txt; 0: only at the end
-    sample_prompt: str = ""             # text the sample continues (it starts a fresh document)
+    sample_prompts: tuple[str, ...] = ("",)  # fixed texts the samples continue (each starts a fresh document)
     sample_tokens: int = 200
     sample_temperature: float = 0.8
     sample_top_k: int | None = 200
@@ -114,6 +114,10 @@ def check_type(key, value, hint):
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if value is None and type(None) in allowed:
         return value
+    if typing.get_origin(hint) is tuple:  # a list of texts, such as sample_prompts
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise UserError(f"{key} must be a list of strings, got {value!r}")
     if isinstance(value, bool):  # bool is an int subclass; only a bool may stand for a bool
         if bool in allowed:
             return value
@@ -349,15 +353,17 @@ def evaluate(model, val, cfg, rank, world_size, device, autocast):
     return (totals[0] / totals[1]).item()
 
 
-def write_sample(raw_model, tokenizer, cfg, step, run_dir, device):
-    """Continue sample_prompt and append it to samples.txt; the same text whether or not the run was resumed."""
+def write_samples(raw_model, tokenizer, cfg, step, run_dir, device):
+    """Continue each of sample_prompts and append them to samples.txt; the same texts whether or not the run
+    was resumed (the generator is seeded by the step)."""
     generator = torch.Generator(device=device).manual_seed(cfg.seed + step)
     raw_model.eval()
-    text = generate_text(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.sample_temperature,
-                         cfg.sample_top_k, generator)
+    texts = [generate_text(raw_model, tokenizer, prompt, cfg.sample_tokens, cfg.sample_temperature, cfg.sample_top_k,
+                           generator) for prompt in cfg.sample_prompts]
     raw_model.train()
+    text = "".join(f"----- sample at step {step} -----\n{t}\n" for t in texts)
     with open(run_dir / "samples.txt", "a") as f:
-        f.write(f"----- step {step} -----\n{text}\n")
+        f.write(text)
     return text
 
 
@@ -551,8 +557,7 @@ def train(cfg, model_overrides):
         if step % cfg.checkpoint_interval == 0 or step == run_steps:
             checkpoint()
         if master and ((cfg.sample_interval and step % cfg.sample_interval == 0) or step == run_steps):
-            text = write_sample(raw_model, tokenizer, cfg, step, run_dir, device)
-            say(f"----- sample at step {step} -----\n{text}\n-----")
+            say(write_samples(raw_model, tokenizer, cfg, step, run_dir, device) + "-----")
         paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
         start_time, last_time = start_time + paused, last_time + paused
     if log_file:

@@ -11,4 +11,4 @@ eval_interval = 100
 eval_iters = 4
 log_interval = 20
 checkpoint_interval = 250
-sample_prompt = "ROMEO:\n"
+sample_prompts = ["ROMEO:\n", "JULIET:\n"]

@@ -27,7 +27,8 @@ def read_log(run_dir):
 
 
 def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=r", "checkpoint_interval=10")) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=r", "checkpoint_interval=10",
+                               "sample_prompts=['A king', 'The sea']")) == 0
     run_dir = tmp_path / "r"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dim"] == 32 and config["vocab_size"] == 257 and config["lr"] == 3e-3
@@ -49,7 +50,9 @@ def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
     assert best["step"] == steps and best["best_eval_loss"] == eval_lines[-1]["eval_loss"]
     assert eval_lines[-1]["eval_ppl"] == pytest.approx(math.exp(eval_lines[-1]["eval_loss"]))
     assert not list(run_dir.glob("*.tmp"))
-    assert (run_dir / "samples.txt").read_text().startswith(f"----- step {steps} -----\n")
+    samples = (run_dir / "samples.txt").read_text()
+    assert samples.startswith(f"----- sample at step {steps} -----\nA king")  # each prompt, continued
+    assert samples.count(f"----- sample at step {steps} -----\n") == 2 and "\nThe sea" in samples
 
 
 @pytest.mark.parametrize("precision", [
@@ -100,6 +103,7 @@ def test_torchrun_two_processes_match_one_with_grad_accum(tiny_data, tmp_path):
     (["lr=fast"], "lr must be float, got 'fast'"),
     (["compile=3"], "compile must be bool"),
     (["n_layers=2.5"], "n_layers must be int"),
+    (["sample_prompts=3"], "sample_prompts must be a list of strings, got 3"),
     (["data=nowhere"], "nowhere"),
     (["vocab_size=32000"], "vocab_size=32000 but"),
     (["tokenizer=cl100k_32k"], "tokenizer='cl100k_32k' but"),
