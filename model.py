@@ -414,18 +414,22 @@ def newest_checkpoint(run_dir):
     return steps[max(steps)] if steps else None
 
 
-def load_model(path, device="cpu"):
-    """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint in a run directory."""
+def checkpoint_file(path):
+    """A checkpoint file as given, or the newest checkpoint of a run directory; FileNotFoundError if none."""
     path = Path(path)
     if path.is_dir():
         checkpoint_path = newest_checkpoint(path)
         if checkpoint_path is None:
             raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in run directory {path}")
-    elif path.is_file():
-        checkpoint_path = path
-    else:
-        raise FileNotFoundError(f"no such checkpoint file or run directory: {path}")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        return checkpoint_path
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f"no such checkpoint file or run directory: {path}")
+
+
+def load_model(path, device="cpu"):
+    """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint in a run directory."""
+    checkpoint = torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
     model = Transformer(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

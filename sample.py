@@ -7,7 +7,6 @@ fresh document (end-of-text first, as in training) and prints each sample.
 """
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -36,16 +35,25 @@ def main(argv):
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    path = Path(args.path)
-    checkpoint_path = model_lib.newest_checkpoint(path) if path.is_dir() else path
-    if checkpoint_path is None or not checkpoint_path.is_file():
-        print(f"error: no checkpoint at {path}", file=sys.stderr)
+    try:
+        checkpoint_path = model_lib.checkpoint_file(args.path)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     model = model_lib.load_model(checkpoint_path, device=args.device)
     # mmap: read just the tokenizer's name without loading the weights a second time
-    tokenizer = prepare.load_tokenizer(torch.load(checkpoint_path, mmap=True, weights_only=True)["tokenizer"])
+    tokenizer_name = args.tokenizer or torch.load(checkpoint_path, mmap=True, weights_only=True)["tokenizer"]
+    if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
+        print(f"error: {checkpoint_path} records no tokenizer; name one with --tokenizer", file=sys.stderr)
+        return 2
+    try:
+        tokenizer = prepare.load_tokenizer(tokenizer_name)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     for i in range(args.num_samples):
         text = generate_text(model, tokenizer, args.prompt, args.tokens, args.temperature, args.top_k or None, generator)

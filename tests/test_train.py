@@ -197,3 +197,20 @@ def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path):
 def test_start_annealing_needs_a_decay(tiny_data, tmp_path, capsys):
     assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "start_annealing=True")) == 2
     assert "start_annealing needs schedule='infinite' or 'wsd'" in capsys.readouterr().err
+
+
+def test_sample_py_from_a_run_and_its_errors(tiny_data, tmp_path, capsys):
+    import sample
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=s", "max_steps=3")) == 0
+    capsys.readouterr()
+    assert sample.main([str(tmp_path / "s"), "--prompt", "The king", "--tokens", "20", "--num_samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("The king") == 2 and "----- sample 2 -----" in out
+    assert sample.main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: no such checkpoint file or run directory:")
+    checkpoint = torch.load(next((tmp_path / "s").glob("ckpt_*.pt")), weights_only=True)
+    checkpoint["tokenizer"] = None  # as an import from a Hugging Face folder without small_lm.json
+    torch.save(checkpoint, tmp_path / "imported.pt")
+    assert sample.main([str(tmp_path / "imported.pt")]) == 2
+    assert "records no tokenizer; name one with --tokenizer" in capsys.readouterr().err
+    assert sample.main([str(tmp_path / "imported.pt"), "--tokenizer", "bytes", "--tokens", "5"]) == 0

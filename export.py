@@ -1,0 +1,259 @@
+"""Export a trained model to a Hugging Face Llama folder, and import one back.
+
+    python export.py out/RUN                        # newest checkpoint -> out/RUN/hf
+    python export.py out/RUN/ckpt_00001000.pt --output some/dir [--force]
+    python export.py --import HF_DIR --output out/RUN_NAME   # -> out/RUN_NAME/ckpt_00000000.pt
+
+The Hugging Face folder holds config.json (a LlamaConfig), model.safetensors (the weights) and
+small_lm.json (our tokenizer name and end-of-text id). It loads with
+transformers.AutoModelForCausalLM.from_pretrained(folder). Our parameter names are
+LlamaForCausalLM's without the "model." prefix, so both directions are renaming and copying;
+this file does not need transformers.
+
+Top to bottom: the Llama-compatibility check, export_hf, import_hf, atomic folder writing, the
+command line.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import ModelConfig, Transformer, checkpoint_file
+
+# ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
+# DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
+# a Llama, at any other value it is not, and hf_incompatibility says so.
+LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
+                "norm_eps", "tie_embeddings",
+                "attn")  # attn picks an attention back-end; both compute the same maths
+
+# End-of-text id of each of our tokenizers (prepare.py); the exported config uses it as BOS and EOS.
+# A table rather than loading the tokenizer: gpt2's needs a download.
+EOT_IDS = {"cl100k_32k": 31999, "cl100k_base": 100257, "bytes": 256, "gpt2": 50256}
+
+DEFAULT_MAX_POSITIONS = 4096  # max_position_embeddings when the checkpoint has no training seq_len
+
+
+def hf_incompatibility(model_config):
+    """Why a model of this config (a dict, as checkpoints store it) has no Hugging Face Llama
+    equivalent, in a few words; None when it has one."""
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    for name, value in model_config.items():
+        if name in LLAMA_FIELDS:
+            continue
+        if name not in defaults:
+            return f"model_config field {name!r} is unknown to this model.py, so it cannot be checked"
+        if value != defaults[name]:
+            return f"{name}={value!r} has no Hugging Face Llama equivalent"
+    return None
+
+
+# -----------------------------------------------------------------------------------------------
+# Export: our checkpoint -> {config.json, model.safetensors, small_lm.json}
+
+
+def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
+    """The LlamaConfig dict (config.json) of a ModelConfig."""
+    eot_id = EOT_IDS.get(tokenizer)  # None when the tokenizer is not known
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+        # transformers 5 reads rope_parameters; 4.x reads rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": max_positions,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": eot_id,  # documents are opened by end-of-text in training (data.py)
+        "eos_token_id": eot_id,
+        # transformers 5 reads dtype; 4.x reads torch_dtype
+        "dtype": "float32",
+        "torch_dtype": "float32",
+    }
+
+
+def load_checkpoint(path):
+    """The checkpoint dict of a checkpoint file, or of the newest checkpoint in a run directory."""
+    try:
+        checkpoint_path = checkpoint_file(path)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise ValueError(f"cannot read checkpoint {checkpoint_path}: {e}") from e
+
+
+def export_hf(checkpoint, output_dir, force=False):
+    """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically)."""
+    reason = hf_incompatibility(checkpoint["model_config"])
+    if reason:
+        raise ValueError(f"cannot export to Hugging Face Llama: {reason}")
+    config = ModelConfig(**checkpoint["model_config"])
+    tokenizer = checkpoint.get("tokenizer")
+    seq_len = (checkpoint.get("config") or {}).get("seq_len") or DEFAULT_MAX_POSITIONS
+    weights = {}
+    for name, tensor in checkpoint["model"].items():
+        if name == "lm_head.weight":
+            if config.tie_embeddings:
+                continue  # the embedding matrix; transformers ties it back from tie_word_embeddings
+        else:
+            name = "model." + name
+        # fp32 as config.json says; contiguous and unshared, as safetensors requires
+        weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
+
+    def write(folder):
+        (folder / "config.json").write_text(json.dumps(hf_config(config, tokenizer, seq_len), indent=2) + "\n")
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        small_lm = {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)}
+        (folder / "small_lm.json").write_text(json.dumps(small_lm, indent=2) + "\n")
+
+    write_folder(output_dir, write, force)
+
+
+# -----------------------------------------------------------------------------------------------
+# Import: a Hugging Face Llama folder -> (ModelConfig, state dict) -> our checkpoint
+
+
+def import_hf(hf_dir):
+    """(ModelConfig, state dict) of a Hugging Face Llama folder (config.json + model.safetensors)."""
+    hf_dir = Path(hf_dir)
+    config_path, weights_path = hf_dir / "config.json", hf_dir / "model.safetensors"
+    if not config_path.is_file():
+        raise ValueError(f"no config.json in {hf_dir}")
+    if not weights_path.is_file():
+        raise ValueError(f"no model.safetensors in {hf_dir} (sharded and .bin weights are not supported)")
+    hf = json.loads(config_path.read_text())
+    rope = hf.get("rope_parameters") or {}
+    refusals = [
+        (hf.get("model_type") != "llama", f"model_type is {hf.get('model_type')!r}, not 'llama'"),
+        (hf.get("attention_bias", False), "attention_bias is true"),
+        (hf.get("mlp_bias", False), "mlp_bias is true"),
+        (hf.get("rope_scaling") is not None, "rope_scaling is set"),
+        (rope.get("rope_type", "default") != "default", f"rope type is {rope.get('rope_type')!r}"),
+        (hf.get("hidden_act", "silu") != "silu", f"hidden_act is {hf.get('hidden_act')!r}, not 'silu'"),
+        (hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]),
+         "head_dim is not hidden_size // num_attention_heads"),
+    ]
+    for refused, reason in refusals:
+        if refused:
+            raise ValueError(f"not a plain Llama model: {reason}")
+    n_kv_heads = hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    config = ModelConfig(
+        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        n_kv_heads=None if n_kv_heads == hf["num_attention_heads"] else n_kv_heads,
+        ffn_dim=hf["intermediate_size"],
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),  # 10000: LlamaConfig's default
+        norm_eps=hf.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
+        tie_embeddings=hf.get("tie_word_embeddings", False))  # LlamaConfig's default
+
+    state = {}
+    for name, tensor in load_file(weights_path).items():
+        if name.startswith("model."):
+            name = name[len("model."):]
+        state[name] = tensor.to(torch.float32)
+    if config.tie_embeddings and "embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["embed_tokens.weight"]  # one tensor, as in our tied model
+    with torch.device("meta"):  # names and shapes only
+        expected = {name: p.shape for name, p in Transformer(config).state_dict().items()}
+    got = {name: tensor.shape for name, tensor in state.items()}
+    if got != expected:
+        missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+        wrong = sorted(n for n in expected.keys() & got.keys() if expected[n] != got[n])
+        raise ValueError(f"weights in {hf_dir} do not match config.json: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    return config, state
+
+
+def import_checkpoint(hf_dir, output_dir, force=False):
+    """Write hf_dir as a run directory output_dir holding ckpt_00000000.pt (atomically)."""
+    config, state = import_hf(hf_dir)
+    small_lm_path = Path(hf_dir) / "small_lm.json"
+    tokenizer = json.loads(small_lm_path.read_text()).get("tokenizer") if small_lm_path.is_file() else None
+    checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "tokenizer": tokenizer, "step": 0}
+    write_folder(output_dir, lambda folder: torch.save(checkpoint, folder / "ckpt_00000000.pt"), force)
+
+
+# -----------------------------------------------------------------------------------------------
+# Writing a folder atomically: fill a temporary folder beside it, then rename it into place, so
+# an interrupted export leaves either nothing or a complete folder.
+
+
+def write_folder(output_dir, write, force):
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise ValueError(f"output directory {output_dir} exists and is not empty (--force replaces it)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        write(tmp)
+        if output_dir.is_dir():
+            # os.replace cannot overwrite a non-empty directory: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
+            os.replace(output_dir, old / "old")
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# -----------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description="Export a run to a Hugging Face Llama folder, or import one.")
+    parser.add_argument("source", nargs="?", help="run directory (newest checkpoint) or checkpoint file")
+    parser.add_argument("--import", dest="hf_dir", help="a Hugging Face Llama folder to import")
+    parser.add_argument("--output", help="output folder (default for export: RUN/hf; required for --import)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    args = parser.parse_args(argv)
+    try:
+        if args.hf_dir:
+            if args.source:
+                raise ValueError("give either a run to export or --import HF_DIR, not both")
+            if not args.output:
+                raise ValueError("--import needs --output out/RUN_NAME")
+            if not Path(args.hf_dir).is_dir():
+                raise ValueError(f"no such Hugging Face folder: {args.hf_dir}")
+            import_checkpoint(args.hf_dir, args.output, args.force)
+            print(f"wrote {Path(args.output) / 'ckpt_00000000.pt'}")
+        else:
+            if not args.source:
+                raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")
+            source = Path(args.source)
+            output = Path(args.output) if args.output else (source if source.is_dir() else source.parent) / "hf"
+            export_hf(load_checkpoint(source), output, args.force)
+            print(f"wrote {output}")
+    except (ValueError, KeyError, OSError) as e:  # a KeyError is a config.json or checkpoint missing a field
+        message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        print(f"error: {message.splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,267 @@
+"""Tests for export.py: our checkpoints exported to a Hugging Face folder load in transformers with
+the same logits; a transformers Llama imported back gives the same logits in our model; the round
+trip keeps every tensor; non-Llama configs are refused; bad command lines end in one line.
+CPU, fp32, tiny models, nothing downloaded."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import export
+from export import EOT_IDS, export_hf, hf_incompatibility, import_hf, main
+from model import ModelConfig, Transformer, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 97
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second OpenMP thread on a busy 2-core machine only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # from_pretrained must read the local folder, never the Hub
+
+
+def tiny_model(seed=0, **overrides):
+    """A 2-layer model with weights scaled up so attention is far from uniform and every weight
+    visibly changes the logits (at init scale a misplaced tensor could hide)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(**{"vocab_size": VOCAB, "dim": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 160,
+                            "rope_theta": 500.0, **overrides})
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name != "embed_tokens.weight":
+                p.normal_(0.0, 0.25)
+    return model
+
+
+def save_run(model, run_dir, tokenizer="bytes", seq_len=128):
+    """A checkpoint as train.py writes one (the fields export.py reads)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "ckpt_00000100.pt"
+    torch.save({"model": model.state_dict(), "model_config": asdict(model.config), "step": 100,
+                "tokenizer": tokenizer, "config": {"seq_len": seq_len, "tokenizer": tokenizer}}, path)
+    return path
+
+
+def token_ids(seed=3):
+    return torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(seed))
+
+
+# -----------------------------------------------------------------------------------------------
+# Export: transformers loads the folder and computes our logits
+
+
+@pytest.mark.parametrize("n_kv_heads, tied", [(None, False), (2, True)])
+def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tied):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(n_kv_heads=n_kv_heads, tie_embeddings=tied)
+    save_run(model, tmp_path / "run")
+    main([str(tmp_path / "run")])  # default output: RUN/hf
+    folder = tmp_path / "run" / "hf"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "small_lm.json"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["max_position_embeddings"] == 128  # the run's seq_len
+    assert config["bos_token_id"] == config["eos_token_id"] == 256  # end-of-text of the bytes tokenizer
+    assert json.loads((folder / "small_lm.json").read_text()) == {"tokenizer": "bytes", "eot_id": 256}
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert hf.config.num_key_value_heads == model.config.kv_heads
+    assert hf.config.rope_parameters["rope_theta"] == 500.0
+    assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == tied
+    idx = token_ids()
+    with torch.no_grad():
+        expected = hf(input_ids=idx).logits
+        ours = model(idx)
+    assert ours.abs().max() > 1.0  # not near-uniform logits, so the comparison is not vacuous
+    assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_eot_table_matches_the_tokenizers():
+    from prepare import load_tokenizer
+    for name in ("cl100k_32k", "cl100k_base", "bytes"):  # gpt2's would need a download
+        assert EOT_IDS[name] == load_tokenizer(name).eot_token, name
+
+
+# -----------------------------------------------------------------------------------------------
+# Import: a transformers Llama becomes our checkpoint, and back
+
+
+@pytest.mark.parametrize("n_kv_heads, tied", [(4, False), (2, True)])
+def test_import_transformers_llama_gives_same_logits(tmp_path, n_kv_heads, tied):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=n_kv_heads, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0}, max_position_embeddings=64)
+    torch.manual_seed(1)
+    hf = LlamaForCausalLM._from_config(hf_config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():  # scaled up, as in tiny_model
+            p.copy_(torch.rand_like(p) + 0.5 if name.endswith("norm.weight") else torch.randn_like(p) * 0.25)
+    hf.save_pretrained(tmp_path / "hf")
+
+    main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "out" / "imported")])
+    ours = load_model(tmp_path / "out" / "imported")
+    checkpoint = torch.load(tmp_path / "out" / "imported" / "ckpt_00000000.pt", weights_only=True)
+    assert checkpoint["tokenizer"] is None and checkpoint["step"] == 0  # no small_lm.json in this folder
+    assert ours.config.kv_heads == n_kv_heads and ours.config.tie_embeddings == tied
+    assert ours.config.rope_theta == 500.0 and ours.config.norm_eps == 1e-5
+    idx = token_ids()
+    with torch.no_grad():
+        expected = hf(input_ids=idx).logits
+        got = ours(idx)
+    assert expected.abs().max() > 1.0
+    assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_round_trip_keeps_every_tensor(tmp_path):
+    model = tiny_model(n_kv_heads=2, tie_embeddings=True)
+    save_run(model, tmp_path / "run", tokenizer="cl100k_32k")
+    main([str(tmp_path / "run"), "--output", str(tmp_path / "hf")])
+    config, state = import_hf(tmp_path / "hf")
+    assert config == model.config
+    original = model.state_dict()
+    assert state.keys() == original.keys()
+    for name in original:
+        assert torch.equal(state[name], original[name]), name
+    main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "back")])
+    checkpoint = torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)
+    assert checkpoint["tokenizer"] == "cl100k_32k"  # recorded by small_lm.json
+    back = load_model(tmp_path / "back")
+    assert back.lm_head.weight is back.embed_tokens.weight
+    idx = token_ids()
+    with torch.no_grad():
+        assert torch.equal(back(idx), model(idx))
+
+
+# -----------------------------------------------------------------------------------------------
+# Refusals
+
+
+def test_hf_incompatibility():
+    llama = asdict(ModelConfig())
+    assert hf_incompatibility(llama) is None
+    assert hf_incompatibility(llama | {"attn": "eager", "n_kv_heads": 2, "tie_embeddings": True}) is None
+    # a field this model.py does not know: cannot be checked, so refused
+    assert "qk_norm" in hf_incompatibility(llama | {"qk_norm": True})
+
+
+def test_hf_incompatibility_of_a_variant_field(monkeypatch):
+    """A variant adds a field to ModelConfig: at its default the model is still a Llama; set, it is not."""
+    @dataclasses.dataclass
+    class VariantConfig(ModelConfig):
+        alibi: bool = False  # a variant's field, off by default
+
+    monkeypatch.setattr(export, "ModelConfig", VariantConfig)
+    assert hf_incompatibility(asdict(VariantConfig())) is None
+    assert hf_incompatibility(asdict(VariantConfig(alibi=True))) == "alibi=True has no Hugging Face Llama equivalent"
+
+
+def test_export_refuses_a_non_llama_config(tmp_path):
+    checkpoint = {"model": {}, "model_config": asdict(ModelConfig()) | {"qk_norm": True}}
+    with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: model_config field 'qk_norm'"):
+        export_hf(checkpoint, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"model_type": "mistral"}, "model_type is 'mistral', not 'llama'"),
+    ({"attention_bias": True}, "attention_bias is true"),
+    ({"mlp_bias": True}, "mlp_bias is true"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling is set"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500.0}}, "rope type is 'llama3'"),
+    ({"hidden_act": "gelu"}, "hidden_act is 'gelu', not 'silu'"),
+])
+def test_import_refuses_non_plain_llama(tmp_path, capsys, change, reason):
+    save_run(tiny_model(), tmp_path / "run")
+    main([str(tmp_path / "run"), "--output", str(tmp_path / "hf")])
+    config_path = tmp_path / "hf" / "config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | change))
+    with pytest.raises(SystemExit) as e:
+        main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: not a plain Llama model: {reason}"]
+    assert not (tmp_path / "out").exists()
+
+
+# -----------------------------------------------------------------------------------------------
+# Command-line errors: one line, exit 2, nothing overwritten
+
+
+def run_main_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert run_main_error([str(tmp_path / "missing")], capsys) == \
+        f"error: no such checkpoint file or run directory: {tmp_path / 'missing'}"
+    (tmp_path / "empty_run").mkdir()
+    assert run_main_error([str(tmp_path / "empty_run")], capsys) == \
+        f"error: no checkpoint (ckpt_*.pt) in run directory {tmp_path / 'empty_run'}"
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert run_main_error([str(tmp_path / "bad.pt")], capsys).startswith(f"error: cannot read checkpoint {tmp_path / 'bad.pt'}")
+    assert run_main_error([], capsys).startswith("error: give a run directory")
+    assert run_main_error(["--import", str(tmp_path)], capsys) == "error: --import needs --output out/RUN_NAME"
+    assert run_main_error(["--import", str(tmp_path / "nope"), "--output", str(tmp_path / "o")], capsys) == \
+        f"error: no such Hugging Face folder: {tmp_path / 'nope'}"
+    assert run_main_error(["--import", str(tmp_path / "empty_run"), "--output", str(tmp_path / "o")], capsys) == \
+        f"error: no config.json in {tmp_path / 'empty_run'}"
+
+
+def test_existing_output_is_refused_unless_forced(tmp_path, capsys):
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    save_run(first, tmp_path / "run")
+    output = tmp_path / "hf"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    assert run_main_error([str(tmp_path / "run"), "--output", str(output)], capsys) == \
+        f"error: output directory {output} exists and is not empty (--force replaces it)"
+    assert (output / "keep.txt").read_text() == "mine"
+
+    main([str(tmp_path / "run"), "--output", str(output), "--force"])
+    assert not (output / "keep.txt").exists()
+    save_run(second, tmp_path / "run2")
+    main([str(tmp_path / "run2" / "ckpt_00000100.pt"), "--output", str(output), "--force"])
+    config, state = import_hf(output)
+    assert torch.equal(state["norm.weight"], second.state_dict()["norm.weight"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+def test_command_runs_as_a_script(tmp_path):
+    save_run(tiny_model(), tmp_path / "run")
+    ok = subprocess.run([sys.executable, "export.py", str(tmp_path / "run")], cwd=ROOT, text=True,
+                        capture_output=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"wrote {tmp_path / 'run' / 'hf'}"
+    bad = subprocess.run([sys.executable, "export.py", str(tmp_path / "run")], cwd=ROOT, text=True,
+                         capture_output=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr.splitlines() == [
+        f"error: output directory {tmp_path / 'run' / 'hf'} exists and is not empty (--force replaces it)"]
