@@ -515,8 +515,8 @@ def train(cfg, model_overrides):
         if world_size > 1:
             dist.all_reduce(status)
         loss = status[0].item() / target_count.item()
-        signalled, command = status[1].item() > 0, ("",) + CONTROL_COMMANDS
-        command = command[int(status[2].item())]
+        signalled, command_number = status[1].item() > 0, int(status[2].item())  # 0: no command
+        command = CONTROL_COMMANDS[command_number - 1] if command_number else ""
 
         if not math.isfinite(loss) or (cfg.divergence_factor and losses_seen >= 20 and loss > cfg.divergence_factor * loss_mean):
             raise UserError(f"loss diverged at step {step}: {loss:.4g}" + (f" against a running mean of {loss_mean:.4g}" if
