@@ -26,6 +26,14 @@ def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generato
     return prompt + tokenizer.decode(new_ids, errors="replace")
 
 
+def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, heading="sample"):
+    """Each prompt continued, under a "----- heading i/n -----" line; reproducible from the seed."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    return "".join(f"----- {heading} {i}/{len(prompts)} -----\n"
+                   f"{generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator)}\n"
+                   for i, prompt in enumerate(prompts, 1))
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
@@ -54,10 +62,8 @@ def main(argv):
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    for i in range(args.num_samples):
-        text = generate_text(model, tokenizer, args.prompt, args.tokens, args.temperature, args.top_k or None, generator)
-        print(f"----- sample {i + 1} -----\n{text}")
+    print(sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,
+                       args.top_k or None, args.seed), end="")
     return 0
 
 

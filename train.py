@@ -35,7 +35,7 @@ import model as model_lib
 import optim
 import prepare
 import sched
-from sample import generate_text
+from sample import sample_texts
 
 
 @dataclass
@@ -353,20 +353,6 @@ def evaluate(model, val, cfg, rank, world_size, device, autocast):
     return (totals[0] / totals[1]).item()
 
 
-def write_samples(raw_model, tokenizer, cfg, step, run_dir, device):
-    """Continue each of sample_prompts and append them to samples.txt; the same texts whether or not the run
-    was resumed (the generator is seeded by the step)."""
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)
-    raw_model.eval()
-    texts = [generate_text(raw_model, tokenizer, prompt, cfg.sample_tokens, cfg.sample_temperature, cfg.sample_top_k,
-                           generator) for prompt in cfg.sample_prompts]
-    raw_model.train()
-    text = "".join(f"----- sample at step {step} -----\n{t}\n" for t in texts)
-    with open(run_dir / "samples.txt", "a") as f:
-        f.write(text)
-    return text
-
-
 # ----------------------------------------------------------------------------- training
 
 def train(cfg, model_overrides):
@@ -557,7 +543,13 @@ def train(cfg, model_overrides):
         if step % cfg.checkpoint_interval == 0 or step == run_steps:
             checkpoint()
         if master and ((cfg.sample_interval and step % cfg.sample_interval == 0) or step == run_steps):
-            say(write_samples(raw_model, tokenizer, cfg, step, run_dir, device) + "-----")
+            raw_model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
+            text = sample_texts(raw_model, tokenizer, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature,
+                                cfg.sample_top_k, seed=cfg.seed + step, heading=f"sample at step {step}")
+            raw_model.train()
+            with open(run_dir / "samples.txt", "a") as f:
+                f.write(text)
+            say(text + "-----")
         paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
         start_time, last_time = start_time + paused, last_time + paused
     if log_file:

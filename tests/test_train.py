@@ -51,8 +51,8 @@ def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
     assert eval_lines[-1]["eval_ppl"] == pytest.approx(math.exp(eval_lines[-1]["eval_loss"]))
     assert not list(run_dir.glob("*.tmp"))
     samples = (run_dir / "samples.txt").read_text()
-    assert samples.startswith(f"----- sample at step {steps} -----\nA king")  # each prompt, continued
-    assert samples.count(f"----- sample at step {steps} -----\n") == 2 and "\nThe sea" in samples
+    assert samples.startswith(f"----- sample at step {steps} 1/2 -----\nA king")  # each prompt, continued
+    assert f"----- sample at step {steps} 2/2 -----\nThe sea" in samples
 
 
 @pytest.mark.parametrize("precision", [
@@ -205,7 +205,7 @@ def test_sample_py_from_a_run_and_its_errors(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert sample.main([str(tmp_path / "s"), "--prompt", "The king", "--tokens", "20", "--num_samples", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count("The king") == 2 and "----- sample 2 -----" in out
+    assert out.count("The king") == 2 and "----- sample 2/2 -----" in out
     assert sample.main([str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: no such checkpoint file or run directory:")
     checkpoint = torch.load(next((tmp_path / "s").glob("ckpt_*.pt")), weights_only=True)
