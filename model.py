@@ -3,7 +3,7 @@
 Top to bottom:
 - ModelConfig and PRESETS: the shape of a model, and the named shapes we train.
 - document_ids, document_positions, document_mask: several documents packed into one row.
-- RMSNorm, rotary position embedding (RoPE), attention (sdpa and eager back-ends), SwiGLU MLP, Block.
+- RMSNorm, positions (RoPE, ALiBi or none), attention (sdpa and eager back-ends), SwiGLU MLP, Block.
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
 - parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
 - newest_checkpoint, load_model: a trained model back from a run directory or checkpoint file.
@@ -12,6 +12,9 @@ Top to bottom:
 Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix
 (embed_tokens, layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, norm, lm_head, ...), and the
 maths follows its conventions (RoPE "rotate half", fp32 RMSNorm), so exporting is plain copying.
+The variants (ALiBi, NoPE, QK-norm) are off by default; their parameters have plain names
+(self_attn.alibi_slopes; self_attn.q_norm and k_norm as in Hugging Face's Qwen3) and exist only
+when switched on, so a default config is exactly a Llama.
 """
 
 import difflib
@@ -41,6 +44,11 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     attn: str = "sdpa"  # "sdpa" (fast) | "eager" (plain maths, the readable reference)
+    # "rope" (Llama) | "alibi" (a per-head linear distance penalty on the scores) | "nope" (none:
+    # the causal mask alone tells tokens apart by position)
+    position: str = "rope"
+    alibi_trainable: bool = False  # ALiBi slopes are parameters, one per head (DeepOne), not constants
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys, before RoPE (Canon, Qwen3)
 
     def __post_init__(self):
         # Fail here, with the reason, rather than deep inside a matmul.
@@ -49,7 +57,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.head_dim % 2:
+        if self.position not in ("rope", "alibi", "nope"):
+            raise ValueError(f"position must be 'rope', 'alibi' or 'nope', got {self.position!r}")
+        if self.alibi_trainable and self.position != "alibi":
+            raise ValueError(f"alibi_trainable needs position='alibi', got position={self.position!r}")
+        if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"head_dim = dim // n_heads = {self.head_dim} must be even for RoPE")
         if self.kv_heads < 1 or self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
@@ -146,9 +158,29 @@ def apply_rope(x, cos, sin):
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-def eager_attention(q, k, v, mask, causal):
-    """Attention in plain tensor maths: the readable reference that the sdpa back-end is tested against."""
+def alibi_slopes(n_heads):
+    """Initial ALiBi slopes (n_heads,): 1 / 2^linspace(1, 8, n_heads), then the upper half of the
+    heads (the last n_heads // 2, the gentlest slopes) set to 0, as DeepOne initialises them
+    (REFERENCE.md). A zero-slope head starts position-free (NoPE) and, when trainable, can learn one."""
+    slopes = 1.0 / 2.0 ** torch.linspace(1, 8, n_heads)
+    slopes[n_heads - n_heads // 2:] = 0.0
+    return slopes
+
+
+def key_minus_query(query_positions, key_positions):
+    """fp32 (B or 1, 1, T, S): key position minus query position, the distance that ALiBi scales.
+
+    Positions are within each document; across documents the value is meaningless but masked out."""
+    return (key_positions[:, None, None, :] - query_positions[:, None, :, None]).float()
+
+
+def eager_attention(q, k, v, mask, causal, bias=None):
+    """Attention in plain tensor maths: the readable reference that the sdpa back-end is tested against.
+
+    bias (B or 1, H, T, S), added to the scaled scores before masking, is ALiBi's."""
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, S)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     if causal:
         T = q.size(-2)
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -186,13 +218,27 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        if config.qk_norm:  # one weight per head_dim channel, shared by the heads (as Qwen3)
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
+        if config.alibi_trainable:
+            self.alibi_slopes = nn.Parameter(alibi_slopes(self.n_heads))
+        elif config.position == "alibi":  # a buffer: saved with the checkpoint, never trained
+            self.register_buffer("alibi_slopes", alibi_slopes(self.n_heads))
+        else:
+            self.alibi_slopes = None
 
-    def forward(self, x, cos, sin, mask, cache=None):
+    def forward(self, x, cos, sin, mask, distance=None, cache=None):
+        """cos, sin: RoPE tables, None when position is not "rope"; distance: key_minus_query(), for ALiBi."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
         # Grouped-query attention: kv head j serves query heads j*rep .. (j+1)*rep - 1 (HF's repeat_kv).
@@ -202,10 +248,20 @@ class Attention(nn.Module):
         # No mask means one document per row: plain causal attention. Generation fills its cache with
         # the whole prompt first (causal), then adds one token at a time, which sees every cached key.
         causal = mask is None and T > 1
-        if self.backend == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        bias = None
+        if self.alibi_slopes is not None:
+            bias = self.alibi_slopes.view(1, -1, 1, 1) * distance  # slope_h * (k - q): (B or 1, H, T, S)
+            if causal:  # sdpa takes a causal flag or a mask, not both: spell the causal mask out
+                mask, causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), False
+        if self.backend == "eager":
+            y = eager_attention(q, k, v, mask, causal, bias)
+        elif bias is not None:  # sdpa adds a float mask to the scores: the bias, -inf where masked
+            float_mask = bias.to(q.dtype)
+            if mask is not None:
+                float_mask = float_mask.masked_fill(~mask, float("-inf"))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=float_mask)
         else:
-            y = eager_attention(q, k, v, mask, causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -232,8 +288,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)  # the norm before the MLP
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, distance=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, distance, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -285,6 +341,11 @@ class Transformer(nn.Module):
             trunc_normal(mlp.down_proj.weight, residual_std)
             nn.init.ones_(layer.input_layernorm.weight)
             nn.init.ones_(layer.post_attention_layernorm.weight)
+            if config.qk_norm:
+                nn.init.ones_(attn.q_norm.weight)
+                nn.init.ones_(attn.k_norm.weight)
+            if attn.alibi_slopes is not None:
+                attn.alibi_slopes.copy_(alibi_slopes(config.n_heads))
         nn.init.ones_(self.norm.weight)
         if not config.tie_embeddings:
             nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=1.0)  # as torchtitan does
@@ -299,11 +360,21 @@ class Transformer(nn.Module):
             self.rope_cache = (cos, sin)
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
-    def trunk(self, idx, cos, sin, mask, caches=None):
+    def position_inputs(self, positions, key_positions, max_positions):
+        """What attention needs to know of positions (B or 1, T) of queries and (B or 1, S) of keys:
+        (cos, sin) for RoPE and key - query distances for ALiBi, each None when not used."""
+        cos = sin = distance = None
+        if self.config.position == "rope":
+            cos, sin = self.rope(positions, max_positions)
+        elif self.config.position == "alibi":
+            distance = key_minus_query(positions, key_positions)
+        return cos, sin, distance
+
+    def trunk(self, idx, cos, sin, distance, mask, caches=None):
         """Token ids (B, T) through the embedding, every block and the final norm -> (B, T, dim)."""
         x = self.embed_tokens(idx)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, caches[i] if caches else None)
+            x = layer(x, cos, sin, mask, distance, caches[i] if caches else None)
         return self.norm(x)
 
     def forward(self, idx, doc_ids=None, targets=None):
@@ -318,8 +389,8 @@ class Transformer(nn.Module):
             positions, mask = torch.arange(T, device=idx.device)[None], None
         else:
             positions, mask = document_positions(doc_ids), document_mask(doc_ids)
-        cos, sin = self.rope(positions, max_positions=T)
-        logits = self.lm_head(self.trunk(idx, cos, sin, mask))
+        cos, sin, distance = self.position_inputs(positions, positions, max_positions=T)
+        logits = self.lm_head(self.trunk(idx, cos, sin, distance, mask))
         if targets is None:
             return logits
         # fp32 cross-entropy even when the logits are bf16 under autocast
@@ -341,8 +412,9 @@ class Transformer(nn.Module):
         for _ in range(max_new_tokens):
             start = out.size(1) - new_tokens.size(1)
             positions = torch.arange(start, out.size(1), device=idx.device)[None]
-            cos, sin = self.rope(positions, max_positions=total_len)
-            hidden = self.trunk(new_tokens, cos, sin, mask=None, caches=caches)
+            key_positions = torch.arange(out.size(1), device=idx.device)[None]  # cached keys, then these
+            cos, sin, distance = self.position_inputs(positions, key_positions, max_positions=total_len)
+            hidden = self.trunk(new_tokens, cos, sin, distance, mask=None, caches=caches)
             logits = self.lm_head(hidden[:, -1]).float()
             new_tokens = sample_next(logits, temperature, top_k, generator)
             out = torch.cat([out, new_tokens], dim=1)

@@ -164,7 +164,7 @@ def test_hf_incompatibility():
     assert hf_incompatibility(llama) is None
     assert hf_incompatibility(llama | {"attn": "eager", "n_kv_heads": 2, "tie_embeddings": True}) is None
     # a field this model.py does not know: cannot be checked, so refused
-    assert "qk_norm" in hf_incompatibility(llama | {"qk_norm": True})
+    assert "not_a_field" in hf_incompatibility(llama | {"not_a_field": True})
 
 
 def test_hf_incompatibility_of_a_variant_field(monkeypatch):
@@ -179,8 +179,8 @@ def test_hf_incompatibility_of_a_variant_field(monkeypatch):
 
 
 def test_export_refuses_a_non_llama_config(tmp_path):
-    checkpoint = {"model": {}, "model_config": asdict(ModelConfig()) | {"qk_norm": True}}
-    with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: model_config field 'qk_norm'"):
+    checkpoint = {"model": {}, "model_config": asdict(ModelConfig()) | {"not_a_field": True}}
+    with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: model_config field 'not_a_field'"):
         export_hf(checkpoint, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
