@@ -12,6 +12,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test that takes more than ~10 s")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The test models are tiny: on a busy 2-core machine a second OpenMP thread only makes every small
+    op wait for a time slice (generation was measured 200x slower). torchrun tests set OMP_NUM_THREADS=1."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_corpus(directory, n_docs=60, seed=0):
     """Small English-like documents of varied length, as .txt files."""
     import random

@@ -22,15 +22,6 @@ VOCAB = 97
 EOT = 0  # end-of-text id in these tests; ordinary tokens are drawn from 1..VOCAB-1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this file on one thread: these models are tiny, and on a busy 2-core machine a second
-    OpenMP thread makes every small op wait for a time slice (generation measured 200x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**overrides):
     """A 2-layer model config small enough for exact comparisons in milliseconds."""
@@ -144,11 +135,16 @@ def test_document_ids_and_positions():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
 def test_packed_documents_match_documents_alone(attn, n_kv_heads):
-    model = tiny_model(attn=attn, n_kv_heads=n_kv_heads)
+    assert_packed_matches_alone(tiny_model(attn=attn, n_kv_heads=n_kv_heads))
+
+
+@torch.no_grad()
+def assert_packed_matches_alone(model):
+    """Documents packed into rows (row 0 starts mid-document, row 1 packs them in another order) give the
+    logits of the same documents run alone, each after an EOT. Also used by test_variants.py."""
     generator = torch.Generator().manual_seed(1)
     a, b, c = tokens(7, generator), tokens(9, generator), tokens(5, generator)
     eot = torch.tensor([EOT])
-    # row 0 starts mid-document (no EOT in front of a); row 1 packs the same documents differently
     row0 = torch.cat([a, eot, b, eot, c])
     row1 = torch.cat([eot, c, eot, b, eot, a[:6]])
     idx = torch.stack([row0, row1])
@@ -164,8 +160,7 @@ def test_packed_documents_match_documents_alone(attn, n_kv_heads):
     assert_close(packed[1, 6:16], alone(eot, b), atol=1e-5, rtol=0)
     assert_close(packed[1, 16:], alone(eot, a)[:7], atol=1e-5, rtol=0)
     # without document ids the same rows give different logits, so the comparison above has teeth
-    unpacked = model(idx)
-    assert not torch.allclose(unpacked[0, 7:17], alone(eot, b), atol=1e-3)
+    assert not torch.allclose(model(idx)[0, 7:17], alone(eot, b), atol=1e-3)
 
 
 # -----------------------------------------------------------------------------------------------

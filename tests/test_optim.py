@@ -21,15 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: these problems are tiny, and on a busy 2-core machine a second OpenMP thread
-    makes every small op wait for a time slice."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(tie=False, dtype=torch.float32):
     torch.manual_seed(0)

@@ -13,27 +13,14 @@ from torch.testing import assert_close
 from export import export_hf, main as export_main
 from model import (ModelConfig, Transformer, alibi_slopes, document_ids, document_mask, document_positions,
                    key_minus_query)
-
-VOCAB = 97
-EOT = 0  # end-of-text id in these tests; ordinary tokens are drawn from 1..VOCAB-1
+from test_model import EOT, VOCAB, assert_packed_matches_alone, tiny  # the Llama tests' shape and packing check
 
 # (position, alibi_trainable): every position variant; qk_norm is crossed with these
 POSITIONS = [("rope", False), ("alibi", False), ("alibi", True), ("nope", False)]
 POSITION_IDS = ["rope", "alibi", "alibi_trainable", "nope"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second OpenMP thread on a busy 2-core machine only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-def tiny(**overrides):
-    return ModelConfig(**{"vocab_size": VOCAB, "dim": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 160,
-                          **overrides})
 
 
 def tiny_model(seed=0, **overrides):
@@ -211,27 +198,7 @@ def test_sdpa_matches_eager_logits_and_gradients(position, alibi_trainable, qk_n
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("position, alibi_trainable", POSITIONS[1:], ids=POSITION_IDS[1:])
 def test_packed_documents_match_documents_alone(position, alibi_trainable, attn):
-    model = tiny_model(attn=attn, position=position, alibi_trainable=alibi_trainable, n_kv_heads=2)
-    generator = torch.Generator().manual_seed(1)
-    a, b, c = tokens(7, generator), tokens(9, generator), tokens(5, generator)
-    eot = torch.tensor([EOT])
-    row0 = torch.cat([a, eot, b, eot, c])  # starts mid-document: no EOT in front of a
-    row1 = torch.cat([eot, c, eot, b, eot, a[:6]])
-    idx = torch.stack([row0, row1])
-    with torch.no_grad():
-        packed = model(idx, doc_ids=document_ids(idx, EOT))
-
-        def alone(*parts):
-            return model(torch.cat(parts)[None])[0]
-
-        assert_close(packed[0, :7], alone(a), atol=1e-5, rtol=0)
-        assert_close(packed[0, 7:17], alone(eot, b), atol=1e-5, rtol=0)
-        assert_close(packed[0, 17:], alone(eot, c), atol=1e-5, rtol=0)
-        assert_close(packed[1, :6], alone(eot, c), atol=1e-5, rtol=0)
-        assert_close(packed[1, 6:16], alone(eot, b), atol=1e-5, rtol=0)
-        assert_close(packed[1, 16:], alone(eot, a)[:7], atol=1e-5, rtol=0)
-        # without document ids the same rows give different logits, so the comparison above has teeth
-        assert not torch.allclose(model(idx)[0, 7:17], alone(eot, b), atol=1e-3)
+    assert_packed_matches_alone(tiny_model(attn=attn, position=position, alibi_trainable=alibi_trainable, n_kv_heads=2))
 
 
 # -----------------------------------------------------------------------------------------------
