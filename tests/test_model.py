@@ -170,8 +170,14 @@ def assert_packed_matches_alone(model):
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
 def test_sdpa_matches_eager_logits_and_gradients(packed, n_kv_heads):
-    sdpa = tiny_model(attn="sdpa", n_kv_heads=n_kv_heads)
-    eager = Transformer(tiny(attn="eager", n_kv_heads=n_kv_heads))
+    assert_sdpa_matches_eager(tiny_model(attn="sdpa", n_kv_heads=n_kv_heads), packed, logits_atol=3e-5)  # logits ~10
+
+
+def assert_sdpa_matches_eager(sdpa, packed, logits_atol):
+    """An eager copy of the sdpa model gives its logits and, to 2e-5 of each tensor's largest value, every
+    gradient of a summed loss (which reaches ~10). Returns the sdpa model, gradients in place.
+    Also used by test_variants.py."""
+    eager = Transformer(replace(sdpa.config, attn="eager"))
     eager.load_state_dict(sdpa.state_dict())
     generator = torch.Generator().manual_seed(2)
     idx = torch.randint(1, VOCAB, (2, 32), generator=generator)
@@ -181,13 +187,14 @@ def test_sdpa_matches_eager_logits_and_gradients(packed, n_kv_heads):
     targets[:, ::7] = -1
     doc_ids = document_ids(idx, EOT) if packed else None
 
-    assert_close(sdpa(idx, doc_ids), eager(idx, doc_ids), atol=3e-5, rtol=1e-5)  # logits up to ~10
+    assert_close(sdpa(idx, doc_ids), eager(idx, doc_ids), atol=logits_atol, rtol=1e-5)
     for model in (sdpa, eager):
         model(idx, doc_ids, targets).backward()
     for (name, p_sdpa), (_, p_eager) in zip(sdpa.named_parameters(), eager.named_parameters()):
-        scale = p_eager.grad.abs().max().item()  # gradients of a summed loss reach ~10: compare relative to that
+        scale = p_eager.grad.abs().max().item()
         assert scale > 0, name
         assert (p_sdpa.grad - p_eager.grad).abs().max().item() <= 2e-5 * scale, name
+    return sdpa
 
 
 def test_eager_backend_runs_without_sdpa(monkeypatch):

@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from export import export_hf, main as export_main
 from model import (ModelConfig, Transformer, alibi_slopes, document_ids, document_mask, document_positions,
                    key_minus_query)
-from test_model import EOT, VOCAB, assert_packed_matches_alone, tiny  # the Llama tests' shape and packing check
+from test_model import EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager, tiny  # the Llama tests' shape and packing check
 
 # (position, alibi_trainable): every position variant; qk_norm is crossed with these
 POSITIONS = [("rope", False), ("alibi", False), ("alibi", True), ("nope", False)]
@@ -163,27 +163,9 @@ def test_rope_is_not_applied(position):
 @pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("position, alibi_trainable", POSITIONS, ids=POSITION_IDS)
 def test_sdpa_matches_eager_logits_and_gradients(position, alibi_trainable, qk_norm):
-    variant = {"position": position, "alibi_trainable": alibi_trainable, "qk_norm": qk_norm}
-    sdpa = tiny_model(attn="sdpa", **variant)
-    eager = Transformer(tiny(attn="eager", **variant))
-    eager.load_state_dict(sdpa.state_dict())
-    generator = torch.Generator().manual_seed(2)
-    idx = torch.randint(1, VOCAB, (2, 32), generator=generator)
-    idx[0, [5, 17]] = EOT
-    idx[1, [0, 11, 12]] = EOT  # includes a one-token document
-    targets = torch.randint(0, VOCAB, (2, 32), generator=generator)
-    targets[:, ::7] = -1
-    doc_ids = document_ids(idx, EOT)
-
-    assert_close(sdpa(idx, doc_ids), eager(idx, doc_ids), atol=1e-5, rtol=1e-5)
-    for model in (sdpa, eager):
-        model(idx, doc_ids, targets).backward()
-    names = []
-    for (name, p_sdpa), (_, p_eager) in zip(sdpa.named_parameters(), eager.named_parameters()):
-        scale = p_eager.grad.abs().max().item()  # gradients of a summed loss reach ~10: compare relative to that
-        assert scale > 0, name
-        assert (p_sdpa.grad - p_eager.grad).abs().max().item() <= 2e-5 * scale, name
-        names.append(name)
+    sdpa = tiny_model(attn="sdpa", position=position, alibi_trainable=alibi_trainable, qk_norm=qk_norm)
+    assert_sdpa_matches_eager(sdpa, packed=True, logits_atol=1e-5)
+    names = [name for name, _ in sdpa.named_parameters()]
     if alibi_trainable:
         slope_grads = [p.grad for name, p in sdpa.named_parameters() if name.endswith("alibi_slopes")]
         assert len(slope_grads) == 2
