@@ -252,17 +252,21 @@ def temp_path(path):
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_json_atomic(path, obj):
+def write_text_atomic(path, text):
+    """Write a temp file beside path, sync it, rename it over path: readers see the old text or the new."""
     tmp = temp_path(path)
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def check_name(name):

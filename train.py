@@ -266,9 +266,7 @@ def send_control(run_dir, command):
         raise UserError(f"unknown control command {command!r}; known: {', '.join(CONTROL_COMMANDS)}")
     if not (Path(run_dir) / "config.json").exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    tmp = Path(run_dir) / "control.tmp"
-    tmp.write_text(command + "\n")
-    os.replace(tmp, Path(run_dir) / "control")  # atomic: the trainer never reads half a command
+    prepare.write_text_atomic(Path(run_dir) / "control", command + "\n")  # the trainer never reads half a command
     print(f"sent {command!r} to {run_dir}: the run acts on it after its current step")
 
 
@@ -314,9 +312,7 @@ def trim_log(log_path, step):
             return False
 
     kept = [line for line in log_path.read_text().splitlines() if keep(line)]
-    tmp = log_path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, log_path)
+    prepare.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
 def tensorboard_writer(run_dir):
