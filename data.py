@@ -1,65 +1,325 @@
-"""Token files -> training batches.
+"""Token files -> training batches: blocks, packing, mixtures of sources, the global order.
 
-A prepared split (data/<name>/train.bin) is one long stream of token ids in which documents are
-separated by the end-of-text token. We cut it into blocks of seq_len + 1 tokens (a block's last
-token is the next block's first, so every token is a target exactly once per epoch) and shuffle
-the blocks once per epoch with a generator seeded by (seed, epoch).
+A prepared split (data/<name>/train.bin, or the shard files its meta.json lists) is one long
+stream of token ids in which every document is followed by the end-of-text token. A *source* cuts
+that stream into blocks of seq_len + 1 tokens, in one of two ways:
 
-The global order is a pure function of the seed and the *global example index*: example g is
-block perm_epoch[g % n_blocks] of epoch g // n_blocks. Step s consumes the examples
-[s * G, (s + 1) * G) where G = batch_size * grad_accum * world_size; within a step, micro-batch m
-holds the next batch_size * world_size examples and rank r reads its batch_size of them. So one
-process with grad_accum=2 and two processes with grad_accum=1 see the same examples at every
-step, and a resumed run needs nothing but the step number to continue the same order.
+- "blocks": block b is tokens [b * seq_len, b * seq_len + seq_len + 1). A block's last token is the
+  next block's first, so every token is a target exactly once per epoch; documents are cut at
+  block edges and nothing is padded.
+- "best_fit": documents are kept whole where they fit. Each [EOT, document] piece goes, longest
+  first, into the fullest block it still fits in (best-fit decreasing, within windows of the
+  stream); a document longer than a block fills whole blocks and its tail is packed like a short
+  one. The unused end of a block is padding whose targets are -1 (ignored by the loss). The plan
+  is cached beside the data (packing/<split>_<seq_len>.npz).
+
+Several sources are mixed per *example* (one row of the global batch). The run's `data` names
+entries separated by commas; an entry "a+b" is a group of sources drawn as one, in proportion to
+what each has left (the reference's interleaved SmolLM mix). A policy picks the entry of every
+example (REFERENCE.md, "Data"):
+
+- fixed: entry i with probability weight_i; each source starts a new epoch when it runs out.
+- balance_remaining: entry i with probability proportional to its unseen examples this epoch.
+- soft_sequential: w_i = r_i * prod_{j<i} (1 - r_j), r_i = the share of entry i still unseen:
+  entry 0 fades out as exp(-t / N_0) while the rest take over (a soft curriculum).
+With balance_remaining and soft_sequential every source is drawn until all are exhausted; then
+every source starts its next epoch. Within a source, its k-th draw reads block perm[k % n] of
+a permutation seeded by (seed, source, k // n).
+
+The draws are a pure function of the seed and the *global example index*: example g uses the
+uniform numbers hash(seed, g), and the policy only looks at how many examples each source has
+given so far. Step s consumes examples [s * G, (s + 1) * G) with G = batch_size * grad_accum *
+world_size; within a step, micro-step m holds the next batch_size * world_size examples and rank r
+reads its batch_size of them. Every rank draws the whole global batch (microseconds) and reads its
+own rows, so 1 process with grad_accum=4 and 4 processes see the same examples at every step. The
+draw counters are saved in checkpoints (state_dict); without them the order is replayed from 0.
 """
+import bisect
+import math
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
+import prepare
 from model import document_ids
 
+PACKINGS = ("blocks", "best_fit")
+MIXTURES = ("fixed", "balance_remaining", "soft_sequential")
+PACK_WINDOW_BLOCKS = 4096  # best-fit packs the documents of this many blocks' worth of stream at a time
 
-class BlockSource:
-    """One token file seen as shuffled blocks of seq_len + 1 tokens."""
+# -----------------------------------------------------------------------------
+# a split as one stream of tokens, over one or several files
 
-    def __init__(self, path, dtype, seq_len, eot_id, seed=0):
-        self.path, self.dtype, self.seq_len, self.eot_id, self.seed = path, np.dtype(dtype), seq_len, eot_id, seed
-        self.n_tokens = len(self._tokens())
-        self.n_blocks = (self.n_tokens - 1) // seq_len
-        if self.n_blocks < 1:
-            raise ValueError(f"{path} holds {self.n_tokens} tokens, fewer than one block of seq_len+1={seq_len + 1}")
-        self._epoch, self._perm = None, None
 
-    def _tokens(self):
-        # A fresh memmap per read: numpy memmaps keep every page they touched referenced, so a
-        # long-lived one makes the process grow until the whole file is resident.
-        return np.memmap(self.path, dtype=self.dtype, mode="r")
+class TokenStream:
+    """The files of a split read as one array: stream[a:b] may span several shard files."""
 
-    def block_of_example(self, example):
-        """The block index that global example `example` reads (a fresh permutation each epoch)."""
-        epoch, position = divmod(example, self.n_blocks)
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._perm = epoch, rng.permutation(self.n_blocks)
-        return int(self._perm[position])
+    def __init__(self, files, dtype):
+        self.files, self.dtype = [(Path(p), n) for p, n in files], np.dtype(dtype)
+        self.starts = np.cumsum([0] + [n for _, n in self.files])
+        self.n_tokens = int(self.starts[-1])
 
-    def blocks(self, block_indices, device="cpu"):
-        """(x, y, doc_ids) for the given blocks: x and y are (B, seq_len) int64, y is x shifted by one.
+    def read(self, start, stop):
+        """Tokens [start, stop) of the stream as one array (a copy)."""
+        pieces = []
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < stop:
+            path, n = self.files[i]
+            lo, hi = start - self.starts[i], min(stop - self.starts[i], n)
+            if hi > lo:  # an empty shard (no val documents, say) cannot be mapped, and holds nothing
+                # A fresh memmap per read: numpy memmaps keep every page they touched referenced, so a
+                # long-lived one makes the process grow until the whole file is resident.
+                pieces.append(np.array(np.memmap(path, dtype=self.dtype, mode="r")[lo:hi]))
+                start += hi - lo
+            i += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-        doc_ids is None when no row holds a document boundary (the model then uses plain causal
-        attention, its fastest path); otherwise it numbers the documents of each row.
-        """
-        tokens = self._tokens()
-        rows = np.stack([tokens[b * self.seq_len: b * self.seq_len + self.seq_len + 1] for b in block_indices])
-        rows = torch.from_numpy(rows.astype(np.int64))
-        x, y = rows[:, :-1], rows[:, 1:]
-        doc_ids = document_ids(x, self.eot_id) if bool((x == self.eot_id).any()) else None
-        if torch.device(device).type == "cuda":
-            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            doc_ids = None if doc_ids is None else doc_ids.to(device, non_blocking=True)
-        return x, y, doc_ids
+    def eot_positions(self, eot_id, chunk=1 << 24):
+        return np.concatenate([np.flatnonzero(self.read(a, min(a + chunk, self.n_tokens)) == eot_id) + a
+                               for a in range(0, self.n_tokens, chunk)] or [np.zeros(0, np.int64)])
 
-    def examples(self, example_indices, device="cpu"):
-        return self.blocks([self.block_of_example(g) for g in example_indices], device)
+
+# -----------------------------------------------------------------------------
+# best-fit packing
+
+
+def best_fit_plan(eot_positions, n_tokens, capacity, window_blocks=PACK_WINDOW_BLOCKS):
+    """Pack the stream's documents into blocks of `capacity` tokens; returns (starts, lengths, offsets).
+
+    Block b holds the pieces starts[offsets[b]:offsets[b+1]] (stream positions, with their lengths),
+    in order. A document is [EOT, its tokens]. One longer than a block is cut into full blocks and a
+    tail; the tail, and the stream's first document (no EOT before it), open a block of their own
+    and lead it, so that no piece without an EOT ever runs on from another document.
+    """
+    bounds = np.unique(np.concatenate([[0], eot_positions, [n_tokens]]).astype(np.int64))
+    starts, lengths, offsets = [], [], [0]
+    document = 0
+    while document < len(bounds) - 1:
+        # the documents that start in the next window of the stream
+        last = int(np.searchsorted(bounds, bounds[document] + window_blocks * capacity))
+        last = min(max(last, document + 1), len(bounds) - 1)
+        bins = []  # [free space, [(start, length), ...]]
+        loose = []  # (length, start) of whole documents, to be packed longest first
+        for a, b in zip(bounds[document:last].tolist(), bounds[document + 1:last + 1].tolist()):
+            if b - a <= capacity and a > 0:
+                loose.append((b - a, a))
+                continue
+            while b - a > capacity:
+                bins.append([0, [(a, capacity)]])
+                a += capacity
+            bins.append([capacity - (b - a), [(a, b - a)]])
+        free = sorted((space, i) for i, (space, _) in enumerate(bins) if space > 0)
+        for length, a in sorted(loose, key=lambda item: (-item[0], item[1])):
+            j = bisect.bisect_left(free, (length, -1))  # the fullest block with room for it
+            if j == len(free):
+                bins.append([capacity, []])
+                i = len(bins) - 1
+            else:
+                i = free.pop(j)[1]
+            bins[i][0] -= length
+            bins[i][1].append((a, length))
+            if bins[i][0] > 0:
+                bisect.insort(free, (bins[i][0], i))
+        for _, pieces in bins:
+            starts += [a for a, _ in pieces]
+            lengths += [n for _, n in pieces]
+            offsets.append(len(starts))
+        document = last
+    return np.array(starts, np.int64), np.array(lengths, np.int64), np.array(offsets, np.int64)
+
+
+# -----------------------------------------------------------------------------
+# a source: one split of one prepared directory, as blocks
+
+
+class Source:
+    """One split (train or val) of a prepared directory, cut into blocks of seq_len + 1 tokens.
+
+    Its k-th draw reads block perm[k % n_blocks] of a permutation seeded by (seed, index, k // n_blocks):
+    every block once per epoch, a fresh order each epoch, a different one for every source.
+    """
+
+    def __init__(self, files, dtype, seq_len, eot_id, packing="blocks", seed=0, index=0, plan_path=None):
+        self.stream, self.seq_len, self.eot_id, self.packing = TokenStream(files, dtype), seq_len, eot_id, packing
+        self.seed, self.index = seed, index
+        if self.stream.n_tokens < seq_len + 1:
+            raise ValueError(f"{files[0][0]} holds {self.stream.n_tokens} tokens, fewer than one block of seq_len+1={seq_len + 1}")
+        if packing == "blocks":
+            self.n_blocks = (self.stream.n_tokens - 1) // seq_len
+        else:
+            self.starts, self.lengths, self.offsets = self._best_fit(plan_path)
+            self.n_blocks = len(self.offsets) - 1
+        self._perms = {}
+
+    def _best_fit(self, plan_path):
+        if plan_path is not None and plan_path.is_file():
+            with np.load(plan_path) as plan:
+                if int(plan["n_tokens"]) == self.stream.n_tokens:
+                    return plan["starts"], plan["lengths"], plan["offsets"]
+        plan = best_fit_plan(self.stream.eot_positions(self.eot_id), self.stream.n_tokens, self.seq_len + 1)
+        if plan_path is not None:  # every rank may compute it; each writes whole, identical files
+            plan_path.parent.mkdir(exist_ok=True)
+            tmp = prepare.temp_path(plan_path)
+            with open(tmp, "wb") as f:
+                np.savez(f, starts=plan[0], lengths=plan[1], offsets=plan[2], n_tokens=self.stream.n_tokens)
+            os.replace(tmp, plan_path)
+        return plan
+
+    def block_of_draw(self, k):
+        epoch, position = divmod(k, self.n_blocks)
+        if epoch not in self._perms:
+            if len(self._perms) > 1:  # draws only move forward: keep this epoch and the next
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, self.index, epoch]).permutation(self.n_blocks)
+        return int(self._perms[epoch][position])
+
+    def block(self, b):
+        """(tokens, targets): seq_len + 1 token ids, and how many of the seq_len targets are real (the rest are padding)."""
+        if self.packing == "blocks":
+            return self.stream.read(b * self.seq_len, (b + 1) * self.seq_len + 1), self.seq_len
+        first, last = self.offsets[b], self.offsets[b + 1]
+        row = np.concatenate([self.stream.read(a, a + n) for a, n in zip(self.starts[first:last], self.lengths[first:last])])
+        used = len(row)
+        # padding is end-of-text: the first pad is the true next token after the block's last
+        # document (its end), the rest are not targets
+        row = np.concatenate([row, np.full(self.seq_len + 1 - used, self.eot_id, row.dtype)])
+        return row, min(used, self.seq_len)
+
+
+def make_batch(blocks, eot_id, device="cpu"):
+    """[(tokens, targets), ...] -> (x, y, doc_ids): x and y (B, seq_len) int64, y = x shifted, -1 on padding.
+
+    doc_ids is None when no row holds a document boundary (the model then uses plain causal
+    attention, its fastest path); otherwise it numbers the documents of each row.
+    """
+    rows = torch.from_numpy(np.stack([tokens for tokens, _ in blocks]).astype(np.int64))
+    x, y = rows[:, :-1], rows[:, 1:].clone()
+    for i, (_, targets) in enumerate(blocks):
+        y[i, targets:] = -1
+    doc_ids = document_ids(x, eot_id) if bool((x == eot_id).any()) else None
+    if torch.device(device).type == "cuda":
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        doc_ids = None if doc_ids is None else doc_ids.to(device, non_blocking=True)
+    return x, y, doc_ids
+
+
+# -----------------------------------------------------------------------------
+# mixtures: which source every global example reads
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x):
+    """splitmix64's finaliser: a fixed, well-spread 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform(seed, example, stream):
+    """A number in [0, 1) that depends only on (seed, example, stream): the randomness of one draw."""
+    return _mix64(_mix64(_mix64(seed & _MASK64) ^ example) ^ stream) / 2.0**64
+
+
+def pick(weights, u):
+    """The index i with cumulative weight share just above u (weights >= 0, not all 0)."""
+    target, total = u * sum(weights), 0.0
+    for i, w in enumerate(weights):
+        total += w
+        if target < total:
+            return i
+    return max(i for i, w in enumerate(weights) if w > 0)  # u * sum rounded up to the sum
+
+
+class Mixture:
+    """Draws (entry, member) for every global example; entries are groups of sources (sizes in blocks).
+
+    The state is the next example index and how many blocks each source has given: a checkpoint
+    saves it, and asking for an earlier example replays the draws from 0.
+    """
+
+    def __init__(self, sizes, policy="balance_remaining", weights=(), seed=0):
+        if policy not in MIXTURES:
+            raise ValueError(f"mixture={policy!r} is not one of {', '.join(MIXTURES)}")
+        if policy == "fixed" and (len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError(f"mixture='fixed' needs one non-negative weight per data entry ({len(sizes)}), got {tuple(weights)}")
+        self.sizes, self.policy, self.weights, self.seed = [list(group) for group in sizes], policy, list(weights), seed
+        self.reset()
+
+    def reset(self):
+        self.next_example = 0
+        self.drawn = [[0] * len(group) for group in self.sizes]
+        self.epochs = [0] * len(self.sizes)  # all equal except under "fixed", where entries cycle on their own
+
+    def state_dict(self):
+        return {"sizes": self.sizes, "next_example": self.next_example, "drawn": [list(d) for d in self.drawn],
+                "epochs": list(self.epochs)}
+
+    def load_state_dict(self, state):
+        if state["sizes"] != self.sizes:
+            raise ValueError(f"the data is not the checkpoint's (blocks per source {state['sizes']}, now {self.sizes})")
+        self.next_example, self.drawn, self.epochs = state["next_example"], [list(d) for d in state["drawn"]], list(state["epochs"])
+
+    def remaining(self, i):
+        """Unseen blocks of each member of entry i in its current epoch."""
+        return [n * (self.epochs[i] + 1) - d for n, d in zip(self.sizes[i], self.drawn[i])]
+
+    def draw(self):
+        """(entry, member, k) of the next example: it reads that source's k-th draw."""
+        example = self.next_example
+        left = [sum(self.remaining(i)) for i in range(len(self.sizes))]
+        if self.policy == "fixed":
+            i = pick(self.weights, uniform(self.seed, example, 0))
+            if left[i] == 0:
+                self.epochs[i] += 1
+        else:
+            if sum(left) == 0:  # every source exhausted: the next epoch of all of them
+                self.epochs = [e + 1 for e in self.epochs]
+                left = [sum(self.remaining(i)) for i in range(len(self.sizes))]
+            if self.policy == "balance_remaining":
+                weights = left
+            else:  # soft_sequential
+                shares = [r / sum(n) for r, n in zip(left, self.sizes)]
+                weights = [share * math.prod(1 - s for s in shares[:i]) for i, share in enumerate(shares)]
+            i = pick(weights, uniform(self.seed, example, 0))
+        j = pick(self.remaining(i), uniform(self.seed, example, 1))  # within a group: balance_remaining
+        k = self.drawn[i][j]
+        self.drawn[i][j] += 1
+        self.next_example += 1
+        return i, j, k
+
+    def draws(self, start, count):
+        """[(entry, member, k), ...] of examples start .. start + count - 1."""
+        if start < self.next_example:
+            self.reset()
+        while self.next_example < start:
+            self.draw()
+        return [self.draw() for _ in range(count)]
+
+
+# -----------------------------------------------------------------------------
+# the run's data: sources named in the config, their mixture, the eval sets
+
+
+def parse_entries(spec):
+    """'tinystories, fineweb+cosmopedia' -> [['tinystories'], ['fineweb', 'cosmopedia']]."""
+    entries = [[name.strip() for name in entry.split("+")] for entry in spec.split(",")]
+    if any(not name for entry in entries for name in entry):
+        raise ValueError(f"{spec!r} is not a list of data names ('a', 'a,b' or 'a,b+c')")
+    names = [name for entry in entries for name in entry]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec!r} names a source twice")
+    return entries
+
+
+def open_split(data_dir, name, split, meta, seq_len, packing, seed, index):
+    directory = Path(data_dir) / name
+    plan_path = directory / "packing" / f"{split}_{seq_len}.npz" if packing == "best_fit" else None
+    return Source(prepare.split_files(directory, meta, split), meta["dtype"], seq_len, meta["eot_id"], packing, seed, index,
+                  plan_path)
 
 
 def micro_batch_examples(step, micro_step, rank, batch_size, grad_accum, world_size):
@@ -77,3 +337,83 @@ def eval_blocks(n_blocks, n_rows):
     if n_rows >= n_blocks:
         return list(range(n_blocks))
     return np.linspace(0, n_blocks - 1, n_rows).round().astype(np.int64).tolist()
+
+
+class TrainingData:
+    """The training sources mixed by a policy, and the validation split of every source named for eval.
+
+    Library errors are ValueError / OSError with one line naming the data; train.py reports them.
+    """
+
+    def __init__(self, data_dir, spec, seq_len, seed=0, packing="blocks", mixture="balance_remaining", weights=(),
+                 eval_spec="", tokenizer=None):
+        if packing not in PACKINGS:
+            raise ValueError(f"packing={packing!r} is not one of {', '.join(PACKINGS)}")
+        self.entries = parse_entries(spec)
+        self.names = [name for entry in self.entries for name in entry]
+        self.eval_names = [n for entry in parse_entries(eval_spec) for n in entry] if eval_spec else self.names
+        self.meta = {}
+        for name in dict.fromkeys(self.names + self.eval_names):
+            try:
+                self.meta[name] = prepare.read_meta(Path(data_dir) / name)
+            except (FileNotFoundError, ValueError) as e:
+                raise ValueError(f"data {name!r}: {e}") from None
+        first = self.meta[self.names[0]]
+        for name, meta in self.meta.items():
+            if tokenizer is not None and meta["tokenizer"] != tokenizer:
+                raise ValueError(f"tokenizer={tokenizer!r} but data {name!r} was prepared with {meta['tokenizer']!r}")
+            if (meta["tokenizer"], meta["vocab_size"]) != (first["tokenizer"], first["vocab_size"]):
+                raise ValueError(f"data {name!r} was prepared with {meta['tokenizer']!r}, data {self.names[0]!r} "
+                                 f"with {first['tokenizer']!r}: every source needs the same tokenizer")
+        self.tokenizer, self.vocab_size, self.eot_id = first["tokenizer"], first["vocab_size"], first["eot_id"]
+        self.train = {}
+        self.val = {}
+        for index, name in enumerate(self.names):
+            self.train[name] = self._open(data_dir, name, "train", seq_len, packing, seed, index)
+        for name in self.eval_names:
+            self.val[name] = self._open(data_dir, name, "val", seq_len, packing, seed, 0)
+        self.sources = [[self.train[name] for name in entry] for entry in self.entries]
+        self.mixture = Mixture([[s.n_blocks for s in entry] for entry in self.sources], mixture, weights, seed)
+        self._step_draws = (None, None)
+
+    def _open(self, data_dir, name, split, seq_len, packing, seed, index):
+        try:
+            return open_split(data_dir, name, split, self.meta[name], seq_len, packing, seed, index)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"data {name!r} ({split}): {e}") from None
+
+    def micro_batch(self, step, micro_step, rank, batch_size, grad_accum, world_size, device="cpu"):
+        """(x, y, doc_ids) that `rank` trains on at this micro-step: its rows of the step's global batch."""
+        examples_per_step = batch_size * grad_accum * world_size
+        if self._step_draws[0] != step:  # every rank draws the whole global batch of the step, once
+            self._step_draws = (step, self.mixture.draws(step * examples_per_step, examples_per_step))
+        draws = self._step_draws[1]
+        examples = micro_batch_examples(step, micro_step, rank, batch_size, grad_accum, world_size)
+        blocks = []
+        for g in examples:
+            i, j, k = draws[g - step * examples_per_step]
+            source = self.sources[i][j]
+            blocks.append(source.block(source.block_of_draw(k)))
+        return make_batch(blocks, self.eot_id, device)
+
+    def drawn(self):
+        """{source: examples it has given so far} (the mixture's counters; for the log)."""
+        return {name: d for entry, counts in zip(self.entries, self.mixture.drawn) for name, d in zip(entry, counts)}
+
+    def eval_batches(self, name, n_rows, rank, world_size, batch_size, device="cpu"):
+        """This rank's share of a fixed, evenly spread set of n_rows validation blocks of `name`."""
+        source = self.val[name]
+        rows = eval_blocks(source.n_blocks, n_rows)[rank::world_size]
+        for i in range(0, len(rows), batch_size):
+            yield make_batch([source.block(b) for b in rows[i:i + batch_size]], self.eot_id, device)
+
+    def eval_summary(self, totals):
+        """{name: (loss sum, targets)} -> (loss per token, bits per byte, {"eval_loss/<name>": loss per token}).
+
+        The first two pool every eval source: the loss over all their targets, the bits over all their
+        text (each source's bytes per token from its meta.json). Per-source losses only when there are several.
+        """
+        loss_sum, targets = sum(s for s, _ in totals.values()), sum(n for _, n in totals.values())
+        text_bytes = sum(n * self.meta[name]["val"]["bytes"] / self.meta[name]["val"]["tokens"] for name, (_, n) in totals.items())
+        per_source = {f"eval_loss/{name}": s / n for name, (s, n) in totals.items()} if len(totals) > 1 else {}
+        return loss_sum / targets, loss_sum / math.log(2) / text_bytes, per_source

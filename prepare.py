@@ -5,6 +5,8 @@ Turn text into token files for training: data/<name>/train.bin, val.bin and meta
     python prepare.py shakespeare --tokenizer bytes    # 257-token byte-level vocabulary
     python prepare.py my_texts/ --name mine            # every .txt / .jsonl under a directory
     python prepare.py corpus.jsonl --text-field text   # one JSON object a line
+    python prepare.py smollm-fineweb-edu --max-files 2 # a Hugging Face Hub dataset (see HUB_DATASETS), sharded
+    python prepare.py tinystories --max-tokens 5e6     # ... its first 5 million tokens
 
 Each document is tokenized on its own and followed by the end-of-text token, so documents are
 separated by <|endoftext|> in the .bin files (raw little-endian uint16, or uint32 when the
@@ -13,11 +15,19 @@ document keeps its split when the corpus grows. All files are written to tempora
 renamed into place, meta.json last: a complete meta.json means complete .bin files, and a run that
 fails midway leaves an earlier prepared directory as it was.
 
+A Hub dataset is too big for one pass that must not fail: it is written as one shard per repo
+file, data/<name>/shards/NNNNN.{train,val}.bin, each followed by NNNNN.json (its counts and
+source; written last, so it marks the shard finished). A run that is stopped resumes where it
+stopped: finished shards made with the same settings are kept, the rest are written again.
+meta.json lists the shard files of each split (split_files reads the list); shard files that it
+does not list are leftovers of earlier runs with other settings.
+
 Library functions raise ValueError (bad input) or OSError (missing files, failed download) with a
 one-line message; the command line turns those into "error: ..." and exit status 2.
 """
 
 import argparse
+import fnmatch
 import functools
 import hashlib
 import importlib.metadata
@@ -25,6 +35,7 @@ import importlib.resources
 import json
 import os
 import sys
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +49,21 @@ TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
 CL100K_32K_VOCAB = 32000  # the size of the reference experiments' vocabulary, end-of-text included
 META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
 BATCH_CHARS = 1 << 20  # text handed to a tokenizer thread at once: big enough to amortise, small enough to stream
+PARQUET_BATCH_ROWS = 1024  # rows read from a parquet file at once (a few MB of web text): memory stays bounded
+
+# Hugging Face Hub datasets by name: (dataset repo, its files to read (fnmatch pattern), text column)
+HUB_DATASETS = {
+    "smollm-fineweb-edu": ("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup/*.parquet", "text"),
+    "smollm-cosmopedia": ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2/*.parquet", "text"),
+    # the train parquet files of the repo's default configuration (2.1M stories); its validation file is
+    # left out because our val split is drawn by hash, like every corpus here
+    "tinystories": ("roneneldan/TinyStories", "data/train-*.parquet", "text"),
+    # the GPT-4-only second version (2.7M stories), published only as text with <|endoftext|> lines between stories
+    "tinystories-v2": ("roneneldan/TinyStories", "TinyStoriesV2-GPT4-train.txt", "text"),
+}
+# Hub corpora hold billions of tokens: 5% of a 25B-token corpus would be 1.25B tokens of eval text where an
+# eval reads a few million; 0.1% still gives ~0.5M tokens for TinyStories and far more for SmolLM
+HUB_VAL_FRACTION = 0.001
 
 # -----------------------------------------------------------------------------
 # tokenizers
@@ -129,7 +155,8 @@ def shakespeare_documents():
 def source_files(root):
     """The .txt/.jsonl files of a path (the path itself, or everything under a directory, sorted)."""
     if not root.exists():
-        raise FileNotFoundError(f"no such file or directory: {root}")
+        names = "" if root.suffix or len(root.parts) > 1 else f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}"
+        raise FileNotFoundError(f"no such file or directory: {root}{names}")
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
@@ -144,36 +171,136 @@ def local_documents(root, text_field):
     """Documents of local files; keys are 'relative/path' (.txt) or 'relative/path:line' (.jsonl)."""
     for path in source_files(root):
         rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        if path.suffix == ".txt":
-            try:
-                text = path.read_bytes().decode("utf-8")  # bytes, so that \r\n stays as written
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-            if text:
-                yield rel, text
+        if path.suffix == ".jsonl":
+            yield from jsonl_documents(path, rel, text_field)
             continue
-        with open(path, encoding="utf-8") as f:
-            try:
-                for line_number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue  # a blank line is no document
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
-                    text = record.get(text_field) if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text-field)")
-                    if text:
-                        yield f"{rel}:{line_number}", text
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
+        try:
+            text = path.read_bytes().decode("utf-8")  # bytes, so that \r\n stays as written
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        if text:
+            yield rel, text
+
+
+def jsonl_documents(path, rel, text_field):
+    """One document a line of a .jsonl file, keyed 'rel:line'."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue  # a blank line is no document
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
+                text = record.get(text_field) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text-field)")
+                if text:
+                    yield f"{rel}:{line_number}", text
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
 
 
 def documents(source, text_field="text"):
     if source == "shakespeare":
         return shakespeare_documents()
     return local_documents(Path(source), text_field)
+
+
+def one_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# -----------------------------------------------------------------------------
+# Hub dataset repos: listing and fetching their files (or a local mirror's), reading them as documents
+
+
+def repo_file_documents(path, rel, text_field):
+    """(key, text) of each document of a dataset repo file, keyed '<rel>:<row>', read a bounded piece at a time:
+    the rows of a .parquet file's text_field column, the lines of a .jsonl file, or the stories of a .txt file
+    in which a line '<|endoftext|>' follows each story."""
+    if path.suffix == ".parquet":
+        return parquet_documents(path, rel, text_field)
+    if path.suffix == ".jsonl":
+        return jsonl_documents(path, rel, text_field)
+    if path.suffix == ".txt":
+        return separated_documents(path, rel)
+    raise ValueError(f"{rel}: expected a .parquet, .jsonl or .txt file")
+
+
+def parquet_documents(path, rel, text_field):
+    import pyarrow as pa  # imported here: 0.25 s that only the Hub path needs to pay
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{rel}: not a readable parquet file ({one_line(e)})") from None
+    with parquet:
+        schema = parquet.schema_arrow
+        if text_field not in schema.names:
+            raise ValueError(f"{rel}: no column {text_field!r} (columns: {', '.join(schema.names)})")
+        column_type = schema.field(text_field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
+                or pa.types.is_string_view(column_type)):
+            raise ValueError(f"{rel}: column {text_field!r} holds {column_type}, not text")
+        row = 0
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+            for text in batch.column(0).to_pylist():
+                if text:  # a null or empty row is no document
+                    yield f"{rel}:{row}", text
+                row += 1
+
+
+def separated_documents(path, rel):
+    lines, row = [], 0
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": \r\n stays as written
+            for line in f:
+                if line.rstrip("\r\n") != EOT:
+                    lines.append(line)
+                    continue
+                text, lines = "".join(lines), []
+                if text.strip():  # the blank lines around a separator are no story
+                    yield f"{rel}:{row}", text
+                row += 1
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{rel}: not UTF-8 text (byte {e.start} of a line)") from None
+    if "".join(lines).strip():
+        yield f"{rel}:{row}", "".join(lines)
+
+
+def hub_files(repo, pattern, revision):
+    """(commit sha, sorted paths matching pattern) of a Hub dataset repo at a revision (branch, tag or sha; None: main).
+    This and hub_download are all that touch the network."""
+    from huggingface_hub import HfApi  # imported here: 0.3 s that only the Hub path needs to pay
+
+    api = HfApi()
+    try:
+        sha = api.dataset_info(repo, revision=revision).sha  # one commit for every file, however long the run
+        files = api.list_repo_files(repo, repo_type="dataset", revision=sha)
+    except Exception as e:  # offline, unknown repo or revision: httpx and huggingface_hub errors alike
+        raise OSError(f"cannot list {repo}@{revision or 'main'} on the Hugging Face Hub: {one_line(e)}") from e
+    return sha, sorted(f for f in files if fnmatch.fnmatch(f, pattern))
+
+
+def hub_download(repo, path, sha):
+    """The local path of a repo file (downloaded once into the Hugging Face cache, ~/.cache/huggingface)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, path, repo_type="dataset", revision=sha))
+    except Exception as e:
+        raise OSError(f"cannot download {path} of {repo}@{sha}: {one_line(e)}") from e
+
+
+def mirror_files(root, pattern):
+    """The paths under a local copy of a repo that match pattern, sorted: the Hub layout without the network."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--mirror {root}: no such directory")
+    paths = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(rel for rel in paths if fnmatch.fnmatch(rel, pattern))
 
 
 # -----------------------------------------------------------------------------
@@ -221,23 +348,25 @@ def plan_split(source, text_field, val_fraction):
 
 
 def tokenize_batch(enc, batch, dtype):
-    """[(is_val, text), ...] -> (train tokens, val tokens, counts), each document followed by end-of-text."""
+    """[(is_val, text), ...] -> ({False: train tokens, True: val tokens}, one row (is_val, tokens, bytes) per
+    document in batch order); each document is followed by end-of-text, which its token count includes."""
     pieces = {False: [], True: []}
-    counts = {False: [0, 0], True: [0, 0]}  # [documents, bytes]
+    rows = []
     eot = np.array([enc.eot_token], dtype=np.uint32)
     for is_val, text in batch:
         # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary without the
         # Python list: a literal "<|endoftext|>" in the text becomes ordinary tokens
-        pieces[is_val] += [enc.encode_to_numpy(text, disallowed_special=()), eot]
-        counts[is_val][0] += 1
-        counts[is_val][1] += len(text.encode("utf-8"))
-    arrays = {s: np.concatenate(p).astype(dtype) if p else np.zeros(0, dtype) for s, p in pieces.items()}
-    return arrays[False], arrays[True], counts
+        ids = enc.encode_to_numpy(text, disallowed_special=())
+        pieces[is_val] += [ids, eot]
+        rows.append((is_val, len(ids) + 1, len(text.encode("utf-8"))))
+    tokens = {s: np.concatenate(p).astype(dtype) if p else np.zeros(0, dtype) for s, p in pieces.items()}
+    return tokens, np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def batches(source, text_field, is_val):
+def batches(docs, is_val):
+    """[(is_val, text), ...] lists of about BATCH_CHARS characters from (key, text) documents."""
     batch, size = [], 0
-    for key, text in documents(source, text_field):
+    for key, text in docs:
         batch.append((is_val(key), text))
         size += len(text)
         if size >= BATCH_CHARS:
@@ -245,6 +374,59 @@ def batches(source, text_field, is_val):
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit=None):
+    """The tokenize-and-write loop of every corpus: tokenize text_batches ([(is_val, text), ...]) in `workers` threads
+    and write each split's tokens, in corpus order, to paths["train"] and paths["val"] (synced to disk).
+    on_write(documents, bytes, tokens) follows the progress. With token_limit, a document is written only while
+    fewer than token_limit tokens (both splits) precede it: the cut falls at the same document however the
+    text is batched. Returns ({split: {"tokens", "bytes", "documents"}}, whether the limit left documents out)."""
+    stats = {split: {"tokens": 0, "bytes": 0, "documents": 0} for split in ("train", "val")}
+    written, cut = 0, False
+    in_flight = deque()  # futures in corpus order; bounded, so memory stays a few batches
+
+    def write_oldest():
+        nonlocal written, cut
+        tokens, docs = in_flight.popleft().result()
+        if token_limit is not None:
+            starts = written + np.cumsum(docs[:, 1]) - docs[:, 1]
+            keep = int(np.searchsorted(starts, token_limit))  # the documents that start below the limit
+            if keep < len(docs):
+                docs, cut = docs[:keep], True
+        for is_val, split in ((False, "train"), (True, "val")):
+            mine = docs[docs[:, 0] == is_val]
+            n_tokens = int(mine[:, 1].sum())
+            files[split].write(tokens[is_val][:n_tokens])
+            stats[split]["tokens"] += n_tokens
+            stats[split]["documents"] += len(mine)
+            stats[split]["bytes"] += int(mine[:, 2].sum())
+        written += int(docs[:, 1].sum())
+        on_write(len(docs), int(docs[:, 2].sum()), int(docs[:, 1].sum()))
+
+    def limit_reached():
+        return token_limit is not None and written >= token_limit
+
+    pool = ThreadPoolExecutor(workers)  # tiktoken releases the GIL while encoding: threads run in parallel
+    try:
+        with open(paths["train"], "wb") as train_file, open(paths["val"], "wb") as val_file:
+            files = {"train": train_file, "val": val_file}
+            for batch in text_batches:
+                if limit_reached():
+                    cut = True  # this batch holds documents that the limit leaves out
+                    break
+                in_flight.append(pool.submit(tokenize_batch, enc, batch, dtype))
+                if len(in_flight) >= 2 * workers:
+                    write_oldest()
+            while in_flight and not limit_reached():
+                write_oldest()
+            cut = cut or bool(in_flight)
+            for f in files.values():
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return stats, cut
 
 
 def temp_path(path):
@@ -274,9 +456,20 @@ def check_name(name):
         raise ValueError(f"--name must be a plain directory name, got {name!r}")
 
 
-def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=0.05, workers=None, out_dir="data",
-            text_field="text"):
-    """Tokenize `source` ("shakespeare" or a path) into out_dir/name/{train,val}.bin + meta.json; returns that directory."""
+def meta_header(tokenizer, source_name, val_fraction):
+    """The fields of meta.json that describe the tokens, before the per-split counts."""
+    enc = load_tokenizer(tokenizer)
+    return {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
+            "dtype": token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
+
+
+def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, workers=None, out_dir="data",
+            text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None):
+    """Tokenize `source` ("shakespeare", a path, or a name in HUB_DATASETS) into out_dir/name; returns that directory.
+    val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision and mirror
+    are for Hub datasets (prepare_hub)."""
+    if val_fraction is None:
+        val_fraction = HUB_VAL_FRACTION if source in HUB_DATASETS else 0.05
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     if workers is None:
@@ -284,6 +477,11 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=0.05, worker
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     enc = load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
+    if source in HUB_DATASETS:
+        return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
+                           mirror)
+    if (max_files, max_tokens, revision, mirror) != (None,) * 4:
+        raise ValueError(f"--max-files, --max-tokens, --revision and --mirror are for {', '.join(HUB_DATASETS)}")
     if source == "shakespeare":
         source_name = f"embedded:shakespeare=={importlib.metadata.version('shakespeare')}"
         default_name = "shakespeare"
@@ -300,32 +498,10 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=0.05, worker
     out.mkdir(parents=True, exist_ok=True)
     final = {"train": out / "train.bin", "val": out / "val.bin"}
     tmp = {split: temp_path(p) for split, p in final.items()}
-    stats = {split: {"tokens": 0, "bytes": 0, "documents": 0} for split in final}
-    pool = ThreadPoolExecutor(workers)  # tiktoken releases the GIL while encoding (measured: as fast as processes)
     try:
-        with open(tmp["train"], "wb") as train_file, open(tmp["val"], "wb") as val_file, \
-                tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
-            in_flight = deque()  # futures in corpus order; bounded, so memory stays a few batches
-
-            def write_oldest():
-                train_tokens, val_tokens, counts = in_flight.popleft().result()
-                for split, f, tokens, (docs, nbytes) in (("train", train_file, train_tokens, counts[False]),
-                                                          ("val", val_file, val_tokens, counts[True])):
-                    f.write(tokens.tobytes())
-                    stats[split]["tokens"] += len(tokens)
-                    stats[split]["documents"] += docs
-                    stats[split]["bytes"] += nbytes
-                    progress.update(nbytes)
-
-            for batch in batches(source, text_field, is_val):
-                in_flight.append(pool.submit(tokenize_batch, enc, batch, dtype))
-                if len(in_flight) >= 2 * workers:
-                    write_oldest()
-            while in_flight:
-                write_oldest()
-            for f in (train_file, val_file):
-                f.flush()
-                os.fsync(f.fileno())
+        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
+            stats, _ = write_tokens(batches(documents(source, text_field), is_val), tmp, enc, dtype, workers,
+                                    lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
         # commit: without meta.json the directory reads as incomplete, so drop the old one before the
@@ -333,25 +509,160 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=0.05, worker
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
-        meta = {
-            "tokenizer": tokenizer,
-            "vocab_size": enc.n_vocab,
-            "eot_id": enc.eot_token,
-            "dtype": dtype.name,
-            "source": source_name,
-            "val_fraction": val_fraction,
-            **stats,
-        }
-        write_json_atomic(out / "meta.json", meta)
+        write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **stats})
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         for p in tmp.values():
             p.unlink(missing_ok=True)
     return out
 
 
+# -----------------------------------------------------------------------------
+# Hub datasets: one shard per repo file, resumable
+
+
+def shard_paths(shards, index):
+    """{"train": .bin, "val": .bin, "marker": .json} of shard `index` (written in this order: the marker last)."""
+    stem = f"{index:05d}"
+    return {"train": shards / f"{stem}.train.bin", "val": shards / f"{stem}.val.bin", "marker": shards / f"{stem}.json"}
+
+
+def finished_shard(paths, source, settings, token_limit, itemsize):
+    """The marker of a shard that an earlier run finished with these settings, or None to write it (again).
+    A shard the token limit cut short holds the same documents only under the same limit; a whole one,
+    under any limit that it does not exceed."""
+    try:
+        marker = json.loads(paths["marker"].read_text())
+        tokens = marker["train"]["tokens"] + marker["val"]["tokens"]
+        same_documents = (marker["token_limit"] == token_limit if marker["cut"]
+                          else token_limit is None or tokens <= token_limit)
+        complete = all(paths[split].stat().st_size == marker[split]["tokens"] * itemsize for split in ("train", "val"))
+        if marker["source"] == source and marker["settings"] == settings and same_documents and complete:
+            return marker
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no marker (the run stopped before it), or an unreadable one: the shard is written again
+    return None
+
+
+def write_shard(paths, local_path, source, text_field, settings, token_limit, out, write_args):
+    """Tokenize one repo file into its shard: .bin files renamed into place, then the marker."""
+    tmp = {split: temp_path(paths[split]) for split in ("train", "val")}
+    val_fraction = settings["val_fraction"]
+    try:
+        docs = repo_file_documents(local_path, source, text_field)
+        # the split needs no pass over the corpus: a document's key alone decides it
+        stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < val_fraction), tmp, *write_args,
+                                  token_limit=token_limit)
+        # the shard changes under meta.json and under its old marker: both go first
+        (out / "meta.json").unlink(missing_ok=True)
+        paths["marker"].unlink(missing_ok=True)
+        for split in tmp:
+            os.replace(tmp[split], paths[split])
+        marker = {"source": source, "settings": settings, "token_limit": token_limit if cut else None, "cut": cut,
+                  **stats}
+        write_json_atomic(paths["marker"], marker)
+    finally:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+    return marker
+
+
+def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data", max_files=None, max_tokens=None,
+                revision=None, mirror=None):
+    """Tokenize the files of HUB_DATASETS[dataset] into out_dir/name/shards/ + meta.json (arguments checked by prepare).
+    max_files: read only the first files (sorted by path); max_tokens: stop at the first document boundary at or
+    past this many tokens (train and val together); revision: a branch, tag or commit of the repo (default main);
+    mirror: a local directory laid out like the repo, read instead of the Hub."""
+    repo, pattern, text_field = HUB_DATASETS[dataset]
+    if max_files is not None and max_files < 1:
+        raise ValueError(f"--max-files must be at least 1, got {max_files}")
+    if max_tokens is not None:
+        if not (max_tokens >= 1 and float(max_tokens).is_integer()):
+            raise ValueError(f"--max-tokens must be a whole number of tokens, at least 1, got {max_tokens}")
+        max_tokens = int(max_tokens)
+    name = name or dataset
+    check_name(name)
+    if mirror is None:
+        sha, files = hub_files(repo, pattern, revision)
+        fetch = functools.partial(hub_download, repo, sha=sha)
+        source_name = f"hf://datasets/{repo}/{pattern}"
+    else:
+        if revision is not None:
+            raise ValueError("--revision selects a commit on the Hub; a --mirror has only the files it holds")
+        root = Path(mirror).resolve()
+        sha, files = "mirror", mirror_files(root, pattern)
+        fetch = root.joinpath
+        source_name = f"{root}/{pattern} (mirror of {repo})"
+    if not files:
+        raise ValueError(f"no files matching {pattern} in {source_name}")
+    files = files[:max_files]
+
+    enc = load_tokenizer(tokenizer)
+    dtype = token_dtype(enc.n_vocab)
+    out = Path(out_dir) / name
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".*.tmp"), *shards.glob(".*.tmp")]:
+        stale.unlink()  # left by a run that was killed (two runs into one directory at once are not supported)
+    settings = {"repo": repo, "revision": sha, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    totals = {split: {"tokens": 0, "bytes": 0, "documents": 0, "files": []} for split in ("train", "val")}
+    downloads = ThreadPoolExecutor(1)  # fetches the next file while this one is tokenized
+    fetching = {}
+    new_tokens, start = 0, time.perf_counter()
+    with tqdm(total=len(files), unit="file", desc=f"preparing {name}") as progress, \
+            tqdm(unit="B", unit_scale=True, leave=False) as file_progress:
+
+        def on_write(docs, nbytes, tokens):
+            nonlocal new_tokens
+            new_tokens += tokens
+            file_progress.update(nbytes)
+            progress.set_postfix_str(f"{new_tokens / (time.perf_counter() - start) / 1e6:.2f}M tokens/s")
+
+        try:
+            for index, source in enumerate(files):
+                written = sum(t["tokens"] for t in totals.values())
+                token_limit = None if max_tokens is None else max_tokens - written
+                if token_limit is not None and token_limit <= 0:
+                    break
+                paths = shard_paths(shards, index)
+                marker = finished_shard(paths, source, settings, token_limit, dtype.itemsize)
+                if marker is None:
+                    if index not in fetching:
+                        fetching[index] = downloads.submit(fetch, source)
+                    # fetch the next file while this one is tokenized, unless it is done or a limit may leave it unread
+                    after = index + 1
+                    if after < len(files) and max_tokens is None and not shard_paths(shards, after)["marker"].exists():
+                        fetching[after] = downloads.submit(fetch, files[after])
+                    file_progress.reset()
+                    file_progress.set_description(source)
+                    marker = write_shard(paths, fetching.pop(index).result(), source, text_field, settings,
+                                         token_limit, out, (enc, dtype, workers, on_write))
+                for split in ("train", "val"):
+                    for key in ("tokens", "bytes", "documents"):
+                        totals[split][key] += marker[split][key]
+                    totals[split]["files"].append([paths[split].relative_to(out).as_posix(), marker[split]["tokens"]])
+                progress.update(1)
+        finally:
+            downloads.shutdown(wait=True, cancel_futures=True)
+    used = files[:len(totals["train"]["files"])]
+    write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **totals, "repo": repo,
+                                          "revision": sha, "files": used, "max_tokens": max_tokens})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# reading a prepared directory
+
+
+def split_files(data_dir, meta, split):
+    """[(path, tokens), ...] of one split, in order: the shard files that meta.json lists, else <split>.bin."""
+    data_dir = Path(data_dir)
+    if "files" in meta[split]:
+        return [(data_dir / rel, n_tokens) for rel, n_tokens in meta[split]["files"]]
+    return [(data_dir / f"{split}.bin", meta[split]["tokens"])]
+
+
 def read_meta(data_dir):
-    """meta.json of a prepared directory, after checking that train.bin/val.bin match its token counts."""
+    """meta.json of a prepared directory, after checking that every .bin file matches its token count."""
     data_dir = Path(data_dir)
     path = data_dir / "meta.json"
     if not path.is_file():
@@ -362,11 +673,15 @@ def read_meta(data_dir):
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         itemsize = np.dtype(meta["dtype"]).itemsize
-        expected = {split: meta[split]["tokens"] * itemsize for split in ("train", "val")}
+        expected = []
+        for split in ("train", "val"):
+            files = split_files(data_dir, meta, split)
+            if sum(n_tokens for _, n_tokens in files) != meta[split]["tokens"]:
+                raise ValueError(f"the {split} files do not add up to its {meta[split]['tokens']} tokens")
+            expected += [(bin_path, n_tokens * itemsize) for bin_path, n_tokens in files]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is unreadable ({e}); prepare the data again") from None
-    for split, size in expected.items():
-        bin_path = data_dir / f"{split}.bin"
+    for bin_path, size in expected:
         actual = bin_path.stat().st_size if bin_path.is_file() else None
         if actual != size:
             raise ValueError(f"{bin_path} has {actual} bytes but meta.json says {size}; prepare the data again")
@@ -379,29 +694,39 @@ def read_meta(data_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
-    parser.add_argument("source", help='"shakespeare" (embedded corpus), or a .txt / .jsonl file or a directory of them')
+    parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset ({", ".join(HUB_DATASETS)}),'
+                                       ' or a .txt / .jsonl file or a directory of them')
     parser.add_argument("--tokenizer", default="cl100k_32k", help=f"one of {', '.join(TOKENIZERS)} (default cl100k_32k)")
-    parser.add_argument("--name", default=None, help="output directory name (default: shakespeare, or the file/dir stem)")
-    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    parser.add_argument("--name", default=None, help="output directory name (default: the dataset, file or dir name)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
     parser.add_argument("--out-dir", default="data", help="parent of the output directory (default data)")
     parser.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl files (default text)")
+    hub = parser.add_argument_group("Hub datasets")
+    hub.add_argument("--max-files", type=int, default=None, help="read only the first N repo files (default: all)")
+    hub.add_argument("--max-tokens", type=float, default=None,
+                     help="stop at the first document boundary at or past this many tokens, train and val together "
+                          "(a plain count: 5e6 is five million; default: no limit)")
+    hub.add_argument("--revision", default=None, help="branch, tag or commit of the dataset repo (default main)")
+    hub.add_argument("--mirror", default=None, help="read a local directory laid out like the repo instead of the Hub")
     args = parser.parse_args(argv)
     try:
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
-                      args.text_field)
+                      args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror)
         meta = read_meta(out)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {out} ({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']})")
+    shards = f", {len(meta['files'])} shards of {meta['repo']}@{meta['revision']}" if "files" in meta else ""
+    print(f"wrote {out} ({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']}{shards})")
     for split in ("train", "val"):
         s = meta[split]
         per_byte = s["tokens"] / s["bytes"] if s["bytes"] else 0.0
         print(f"{split:>5}: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['bytes']:,} bytes "
               f"({per_byte:.3f} tokens/byte)")
     if meta["val"]["documents"] == 0:
-        print("warning: the validation split is empty (a single document cannot be split)")
+        print("warning: the validation split is empty (too few documents for --val-fraction)")
 
 
 if __name__ == "__main__":

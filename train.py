@@ -45,8 +45,15 @@ class TrainConfig:
     out_dir: str = "out"
     seed: int = 1337                    # model init and data order
     # data
-    data: str = "shakespeare"           # a directory under data_dir written by prepare.py
+    data: str = "shakespeare"           # a directory under data_dir written by prepare.py; several: "a,b" (entries
+                                        # mixed by `mixture`), "a+b" (one entry drawn as a balance_remaining group)
     data_dir: str = "data"
+    mixture: str = "balance_remaining"  # "fixed" | "balance_remaining" | "soft_sequential" (data.py says how each draws)
+    mixture_weights: tuple[float, ...] = ()  # "fixed": one weight per entry of `data`
+    packing: str = "blocks"             # "blocks" (the stream cut every seq_len tokens) | "best_fit" (documents kept
+                                        # whole where they fit; the rest of a block is padding)
+    eval_data: str = ""                 # eval_loss/eval_bpb are over this data's val split ("a+b" pools several);
+                                        # "": every training source. Each source is also logged as eval_loss/<name>
     tokenizer: str | None = None        # None: whatever the data was prepared with; set it to insist
     seq_len: int = 256                  # tokens per training sequence
     batch_size: int = 16                # sequences per process per micro-step
@@ -114,10 +121,14 @@ def check_type(key, value, hint):
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if value is None and type(None) in allowed:
         return value
-    if typing.get_origin(hint) is tuple:  # a list of texts, such as sample_prompts
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise UserError(f"{key} must be a list of strings, got {value!r}")
+    if typing.get_origin(hint) is tuple:  # a list of texts (sample_prompts) or numbers (mixture_weights)
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (int, float)) and item is float:
+            value = (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, item) or (item is float and isinstance(v, int) and
+                                                                           not isinstance(v, bool)) for v in value):
+            return tuple(float(v) for v in value) if item is float else tuple(value)
+        raise UserError(f"{key} must be a list of {'strings' if item is str else 'numbers'}, got {value!r}")
     if isinstance(value, bool):  # bool is an int subclass; only a bool may stand for a bool
         if bool in allowed:
             return value
@@ -174,7 +185,7 @@ def load_config(argv):
         else:
             raise unknown_key(key)
     cfg = TrainConfig(**train_values)
-    choices = {"attn": ("sdpa", "eager"), "optimizer": optim.OPTIMIZERS, "optimizer_state": ("fp32", "bf16"), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
+    choices = {"attn": ("sdpa", "eager", "flex"), "mixture": data.MIXTURES, "packing": data.PACKINGS, "optimizer": optim.OPTIMIZERS, "optimizer_state": ("fp32", "bf16"), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
                "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed", "bf16"), "model": tuple(model_lib.PRESETS)}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
@@ -215,24 +226,23 @@ def setup_distributed(cfg):
     return rank, world_size, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
 
 
-def read_data(cfg, model_overrides):
-    """The data's meta.json, checked against what the config asks of it."""
-    data_dir = Path(cfg.data_dir) / cfg.data
+def open_data(cfg, model_overrides):
+    """The run's data.TrainingData, checked against what the config asks of it."""
     try:
-        meta = prepare.read_meta(data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"data={cfg.data!r}: {e}")
-    if cfg.tokenizer is not None and cfg.tokenizer != meta["tokenizer"]:
-        raise UserError(f"tokenizer={cfg.tokenizer!r} but {data_dir} was prepared with {meta['tokenizer']!r}")
+        training_data = data.TrainingData(cfg.data_dir, cfg.data, cfg.seq_len, cfg.seed, cfg.packing, cfg.mixture,
+                                          cfg.mixture_weights, cfg.eval_data, cfg.tokenizer)
+    except (ValueError, OSError) as e:  # missing, truncated or too short for one block; mismatched tokenizers
+        raise UserError(str(e))
     vocab = model_overrides.get("vocab_size")
-    if vocab is not None and vocab != meta["vocab_size"]:
-        raise UserError(f"vocab_size={vocab} but {data_dir} was prepared with {meta['tokenizer']!r}, a {meta['vocab_size']}-token vocabulary")
-    return data_dir, meta
+    if vocab is not None and vocab != training_data.vocab_size:
+        raise UserError(f"vocab_size={vocab} but data {training_data.names[0]!r} was prepared with "
+                        f"{training_data.tokenizer!r}, a {training_data.vocab_size}-token vocabulary")
+    return training_data
 
 
-def build_model_config(cfg, model_overrides, meta):
+def build_model_config(cfg, model_overrides, vocab_size):
     values = dataclasses.asdict(model_lib.PRESETS[cfg.model])
-    values.update(model_overrides, attn=cfg.attn, vocab_size=meta["vocab_size"])
+    values.update(model_overrides, attn=cfg.attn, vocab_size=vocab_size)
     try:
         return model_lib.ModelConfig(**values)
     except (ValueError, AssertionError) as e:
@@ -332,21 +342,20 @@ def format_duration(seconds):
 # ----------------------------------------------------------------------------- eval and samples
 
 @torch.no_grad()
-def evaluate(model, val, cfg, rank, world_size, device, autocast):
-    """Mean loss per token over a fixed set of val blocks, split across ranks and summed."""
+def evaluate(model, training_data, cfg, rank, world_size, device, autocast):
+    """{name: (loss sum, target count)} over a fixed set of val blocks of every eval source, summed over ranks."""
     model.eval()
-    rows = data.eval_blocks(val.n_blocks, cfg.eval_iters * cfg.batch_size * cfg.grad_accum * world_size)
-    my_rows = rows[rank::world_size]
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
-    for i in range(0, len(my_rows), cfg.batch_size):
-        x, y, doc_ids = val.blocks(my_rows[i:i + cfg.batch_size], device)
-        with autocast:
-            totals[0] += model(x, doc_ids, y).double()
-        totals[1] += y.numel()
+    n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * world_size
+    totals = torch.zeros(len(training_data.eval_names), 2, dtype=torch.float64, device=device)
+    for i, name in enumerate(training_data.eval_names):
+        for x, y, doc_ids in training_data.eval_batches(name, n_rows, rank, world_size, cfg.batch_size, device):
+            with autocast:
+                totals[i, 0] += model(x, doc_ids, y).double()
+            totals[i, 1] += (y != -1).sum()
     if world_size > 1:
         dist.all_reduce(totals)
     model.train()
-    return (totals[0] / totals[1]).item()
+    return dict(zip(training_data.eval_names, totals.tolist()))
 
 
 # ----------------------------------------------------------------------------- training
@@ -355,8 +364,8 @@ def train(cfg, model_overrides):
     rank, world_size, device = setup_distributed(cfg)
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
-    data_dir, meta = read_data(cfg, model_overrides)
-    model_config = build_model_config(cfg, model_overrides, meta)
+    training_data = open_data(cfg, model_overrides)
+    model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
     run_dir = Path(cfg.out_dir) / cfg.run_name
     resolved = dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
 
@@ -372,12 +381,7 @@ def train(cfg, model_overrides):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    try:
-        train_data = data.BlockSource(data_dir / "train.bin", meta["dtype"], cfg.seq_len, meta["eot_id"], cfg.seed)
-        val_data = data.BlockSource(data_dir / "val.bin", meta["dtype"], cfg.seq_len, meta["eot_id"], cfg.seed)
-    except (ValueError, OSError) as e:  # missing, truncated or too short for one block
-        raise UserError(f"{data_dir}: {e}")
-    tokenizer = prepare.load_tokenizer(meta["tokenizer"])
+    tokenizer = prepare.load_tokenizer(training_data.tokenizer)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
@@ -397,6 +401,11 @@ def train(cfg, model_overrides):
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, annealing_start, best_eval_loss = checkpoint["step"], checkpoint["annealing_start"], checkpoint["best_eval_loss"]
         torch.set_rng_state(checkpoint["rng"].cpu())
+        if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
+            try:
+                training_data.mixture.load_state_dict(checkpoint["data"])
+            except ValueError as e:
+                raise UserError(f"{checkpoint_path}: {e}; use another run_name")
         if cfg.start_annealing and annealing_start is None:
             annealing_start = step
             say(f"annealing starts at step {step} (start_annealing=True)")
@@ -434,13 +443,15 @@ def train(cfg, model_overrides):
 
     def run_eval():
         nonlocal best_eval_loss
-        eval_loss = evaluate(model, val_data, cfg, rank, world_size, device, autocast)
+        eval_loss, eval_bpb, per_source = training_data.eval_summary(evaluate(model, training_data, cfg, rank, world_size,
+                                                                              device, autocast))
         if not math.isfinite(eval_loss):
             raise UserError(f"eval loss is {eval_loss} at step {step}; stopped, the checkpoints are left as they were")
-        eval_bpb = eval_loss / math.log(2) * meta["val"]["tokens"] / meta["val"]["bytes"]
         eval_ppl = math.exp(min(eval_loss, 50))
-        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {eval_ppl:.2f} | {eval_bpb:.4f} bits/byte")
-        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb, "eval_ppl": eval_ppl})
+        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {eval_ppl:.2f} | {eval_bpb:.4f} bits/byte"
+            + "".join(f" | {key[10:]} {value:.4f}" for key, value in per_source.items()))
+        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb, "eval_ppl": eval_ppl}
+            | per_source)
         if eval_loss < best_eval_loss and step > 0:
             best_eval_loss = eval_loss
             checkpoint(best=True)
@@ -450,7 +461,7 @@ def train(cfg, model_overrides):
             state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(model_config),
                      "optimizer": optimizer.state_dict(), "step": step, "tokens": step * tokens_per_step,
                      "annealing_start": annealing_start, "best_eval_loss": best_eval_loss, "rng": torch.get_rng_state(),
-                     "tokenizer": meta["tokenizer"], "config": resolved}
+                     "data": training_data.mixture.state_dict(), "tokenizer": training_data.tokenizer, "config": resolved}
             save_checkpoint(run_dir, state, cfg.keep_checkpoints, best)
 
     def steps_to_run():  # the schedule's end (an annealing request moves it), capped by max_steps
@@ -468,7 +479,7 @@ def train(cfg, model_overrides):
         lr = sched.lr_at(step, schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [train_data.examples(data.micro_batch_examples(step, m, rank, cfg.batch_size, cfg.grad_accum, world_size), device)
+        micro_batches = [training_data.micro_batch(step, m, rank, cfg.batch_size, cfg.grad_accum, world_size, device)
                          for m in range(cfg.grad_accum)]
         # Normalise by the number of target tokens in the whole global batch, so the gradient is
         # that of the mean loss over the step whatever the split into processes and micro-steps.
@@ -513,8 +524,9 @@ def train(cfg, model_overrides):
             last_time, last_step = now, step
             say(f"step {step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f} | "
                 f"{tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
+            drawn = training_data.drawn() if len(training_data.names) > 1 else {}  # a curriculum's progress
             log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                 "tok_per_s": tok_per_s, "time": now})
+                 "tok_per_s": tok_per_s, "time": now} | {f"drawn/{name}": n for name, n in drawn.items()})
         pause_start = time.time()
         if command == "abort":
             event("aborted: exiting without saving")

@@ -1,6 +1,8 @@
 """The reference baseline: Llama medium (162M), cl100k_32k, Infinite-LR, 1x Chinchilla (2.27B tokens), 4 GPUs x 4 x 4096."""
 run_name = "default"
-data = "smollm"              # the SmolLM corpus mix (fineweb-edu-dedup + cosmopedia-v2), cl100k_32k-tokenized
+# the SmolLM corpus mix: fineweb-edu-dedup and cosmopedia-v2 drawn as one balance_remaining group
+# (python prepare.py smollm-fineweb-edu; python prepare.py smollm-cosmopedia)
+data = "smollm-fineweb-edu+smollm-cosmopedia"
 tokenizer = "cl100k_32k"     # 32,000 tokens, as the reference
 model = "llama-medium"
 seq_len = 4096

@@ -21,6 +21,20 @@ def run_args(tiny_data, out_dir, *extra):
     return TINY + [f"data_dir={tiny_data}", f"out_dir={out_dir}", *extra]
 
 
+@pytest.fixture(scope="module")
+def two_corpora(tiny_data):
+    """tiny_data plus 'tiny_b', a second byte-level corpus of other documents, for mixtures."""
+    import prepare
+    from conftest import write_corpus
+    if not (tiny_data / "tiny_b").exists():
+        corpus = write_corpus(tiny_data.parent / "corpus_b", n_docs=30, seed=1)
+        prepare.prepare(str(corpus), name="tiny_b", tokenizer="bytes", val_fraction=0.1, workers=1, out_dir=str(tiny_data))
+    return tiny_data
+
+
+MIXED = ["data=tiny_b,tiny", "mixture=soft_sequential", "packing=best_fit"]
+
+
 def read_log(run_dir):
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     return [r for r in lines if "loss" in r], [r for r in lines if "eval_loss" in r]
@@ -77,9 +91,10 @@ def test_resume_continues_the_same_trajectory(tiny_data, tmp_path, precision):
     assert [r["step"] for r in resumed_evals] == [0, 5, 10, 15, 20]
 
 
-def test_torchrun_two_processes_match_one_with_grad_accum(tiny_data, tmp_path):
-    """2 processes x batch 4 and 1 process x batch 4 x grad_accum 2: the same global batches, the same losses."""
-    common = run_args(tiny_data, tmp_path, "max_steps=8", "eval_interval=4", "total_tokens=0.008")
+def test_torchrun_two_processes_match_one_with_grad_accum(two_corpora, tmp_path):
+    """2 processes x batch 4 and 1 process x batch 4 x grad_accum 2: the same global batches, the same losses,
+    here from a curriculum of two sources packed best-fit."""
+    common = run_args(two_corpora, tmp_path, "max_steps=8", "eval_interval=4", "total_tokens=0.008", *MIXED)
     assert train.main(common + ["run_name=single", "grad_accum=2"]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -107,7 +122,10 @@ def test_torchrun_two_processes_match_one_with_grad_accum(tiny_data, tmp_path):
     (["data=nowhere"], "nowhere"),
     (["vocab_size=32000"], "vocab_size=32000 but"),
     (["tokenizer=cl100k_32k"], "tokenizer='cl100k_32k' but"),
-    (["attn=flash"], "attn='flash' is not one of sdpa, eager"),
+    (["attn=flash"], "attn='flash' is not one of sdpa, eager, flex"),
+    (["data=tiny,tiny", "mixture=fixed"], "'tiny,tiny' names a source twice"),
+    (["mixture=fixed", "mixture_weights=[1, 2]"], "mixture='fixed' needs one non-negative weight per data entry (1)"),
+    (["packing=tight"], "packing='tight' is not one of blocks, best_fit"),
     (["configs/missing.py"], "config file configs/missing.py not found"),
     (["dtype=bf16", "optimizer=torch_adamw"], "need an optimizer with stochastic rounding (adamw, adafactor, muon), not 'torch_adamw'"),
     (["optimizer=sgd"], "optimizer='sgd' is not one of adamw, adafactor, muon, torch_adamw"),
@@ -118,6 +136,29 @@ def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, extra, me
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert not (tmp_path / "bad").exists()  # nothing was built
+
+
+def test_a_curriculum_resumes_in_the_same_order_and_logs_each_source(two_corpora, tmp_path):
+    """Two sources, soft_sequential, best-fit packing: stopped at step 10 and resumed, the run follows an
+    unstopped one; the log shows how far the curriculum went and each source's eval loss."""
+    extra = [*MIXED, "max_steps=20", "eval_data=tiny"]
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=straight", *extra)) == 0
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=resumed", *extra[:-2], "max_steps=10", "eval_data=tiny")) == 0
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=resumed", *extra)) == 0
+    straight, straight_evals = read_log(tmp_path / "straight")
+    resumed, _ = read_log(tmp_path / "resumed")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    drawn = [(r["drawn/tiny_b"], r["drawn/tiny"]) for r in straight]
+    assert [a + b for a, b in drawn] == [4 * r["step"] for r in straight]  # every example from one of them
+    assert drawn[0][0] >= 3 and drawn[-1][1] > 0  # tiny_b first, then tiny takes over
+    # eval_data names the pooled eval set; with one name there are no per-source keys
+    assert all("eval_loss/tiny" not in r for r in straight_evals)
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=each", *MIXED, "max_steps=2")) == 0
+    _, evals = read_log(tmp_path / "each")
+    assert {"eval_loss/tiny", "eval_loss/tiny_b"} <= set(evals[-1])
+    # the pool is the target-weighted mean of the two, so it lies between them
+    low, high = sorted([evals[-1]["eval_loss/tiny"], evals[-1]["eval_loss/tiny_b"]])
+    assert low <= evals[-1]["eval_loss"] <= high
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):

@@ -1,0 +1,328 @@
+"""Tests for prepare.py's Hub datasets: repo layouts read through --mirror (or the two network functions faked),
+the shard files and markers, the hash split, --max-files / --max-tokens, resuming after a kill, bad input."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import prepare  # noqa: E402
+
+WORDS = ("once upon a time there was a little girl named Lily who loved the sun and the sea . "
+         "she played with her dog in the park , and they were happy ! 🙂 naïve café").split()
+
+
+def random_texts(rng, n, max_words=120):
+    """Documents of random words, with an empty and a missing one (neither is a document)."""
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+    texts[1], texts[2] = "", None
+    return texts
+
+
+def write_parquet(path, columns, row_group_size=50):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+
+
+def fake_smollm(root, n_files=2, docs_per_file=120, seed=0):
+    """A directory laid out like HuggingFaceTB/smollm-corpus; returns {repo path: texts} of fineweb-edu-dedup."""
+    rng = random.Random(seed)
+    fineweb = {}
+    for i in range(n_files):
+        rel = f"fineweb-edu-dedup/000_{i:05d}.parquet"
+        fineweb[rel] = random_texts(rng, docs_per_file)
+        write_parquet(root / rel, {"text": fineweb[rel], "id": [f"<urn:{i}:{j}>" for j in range(docs_per_file)]})
+    write_parquet(root / "cosmopedia-v2/000_00000.parquet",
+                  {"prompt": ["write a story"] * 30, "text": random_texts(rng, 30), "token_length": list(range(30))})
+    (root / "README.md").write_text("a dataset card, not data\n")
+    return fineweb
+
+
+def key_hash(key):
+    """The split rule's hash, computed here without prepare.key_hash."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def expected_documents(files, val_fraction):
+    """[(repo path, is_val, text)] in corpus order: every non-empty row, split by the hash of '<path>:<row>'."""
+    return [(rel, key_hash(f"{rel}:{row}") < val_fraction, text)
+            for rel, texts in files.items() for row, text in enumerate(texts) if text]
+
+
+def decode_file(path, meta, enc):
+    tokens = np.fromfile(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
+    cuts = np.flatnonzero(tokens == enc.eot_token)
+    assert len(tokens) == 0 or cuts[-1] == len(tokens) - 1  # every document ends with end-of-text
+    starts = np.concatenate([[0], cuts[:-1] + 1])
+    return [enc.decode(tokens[s:e].tolist()) for s, e in zip(starts, cuts)]
+
+
+def read_shards(out, meta, enc):
+    """{(shard index, split): decoded documents} of the shards meta.json lists."""
+    return {(i, split): decode_file(path, meta, enc)
+            for split in ("train", "val") for i, (path, _) in enumerate(prepare.split_files(out, meta, split))}
+
+
+def tree(directory):
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+# -----------------------------------------------------------------------------
+
+
+def test_smollm_mirror_shards_meta_and_split(tmp_path):
+    files = fake_smollm(tmp_path / "mirror")
+    out = prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.3, 2, tmp_path / "data", mirror=tmp_path / "mirror")
+    assert out == tmp_path / "data" / "smollm-fineweb-edu"
+    shard_files = [f"shards/0000{i}.{f}" for i in (0, 1) for f in ("json", "train.bin", "val.bin")]
+    assert sorted(tree(out)) == ["meta.json"] + shard_files
+    meta = prepare.read_meta(out)
+    assert meta == json.loads((out / "meta.json").read_text())
+    assert (meta["repo"], meta["revision"], meta["files"]) == ("HuggingFaceTB/smollm-corpus", "mirror", list(files))
+    assert (meta["tokenizer"], meta["dtype"], meta["val_fraction"]) == ("cl100k_32k", "uint16", 0.3)
+    assert meta["max_tokens"] is None
+
+    enc = prepare.load_tokenizer("cl100k_32k")
+    decoded = read_shards(out, meta, enc)
+    expected = expected_documents(files, 0.3)
+    for split, is_val in (("train", False), ("val", True)):
+        total = {"tokens": 0, "bytes": 0, "documents": 0}
+        for i, rel in enumerate(files):
+            docs = [text for r, v, text in expected if r == rel and v == is_val]
+            assert decoded[i, split] == docs  # the documents of this file and split, in row order
+            marker = json.loads((out / f"shards/0000{i}.json").read_text())
+            assert marker["source"] == rel and marker["cut"] is False
+            counts = {"tokens": sum(len(enc.encode_ordinary(d)) + 1 for d in docs),
+                      "bytes": sum(len(d.encode()) for d in docs), "documents": len(docs)}
+            assert marker[split] == counts
+            assert meta[split]["files"][i] == [f"shards/0000{i}.{split}.bin", counts["tokens"]]
+            total = {k: total[k] + counts[k] for k in total}
+        assert {k: meta[split][k] for k in total} == total
+    assert 0.15 < meta["val"]["documents"] / len(expected) < 0.45  # about 30% by hash; far off is a broken rule
+    assert prepare.split_files(out, meta, "val") == [(out / "shards/00000.val.bin", meta["val"]["files"][0][1]),
+                                                     (out / "shards/00001.val.bin", meta["val"]["files"][1][1])]
+
+    # the cosmopedia subset reads its own directory of the same repo, with its extra columns ignored
+    cosmo = prepare.read_meta(prepare.prepare("smollm-cosmopedia", None, "bytes", 0.3, 1, tmp_path / "data",
+                                              mirror=tmp_path / "mirror"))
+    assert cosmo["files"] == ["cosmopedia-v2/000_00000.parquet"]
+    assert cosmo["train"]["documents"] + cosmo["val"]["documents"] == 28
+
+
+def test_tinystories_layouts(tmp_path):
+    rng = random.Random(1)
+    mirror = tmp_path / "mirror"
+    parquet = {f"data/train-0000{i}-of-00002-{i}a7f.parquet": random_texts(rng, 40) for i in range(2)}
+    for rel, texts in parquet.items():
+        write_parquet(mirror / rel, {"text": texts})
+    write_parquet(mirror / "data/validation-00000-of-00001-9b1.parquet", {"text": ["the official validation"] * 5})
+    stories = [t + "\n" for t in random_texts(rng, 30) if t]
+    (mirror / "TinyStoriesV2-GPT4-train.txt").write_text("".join(s + "<|endoftext|>\n" for s in stories))
+    (mirror / "TinyStories-train.txt").write_text("the first version, not read\n<|endoftext|>\n")
+    enc = prepare.load_tokenizer("bytes")
+
+    out = prepare.prepare("tinystories", None, "bytes", 0.3, 1, tmp_path / "data", mirror=mirror)
+    meta = prepare.read_meta(out)
+    assert meta["repo"] == "roneneldan/TinyStories" and meta["files"] == list(parquet)  # no validation file
+    decoded = read_shards(out, meta, enc)
+    expected = expected_documents(parquet, 0.3)
+    for i, rel in enumerate(parquet):
+        for split, is_val in (("train", False), ("val", True)):
+            assert decoded[i, split] == [text for r, v, text in expected if r == rel and v == is_val]
+
+    out = prepare.prepare("tinystories-v2", None, "bytes", 0.3, 1, tmp_path / "data", mirror=mirror)
+    meta = prepare.read_meta(out)
+    assert meta["files"] == ["TinyStoriesV2-GPT4-train.txt"]
+    decoded = read_shards(out, meta, enc)
+    assert sorted(decoded[0, "train"] + decoded[0, "val"]) == sorted(stories)
+    assert decoded[0, "val"] == [s for row, s in enumerate(stories)
+                                 if key_hash(f"TinyStoriesV2-GPT4-train.txt:{row}") < 0.3]
+
+
+def test_repo_file_readers(tmp_path):
+    txt = tmp_path / "stories.txt"
+    txt.write_bytes("one\r\nstory 🙂\r\n<|endoftext|>\r\n\n<|endoftext|>\n"
+                    "two <|endoftext|> inline\n<|endoftext|>\nlast".encode())
+    # the blank story between two separators is dropped but keeps its row number
+    assert list(prepare.repo_file_documents(txt, "s.txt", "text")) == [
+        ("s.txt:0", "one\r\nstory 🙂\r\n"), ("s.txt:2", "two <|endoftext|> inline\n"), ("s.txt:3", "last")]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": "b", "x": 1}\n')
+    assert list(prepare.repo_file_documents(jsonl, "r.jsonl", "text")) == [("r.jsonl:1", "a"), ("r.jsonl:4", "b")]
+    with pytest.raises(ValueError, match="expected a .parquet, .jsonl or .txt file"):
+        prepare.repo_file_documents(tmp_path / "x.csv", "x.csv", "text")
+    bad = tmp_path / "numbers.parquet"
+    write_parquet(bad, {"text": [1, 2, 3]})
+    with pytest.raises(ValueError, match="column 'text' holds int64, not text"):
+        list(prepare.repo_file_documents(bad, "numbers.parquet", "text"))
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        list(prepare.repo_file_documents(tmp_path / "broken.parquet", "broken.parquet", "text"))
+
+
+def test_max_files_and_max_tokens(tmp_path):
+    files = fake_smollm(tmp_path / "mirror", n_files=3, docs_per_file=60)
+    mirror = tmp_path / "mirror"
+    enc = prepare.load_tokenizer("bytes")
+    meta = prepare.read_meta(prepare.prepare("smollm-fineweb-edu", "two", "bytes", 0.3, 1, tmp_path / "a",
+                                             max_files=2, mirror=mirror))
+    assert meta["files"] == list(files)[:2] and len(meta["train"]["files"]) == 2
+
+    # the limit falls inside the second file: documents are kept while fewer than max_tokens tokens precede them
+    expected = expected_documents(files, 0.3)
+    first_file_tokens = sum(len(t.encode()) + 1 for r, _, t in expected if r == list(files)[0])
+    max_tokens = first_file_tokens + 1000
+    kept, total = [], 0
+    for doc in expected:
+        if total >= max_tokens:
+            break
+        kept.append(doc)
+        total += len(doc[2].encode()) + 1
+    out = prepare.prepare("smollm-fineweb-edu", "capped", "bytes", 0.3, 1, tmp_path / "a", max_tokens=float(max_tokens),
+                          mirror=mirror)
+    meta = prepare.read_meta(out)
+    assert meta["train"]["tokens"] + meta["val"]["tokens"] == total >= max_tokens
+    assert meta["files"] == list(files)[:2] and meta["max_tokens"] == max_tokens
+    decoded = read_shards(out, meta, enc)
+    for i, rel in enumerate(list(files)[:2]):
+        for split, is_val in (("train", False), ("val", True)):
+            assert decoded[i, split] == [t for r, v, t in kept if r == rel and v == is_val]
+    marker = json.loads((out / "shards/00001.json").read_text())
+    assert marker["cut"] is True and marker["token_limit"] == max_tokens - first_file_tokens
+
+    # the cut does not depend on how the text is batched or on the thread count
+    before = tree(out)
+    prepare.BATCH_CHARS, batch_chars = 50, prepare.BATCH_CHARS
+    try:
+        again = prepare.prepare("smollm-fineweb-edu", "capped", "bytes", 0.3, 2, tmp_path / "b",
+                                max_tokens=max_tokens, mirror=mirror)
+    finally:
+        prepare.BATCH_CHARS = batch_chars
+    assert tree(again) == before
+
+    # without the limit, the same directory is completed: the cut shard is written again, the whole one kept
+    first_shard = (out / "shards/00000.train.bin").stat().st_mtime_ns
+    prepare.prepare("smollm-fineweb-edu", "capped", "bytes", 0.3, 1, tmp_path / "a", mirror=mirror)
+    fresh = prepare.prepare("smollm-fineweb-edu", "capped", "bytes", 0.3, 1, tmp_path / "c", mirror=mirror)
+    assert tree(out) == tree(fresh)
+    assert (out / "shards/00000.train.bin").stat().st_mtime_ns == first_shard
+
+
+def test_changed_settings_and_damaged_shards_are_written_again(tmp_path):
+    fake_smollm(tmp_path / "mirror", n_files=2, docs_per_file=40)
+    args = dict(out_dir=tmp_path / "data", mirror=tmp_path / "mirror", workers=1, val_fraction=0.3)
+    out = prepare.prepare("smollm-fineweb-edu", tokenizer="bytes", **args)
+    reference = tree(out)
+    with open(out / "shards/00001.val.bin", "ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(ValueError, match=r"00001.val.bin has .* bytes but meta.json says"):
+        prepare.read_meta(out)  # every listed shard is checked
+    prepare.prepare("smollm-fineweb-edu", tokenizer="bytes", **args)
+    assert tree(out) == reference
+    prepare.prepare("smollm-fineweb-edu", tokenizer="cl100k_32k", **args)  # other tokens: no shard may be kept
+    assert tree(out) == tree(prepare.prepare("smollm-fineweb-edu", tokenizer="cl100k_32k",
+                                             **{**args, "out_dir": tmp_path / "fresh"}))
+
+
+def test_killed_run_resumes_to_the_same_files(tmp_path):
+    rng = random.Random(2)
+    mirror = tmp_path / "mirror"
+    texts = [" ".join(rng.choice(WORDS) for _ in range(300)) for _ in range(400)]  # ~0.6 MB a file
+    for i in range(5):
+        write_parquet(mirror / f"fineweb-edu-dedup/{i:03d}.parquet", {"text": texts[i * 80:] + texts[:i * 80]})
+    args = ["smollm-fineweb-edu", "--mirror", str(mirror), "--val-fraction", "0.2", "--workers", "1"]
+    shards = tmp_path / "data/smollm-fineweb-edu/shards"
+    process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), *args], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    # kill while the second shard is half written: its first shard finished, its .bin files still temp files
+    while not ((shards / "00000.json").exists() and list(shards.glob(".00001.train.bin.*.tmp"))):
+        assert process.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (shards.parent / "meta.json").exists() and not (shards / "00001.json").exists()
+    first_shard = (shards / "00000.train.bin").stat().st_mtime_ns
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (shards / "00000.train.bin").stat().st_mtime_ns == first_shard  # the finished shard was kept
+    assert not [p for p in shards.parent.rglob("*") if p.name.endswith(".tmp")]
+    uninterrupted = prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.2, 2, tmp_path / "other", mirror=mirror)
+    assert tree(shards.parent) == tree(uninterrupted)
+
+
+def test_hub_functions_are_the_only_network(tmp_path, monkeypatch):
+    files = fake_smollm(tmp_path / "repo", n_files=3, docs_per_file=20)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    listed, downloaded = [], []
+
+    def fake_hub_files(repo, pattern, revision):
+        listed.append((repo, pattern, revision))
+        return sha, prepare.mirror_files(tmp_path / "repo", pattern)
+
+    def fake_hub_download(repo, path, sha):
+        downloaded.append((repo, path, sha))
+        return tmp_path / "repo" / path
+
+    monkeypatch.setattr(prepare, "hub_files", fake_hub_files)
+    monkeypatch.setattr(prepare, "hub_download", fake_hub_download)
+    out = prepare.prepare("smollm-fineweb-edu", None, "bytes", 0.3, 1, tmp_path / "data", max_files=2, revision="v1.0")
+    meta = prepare.read_meta(out)
+    assert listed == [("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup/*.parquet", "v1.0")]
+    assert sorted(downloaded) == [("HuggingFaceTB/smollm-corpus", rel, sha) for rel in list(files)[:2]]
+    assert meta["revision"] == sha
+    assert meta["source"] == "hf://datasets/HuggingFaceTB/smollm-corpus/fineweb-edu-dedup/*.parquet"
+    mirrored = prepare.read_meta(prepare.prepare("smollm-fineweb-edu", "m", "bytes", 0.3, 1, tmp_path / "data",
+                                                 max_files=2, mirror=tmp_path / "repo"))
+    assert {s: mirrored[s] for s in ("train", "val")} == {s: meta[s] for s in ("train", "val")}
+
+
+def test_hub_errors_are_one_line(tmp_path, monkeypatch):
+    # offline mode makes huggingface_hub fail exactly where the network would, without any network
+    result = run_cli("tinystories", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: cannot list roneneldan/TinyStories@main on the Hugging Face Hub")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(OSError, match="^cannot download data/x.parquet of roneneldan/TinyStories@abc: [^\n]*$"):
+        prepare.hub_download("roneneldan/TinyStories", "data/x.parquet", "abc")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["smollm-nope"], "no such file or directory: smollm-nope; named datasets: shakespeare, smollm-fineweb-edu"),
+    (["tinystories", "--mirror", "nowhere"], "--mirror"),
+    (["smollm-cosmopedia", "--mirror", "mirror"], "cosmopedia-v2/000_00000.parquet: no column 'text' (columns: prompt)"),
+    (["smollm-fineweb-edu", "--mirror", "mirror"], "no files matching fineweb-edu-dedup/*.parquet"),
+    (["tinystories", "--mirror", "mirror", "--max-tokens", "2.5"], "--max-tokens must be a whole number"),
+    (["tinystories", "--mirror", "mirror", "--max-files", "0"], "--max-files must be at least 1"),
+    (["tinystories", "--mirror", "mirror", "--revision", "main"], "--revision"),
+    (["shakespeare", "--max-files", "1"], "are for smollm-fineweb-edu"),
+])
+def test_cli_bad_input(tmp_path, args, message):
+    write_parquet(tmp_path / "mirror/cosmopedia-v2/000_00000.parquet", {"prompt": ["p"]})
+    write_parquet(tmp_path / "mirror/data/train-00000-of-00001.parquet", {"text": ["a story"]})
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    # one line, no traceback; an error found while reading a file comes after the progress bars
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and errors[0].startswith("error:"), result.stderr
+    assert message in errors[0]
