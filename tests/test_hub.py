@@ -326,3 +326,31 @@ def test_cli_bad_input(tmp_path, args, message):
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert errors == [result.stderr.strip().splitlines()[-1]] and errors[0].startswith("error:"), result.stderr
     assert message in errors[0]
+
+
+def test_final_config_trains_on_prepared_hub_datasets(tmp_path):
+    """configs/final.py end to end at a tiny shape: three Hub datasets prepared from mirrors, TinyStories
+    fading into the SmolLM group, eval on SmolLM alone, per-source curriculum counters in the log."""
+    import train
+    rng = random.Random(2)
+    smollm, stories = tmp_path / "smollm", tmp_path / "tinystories"
+    fake_smollm(smollm, n_files=2, docs_per_file=150)
+    write_parquet(stories / "data/train-00000-of-00001-x.parquet", {"text": random_texts(rng, 200, max_words=40)})
+    for dataset, mirror in (("smollm-fineweb-edu", smollm), ("smollm-cosmopedia", smollm), ("tinystories", stories)):
+        prepare.prepare(dataset, None, "bytes", 0.1, 1, tmp_path / "data", mirror=mirror)
+    tiny = ["tokenizer=bytes", "model=quickstart", "dim=32", "n_layers=1", "n_heads=2", "ffn_dim=64", "seq_len=64", "batch_size=4",
+            "total_tokens=0.01", "annealing_tokens=0.002", "warmup_tokens=0.001", "min_cooldown_tokens=0",
+            "base_batch_tokens=256", "compile=False", "device=cpu", "eval_interval=10", "eval_iters=1",
+            "log_interval=1", "sample_tokens=8", "checkpoint_interval=1000", f"data_dir={tmp_path / 'data'}",
+            f"out_dir={tmp_path / 'out'}"]
+    assert train.main([str(ROOT / "configs/final.py"), *tiny, "max_steps=30"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out/final/log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    first, last = steps[0], steps[-1]
+    # the curriculum: TinyStories first, the SmolLM group taking over
+    assert first["drawn/tinystories"] >= 3 and last["drawn/smollm-fineweb-edu"] + last["drawn/smollm-cosmopedia"] > 0
+    assert last["loss"] < first["loss"]
+    evals = [r for r in records if "eval_loss" in r]
+    assert {"eval_loss/smollm-fineweb-edu", "eval_loss/smollm-cosmopedia"} <= set(evals[-1])
+    assert "eval_loss/tinystories" not in evals[-1]
+    assert json.loads((tmp_path / "out/final/config.json").read_text())["schedule"] == "wsd"

@@ -255,3 +255,14 @@ def test_sample_py_from_a_run_and_its_errors(tiny_data, tmp_path, capsys):
     assert sample.main([str(tmp_path / "imported.pt")]) == 2
     assert "records no tokenizer; name one with --tokenizer" in capsys.readouterr().err
     assert sample.main([str(tmp_path / "imported.pt"), "--tokenizer", "bytes", "--tokens", "5"]) == 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_loads_and_plans(path):
+    """Each shipped experiment resolves: keys and types, its model, its schedule on 4 processes, its data names."""
+    import data
+    cfg, model_overrides = train.load_config([str(path)])
+    assert cfg.run_name == path.stem
+    train.build_model_config(cfg, model_overrides, vocab_size=32000)
+    assert train.make_schedule(cfg, world_size=4).total_steps > 0
+    data.parse_entries(cfg.data)
