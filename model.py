@@ -1,23 +1,25 @@
-"""The small-lm model: a Llama-style decoder-only transformer.
+"""The small-lm model: a Llama-style decoder-only transformer, and its variants.
 
 Top to bottom:
 - ModelConfig and PRESETS: the shape of a model, and the named shapes we train.
 - document_ids, document_positions, document_mask: several documents packed into one row.
-- RMSNorm, positions (RoPE, ALiBi or none), attention (sdpa and eager back-ends), SwiGLU MLP, Block.
+- RMSNorm, positions (RoPE, ALiBi or none), attention (sdpa, eager and flex back-ends), Canon layers,
+  the gated MLP, Block (pre-norm, or DeepNet's post-norm).
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
 - parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
 - newest_checkpoint, load_model: a trained model back from a run directory or checkpoint file.
 - `python model.py PRESET [key=value ...]` prints the summary of a preset.
 
-Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix
-(embed_tokens, layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, norm, lm_head, ...), and the
-maths follows its conventions (RoPE "rotate half", fp32 RMSNorm), so exporting is plain copying.
-The variants (ALiBi, NoPE, QK-norm) are off by default; their parameters have plain names
-(self_attn.alibi_slopes; self_attn.q_norm and k_norm as in Hugging Face's Qwen3) and exist only
-when switched on, so a default config is exactly a Llama.
+Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix (embed_tokens,
+layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, norm, lm_head, ...), and the maths follows its
+conventions (RoPE "rotate half", fp32 RMSNorm), so exporting is plain copying. The variants (ALiBi, NoPE,
+QK-norm, DeepNet post-norm, ReLU-GLU, Canon layers) are off by default; their parameters have plain names
+(self_attn.alibi_slopes; self_attn.q_norm and k_norm as in Qwen3; canon_a, self_attn.canon_b, canon_c,
+mlp.canon_d) and exist only when switched on, so a default config is exactly a Llama.
 """
 
 import difflib
+import functools
 import math
 import re
 import sys
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 # -----------------------------------------------------------------------------------------------
 # Configuration
@@ -39,16 +42,25 @@ class ModelConfig:
     n_layers: int = 16  # transformer blocks
     n_heads: int = 8  # query heads; head_dim = dim // n_heads
     n_kv_heads: int | None = None  # None = n_heads (MHA); fewer = grouped-query attention
-    ffn_dim: int = 2048  # SwiGLU intermediate size
+    ffn_dim: int = 2048  # intermediate size of the gated MLP
     rope_theta: float = 10000.0  # RoPE base wavelength
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
-    attn: str = "sdpa"  # "sdpa" (fast) | "eager" (plain maths, the readable reference)
+    # "sdpa" (fast) | "eager" (plain maths, the readable reference) | "flex" (flex_attention: the GPU
+    # path; on the CPU forward only, no backward)
+    attn: str = "sdpa"
     # "rope" (Llama) | "alibi" (a per-head linear distance penalty on the scores) | "nope" (none:
     # the causal mask alone tells tokens apart by position)
     position: str = "rope"
     alibi_trainable: bool = False  # ALiBi slopes are parameters, one per head (DeepOne), not constants
     qk_norm: bool = False  # RMSNorm of each head's queries and keys, before RoPE (Canon, Qwen3)
+    # "pre" (Llama: x + f(norm(x))) | "deepnet" (DeepNet's post-norm: norm(alpha * x + f(x)) with
+    # alpha = (2L)^(1/4), and DeepNet's Xavier init; DeepOne)
+    norm_placement: str = "pre"
+    ffn_act: str = "silu"  # the MLP's gate activation: "silu" (SwiGLU, Llama) | "relu" (ReLU-GLU, DeepOne)
+    # Canon layers, any of "ABCD" ("" = none): A on the attention input, B on q/k/v, C on the MLP
+    # input, D on the MLP's gate and up outputs
+    canon: str = ""
 
     def __post_init__(self):
         # Fail here, with the reason, rather than deep inside a matmul.
@@ -57,16 +69,19 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.position not in ("rope", "alibi", "nope"):
-            raise ValueError(f"position must be 'rope', 'alibi' or 'nope', got {self.position!r}")
+        for name, allowed in (("position", ("rope", "alibi", "nope")), ("attn", ("sdpa", "eager", "flex")),
+                              ("norm_placement", ("pre", "deepnet")), ("ffn_act", ("silu", "relu"))):
+            if getattr(self, name) not in allowed:
+                choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+                raise ValueError(f"{name} must be {choices}, got {getattr(self, name)!r}")
+        if set(self.canon) - set("ABCD"):
+            raise ValueError(f"canon must be letters from 'ABCD', got {self.canon!r}")
         if self.alibi_trainable and self.position != "alibi":
             raise ValueError(f"alibi_trainable needs position='alibi', got position={self.position!r}")
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"head_dim = dim // n_heads = {self.head_dim} must be even for RoPE")
         if self.kv_heads < 1 or self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
-        if self.attn not in ("sdpa", "eager"):
-            raise ValueError(f"attn must be 'sdpa' or 'eager', got {self.attn!r}")
 
     @property
     def head_dim(self):
@@ -86,6 +101,11 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-medium": ModelConfig(vocab_size=32000, dim=768, n_layers=16, n_heads=8, ffn_dim=2048,
                                 tie_embeddings=False),
 }
+# The variants of REFERENCE.md at llama-medium's shape: DeepOne (post-norm, ReLU-GLU, trainable ALiBi),
+# and Canon (Canon-A, NoPE, QK-norm)
+PRESETS["deepone-medium"] = replace(PRESETS["llama-medium"], norm_placement="deepnet", ffn_act="relu",
+                                    position="alibi", alibi_trainable=True)
+PRESETS["canon-medium"] = replace(PRESETS["llama-medium"], canon="A", position="nope", qk_norm=True)
 
 # -----------------------------------------------------------------------------------------------
 # Packed sequences: a row of (B, T) token ids may hold several documents, each opened by the
@@ -93,11 +113,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def document_ids(idx, eot_id):
-    """Document index of every token (B, T) -> (B, T): the end-of-text token opens the next document.
-
-    [a a EOT b b EOT c] -> [0 0 1 1 1 2 2]. The EOT acts as the BOS of the document after it, so a
-    packed document sees exactly [EOT, its tokens], as it would when run alone after an EOT.
-    """
+    """Document index of every token (B, T): [a a EOT b b EOT c] -> [0 0 1 1 1 2 2]. The EOT opens (is the
+    BOS of) the next document, which sees exactly [EOT, its tokens], as when run alone after an EOT."""
     return torch.cumsum(idx == eot_id, dim=1)
 
 
@@ -116,6 +133,15 @@ def document_mask(doc_ids):
     same_document = doc_ids[:, :, None] == doc_ids[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     return (same_document & causal).unsqueeze(1)  # the 1 broadcasts over heads
+
+
+def flex_block_mask(doc_ids, T, device):
+    """The same mask as flex_attention's BlockMask (T queries and keys); doc_ids None = causal only.
+    Blocks of scores that are wholly masked are skipped, not computed."""
+    if doc_ids is None:
+        return create_block_mask(lambda b, h, q, k: k <= q, None, None, T, T, device=device)
+    return create_block_mask(lambda b, h, q, k: (k <= q) & (doc_ids[b, q] == doc_ids[b, k]),
+                             doc_ids.size(0), None, T, T, device=device)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -137,11 +163,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(n_positions, head_dim, theta, device):
-    """fp32 cos and sin (n_positions, head_dim) for positions 0..n_positions-1.
-
-    Hugging Face layout: frequency i sits at columns i and i + head_dim/2 (the halves are
-    concatenated, not interleaved), matching rotate_half below.
-    """
+    """fp32 cos and sin (n_positions, head_dim) for positions 0..n_positions-1. Hugging Face layout: frequency
+    i sits at columns i and i + head_dim/2 (halves concatenated, not interleaved), as rotate_half expects."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
     freqs = torch.outer(torch.arange(n_positions, device=device).float(), inv_freq)
     angles = torch.cat([freqs, freqs], dim=-1)
@@ -168,16 +191,13 @@ def alibi_slopes(n_heads):
 
 
 def key_minus_query(query_positions, key_positions):
-    """fp32 (B or 1, 1, T, S): key position minus query position, the distance that ALiBi scales.
-
-    Positions are within each document; across documents the value is meaningless but masked out."""
+    """fp32 (B or 1, 1, T, S): key position minus query position (within each document; across documents
+    meaningless but masked out), the distance that ALiBi scales."""
     return (key_positions[:, None, None, :] - query_positions[:, None, :, None]).float()
 
 
 def eager_attention(q, k, v, mask, causal, bias=None):
-    """Attention in plain tensor maths: the readable reference that the sdpa back-end is tested against.
-
-    bias (B or 1, H, T, S), added to the scaled scores before masking, is ALiBi's."""
+    """Attention in plain tensor maths, the reference for the other back-ends; bias (B or 1, H, T, S): ALiBi's."""
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, S)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
@@ -190,13 +210,32 @@ def eager_attention(q, k, v, mask, causal, bias=None):
     return weights @ v
 
 
+@functools.cache
+def compiled_flex_attention():  # once, on first use
+    return torch.compile(flex_attention)
+
+
+def flex_attend(q, k, v, block_mask, slopes):
+    """flex_attention with flex_block_mask(), plus ALiBi's slope_h * (k - q) when slopes (H,) is given: within
+    a document kv_idx - q_idx is that distance. On a GPU compiled (one fused kernel); on the CPU uncompiled
+    (it materialises the scores; there is no backward on the CPU anyway). GQA is flex's own (enable_gqa)."""
+    def alibi(score, b, h, q_idx, kv_idx):  # a trainable slope gets its gradient through this
+        return score + slopes[h] * (kv_idx - q_idx)
+    attend = compiled_flex_attention() if q.is_cuda else flex_attention
+    # contiguous: inside a compiled model, inductor's CPU flex kernel fails on (B, T, H, hd) views (torch 2.13)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return attend(q, k, v, score_mod=None if slopes is None else alibi, block_mask=block_mask,
+                  enable_gqa=q.size(1) != k.size(1))
+
+
 class KVCache:
-    """Keys and values of one attention layer during generation, preallocated to the final length."""
+    """One layer's state in generation: keys and values (preallocated), and its Canon layers' last inputs."""
 
     def __init__(self, max_len):
         self.max_len = max_len
         self.length = 0  # tokens stored so far
         self.k = self.v = None  # (B, n_kv_heads, max_len, head_dim), allocated on first use
+        self.canon_inputs = {}  # Canon layer ("a".."d") -> its last CANON_KERNEL - 1 inputs (B, 3, channels)
 
     def append(self, k, v):
         """Store new keys and values (B, n_kv_heads, T, head_dim); return all of them so far."""
@@ -209,6 +248,36 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+CANON_KERNEL = 4  # taps of a Canon layer's convolution: the token itself and the 3 before it
+
+
+class Canon(nn.Module):
+    """Canon layer: h plus a depthwise causal convolution over time, per channel h_t + sum_k w_k * h_{t-k}
+    (k = 0..3), where a tap outside the token's document reads zero. The weight has nn.Conv1d's depthwise
+    layout (channels, 1, 4): w_k = weight[:, 0, 3 - k], the last tap is the token itself."""
+
+    def __init__(self, channels, name):
+        super().__init__()
+        self.name = name  # "a".."d": where the generation cache keeps this layer's last inputs
+        # zeros: the layer starts as the identity (the model as the one without it); each tap still has a
+        # gradient, sum over t of grad_t * h_{t-k}, and learns from the first step
+        self.weight = nn.Parameter(torch.zeros(channels, 1, CANON_KERNEL))
+
+    def forward(self, h, positions, cache=None):
+        """h (B, T, channels); positions (B or 1, T) within each document; cache: a KVCache in generation."""
+        T, before = h.size(1), CANON_KERNEL - 1
+        past = cache.canon_inputs.get(self.name) if cache is not None else None
+        padded = F.pad(h, (0, 0, before, 0)) if past is None else torch.cat([past, h], dim=1)
+        if cache is not None:
+            cache.canon_inputs[self.name] = padded[:, -before:]
+        out = h
+        for k in range(CANON_KERNEL):
+            in_document = (positions[..., None] >= k).to(h.dtype)  # is h_{t-k} in t's document? (B or 1, T, 1)
+            tap = padded[:, before - k:before - k + T] * in_document  # h_{t-k}, or 0
+            out = out + self.weight[:, 0, before - k].to(h.dtype) * tap
+        return out
+
+
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -218,6 +287,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        self.canon_b = Canon((self.n_heads + 2 * self.n_kv_heads) * self.head_dim, "b") if "B" in config.canon else None
         if config.qk_norm:  # one weight per head_dim channel, shared by the heads (as Qwen3)
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
@@ -229,16 +299,24 @@ class Attention(nn.Module):
         else:
             self.alibi_slopes = None
 
-    def forward(self, x, cos, sin, mask, distance=None, cache=None):
-        """cos, sin: RoPE tables, None when position is not "rope"; distance: key_minus_query(), for ALiBi."""
+    def forward(self, x, cos, sin, mask, distance=None, positions=None, cache=None):
+        """cos, sin: RoPE tables, None when position is not "rope"; mask: document_mask() or None (flex:
+        flex_block_mask()); distance: key_minus_query(), for ALiBi (not flex); positions: for Canon-B."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.canon_b is not None:  # one Canon layer over q, k and v side by side
+            qkv = self.canon_b(torch.cat([q, k, v], dim=-1), positions, cache)
+            q, k, v = qkv.split([q.size(-1), k.size(-1), v.size(-1)], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.backend == "flex" and cache is None:  # generation decodes with sdpa (below): flex's
+            y = flex_attend(q, k, v, mask, self.alibi_slopes)  # block mask is built for whole rows
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if cache is not None:
             k, v = cache.append(k, v)
         # Grouped-query attention: kv head j serves query heads j*rep .. (j+1)*rep - 1 (HF's repeat_kv).
@@ -266,31 +344,52 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)), act = silu (SwiGLU) or relu (ReLU-GLU)."""
 
     def __init__(self, config):
         super().__init__()
         self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.act = F.silu if config.ffn_act == "silu" else F.relu
+        self.canon_d = Canon(2 * config.ffn_dim, "d") if "D" in config.canon else None
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x, positions=None, cache=None):
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.canon_d is not None:
+            gate, up = self.canon_d(torch.cat([gate, up], dim=-1), positions, cache).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x)). Norm names are HF's."""
+    """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x)); or DeepNet's post-norm: norm(alpha * x +
+    attention(x)), then norm(alpha * x + mlp(x)). input_layernorm goes with attention, post_attention_layernorm
+    with the MLP, wherever they sit (HF's names)."""
 
     def __init__(self, config):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)  # the norm before attention
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)  # the norm before the MLP
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = MLP(config)
+        self.canon_a = Canon(config.dim, "a") if "A" in config.canon else None
+        self.canon_c = Canon(config.dim, "c") if "C" in config.canon else None
+        # DeepNet scales the residual up by alpha so each sub-layer's update counts for less
+        self.alpha = (2 * config.n_layers) ** 0.25 if config.norm_placement == "deepnet" else None
 
-    def forward(self, x, cos, sin, mask, distance=None, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, distance, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, mask, distance=None, positions=None, cache=None):
+        h = x if self.alpha else self.input_layernorm(x)
+        if self.canon_a is not None:
+            h = self.canon_a(h, positions, cache)
+        x = self.add(x, self.self_attn(h, cos, sin, mask, distance, positions, cache), self.input_layernorm)
+        h = x if self.alpha else self.post_attention_layernorm(x)
+        if self.canon_c is not None:
+            h = self.canon_c(h, positions, cache)
+        return self.add(x, self.mlp(h, positions, cache), self.post_attention_layernorm)
+
+    def add(self, x, update, norm):
+        """The residual addition: x + update (pre-norm), or norm(alpha * x + update) (post-norm)."""
+        return norm(self.alpha * x + update) if self.alpha else x + update
 
 
 # -----------------------------------------------------------------------------------------------
@@ -323,30 +422,32 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialise every parameter as the reference experiments did (REFERENCE.md).
-
-        Separate from __init__ so that a model built on the meta device can be initialised later.
-        """
+        """Initialise every parameter as the reference experiments did (REFERENCE.md). Separate from
+        __init__ so that a model built on the meta device can be initialised later."""
         def trunc_normal(weight, std):  # normal, cut at 3 standard deviations
             nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
         config = self.config
         # Each block adds its attention and MLP outputs to the residual stream: 2L additions in all.
         residual_std = 0.02 / math.sqrt(2 * config.n_layers)
+        deepnet_gain = (8 * config.n_layers) ** -0.25  # DeepNet's beta
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-                trunc_normal(linear.weight, 0.02)
-            trunc_normal(attn.o_proj.weight, residual_std)
-            trunc_normal(mlp.down_proj.weight, residual_std)
-            nn.init.ones_(layer.input_layernorm.weight)
-            nn.init.ones_(layer.post_attention_layernorm.weight)
-            if config.qk_norm:
-                nn.init.ones_(attn.q_norm.weight)
-                nn.init.ones_(attn.k_norm.weight)
+            if config.norm_placement == "deepnet":  # Xavier normal: gain 1 for q and k, beta for the rest
+                for linear in (attn.q_proj, attn.k_proj):
+                    nn.init.xavier_normal_(linear.weight)
+                for linear in (attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                    nn.init.xavier_normal_(linear.weight, gain=deepnet_gain)
+            else:
+                for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                    trunc_normal(linear.weight, 0.02)
+                trunc_normal(attn.o_proj.weight, residual_std)
+                trunc_normal(mlp.down_proj.weight, residual_std)
             if attn.alibi_slopes is not None:
                 attn.alibi_slopes.copy_(alibi_slopes(config.n_heads))
-        nn.init.ones_(self.norm.weight)
+        for module in self.modules():  # every norm (QK-norms and the final one too) starts at 1, Canon at 0
+            if isinstance(module, (RMSNorm, Canon)):
+                nn.init.constant_(module.weight, 1.0 if isinstance(module, RMSNorm) else 0.0)
         if not config.tie_embeddings:
             nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=1.0)  # as torchtitan does
         trunc_normal(self.lm_head.weight, config.dim**-0.5)  # when tied, this is the embedding too
@@ -355,42 +456,40 @@ class Transformer(nn.Module):
         """cos and sin (B or 1, 1, T, head_dim) for positions (B or 1, T), all below max_positions."""
         cos, sin = self.rope_cache or (None, None)
         if cos is None or cos.size(0) < max_positions or cos.device != positions.device:
-            cos, sin = rope_tables(max_positions, self.config.head_dim, self.config.rope_theta,
-                                   positions.device)
+            cos, sin = rope_tables(max_positions, self.config.head_dim, self.config.rope_theta, positions.device)
             self.rope_cache = (cos, sin)
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
-    def position_inputs(self, positions, key_positions, max_positions):
-        """What attention needs to know of positions (B or 1, T) of queries and (B or 1, S) of keys:
-        (cos, sin) for RoPE and key - query distances for ALiBi, each None when not used."""
+    def position_inputs(self, positions, key_positions, max_positions, distances=True):
+        """What attention needs of positions (B or 1, T) of queries and (B or 1, S) of keys, each None when
+        unused: (cos, sin) for RoPE, key - query distances for ALiBi (not wanted by flex: distances=False)."""
         cos = sin = distance = None
         if self.config.position == "rope":
             cos, sin = self.rope(positions, max_positions)
-        elif self.config.position == "alibi":
+        elif self.config.position == "alibi" and distances:
             distance = key_minus_query(positions, key_positions)
         return cos, sin, distance
 
-    def trunk(self, idx, cos, sin, distance, mask, caches=None):
+    def trunk(self, idx, cos, sin, distance, mask, positions, caches=None):
         """Token ids (B, T) through the embedding, every block and the final norm -> (B, T, dim)."""
         x = self.embed_tokens(idx)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, distance, caches[i] if caches else None)
+            x = layer(x, cos, sin, mask, distance, positions, caches[i] if caches else None)
         return self.norm(x)
 
     def forward(self, idx, doc_ids=None, targets=None):
         """Logits (B, T, vocab) for token ids (B, T); or, given targets (B, T), the summed cross-entropy.
-
-        doc_ids (B, T), from document_ids(), packs several documents per row; None = one per row.
-        Targets equal to -1 are ignored. The loss is a sum, not a mean: the trainer divides by the
-        number of target tokens in the whole global batch.
-        """
+        doc_ids (B, T), from document_ids(), packs several documents per row; None = one per row. Targets
+        equal to -1 are ignored. The loss is a sum: the trainer divides by the global batch's target count."""
         T = idx.size(1)
-        if doc_ids is None:
-            positions, mask = torch.arange(T, device=idx.device)[None], None
+        positions = torch.arange(T, device=idx.device)[None] if doc_ids is None else document_positions(doc_ids)
+        flex = self.config.attn == "flex"
+        if flex:
+            mask = flex_block_mask(doc_ids, T, idx.device)
         else:
-            positions, mask = document_positions(doc_ids), document_mask(doc_ids)
-        cos, sin, distance = self.position_inputs(positions, positions, max_positions=T)
-        logits = self.lm_head(self.trunk(idx, cos, sin, distance, mask))
+            mask = None if doc_ids is None else document_mask(doc_ids)
+        cos, sin, distance = self.position_inputs(positions, positions, max_positions=T, distances=not flex)
+        logits = self.lm_head(self.trunk(idx, cos, sin, distance, mask, positions))
         if targets is None:
             return logits
         # fp32 cross-entropy even when the logits are bf16 under autocast
@@ -399,12 +498,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Continue each prompt row of idx (B, T0); returns (B, T0 + max_new_tokens).
-
-        temperature 0 takes the most likely token (greedy); top_k keeps the k most likely tokens;
-        generator (a torch.Generator) makes the samples reproducible. Each prompt row is one
-        document. The prompt runs once to fill a key/value cache; then each new token runs alone.
-        """
+        """Continue each prompt row of idx (B, T0); returns (B, T0 + max_new_tokens). temperature 0 is greedy;
+        top_k keeps the k most likely tokens; generator (a torch.Generator) makes samples reproducible. Each
+        row is one document. The prompt runs once to fill the caches; then each new token runs alone."""
         total_len = idx.size(1) + max_new_tokens
         caches = [KVCache(total_len) for _ in self.layers]
         out = idx
@@ -414,7 +510,7 @@ class Transformer(nn.Module):
             positions = torch.arange(start, out.size(1), device=idx.device)[None]
             key_positions = torch.arange(out.size(1), device=idx.device)[None]  # cached keys, then these
             cos, sin, distance = self.position_inputs(positions, key_positions, max_positions=total_len)
-            hidden = self.trunk(new_tokens, cos, sin, distance, mask=None, caches=caches)
+            hidden = self.trunk(new_tokens, cos, sin, distance, None, positions, caches)  # no mask; flex: sdpa
             logits = self.lm_head(hidden[:, -1]).float()
             new_tokens = sample_next(logits, temperature, top_k, generator)
             out = torch.cat([out, new_tokens], dim=1)
@@ -435,15 +531,10 @@ def parameter_summary(config):
     if not config.tie_embeddings:
         embedding += model.lm_head.weight.numel()
     non_embedding = total - embedding
-    return {
-        "total": total,
-        "trainable": trainable,
-        "embedding": embedding,
-        "non_embedding": non_embedding,
-        "tied": config.tie_embeddings,
-        "chinchilla_tokens": 20 * non_embedding,  # compute-optimal tokens: 20 per parameter
-        "flops_per_token": 6 * non_embedding,  # forward + backward: 6 FLOPs per parameter per token
-    }
+    return {"total": total, "trainable": trainable, "embedding": embedding, "non_embedding": non_embedding,
+            "tied": config.tie_embeddings,
+            "chinchilla_tokens": 20 * non_embedding,  # compute-optimal tokens: 20 per parameter
+            "flops_per_token": 6 * non_embedding}  # forward + backward: 6 FLOPs per parameter per token
 
 
 def human(n):
@@ -457,15 +548,10 @@ def human(n):
 
 def format_summary(config):
     summary = parameter_summary(config)
-    rows = [
-        ("Total", human(summary["total"])),
-        ("Trainable", human(summary["trainable"])),
-        ("Embedding", human(summary["embedding"])),
-        ("Non-embedding", human(summary["non_embedding"])),
-        ("Tied embeddings", str(summary["tied"])),
-        ("Chinchilla tokens", human(summary["chinchilla_tokens"])),
-        ("FLOPs/token", f"{summary['flops_per_token']:.2e}"),
-    ]
+    rows = [(label, human(summary[key])) for label, key in (("Total", "total"), ("Trainable", "trainable"),
+            ("Embedding", "embedding"), ("Non-embedding", "non_embedding"))]
+    rows += [("Tied embeddings", str(summary["tied"])), ("Chinchilla tokens", human(summary["chinchilla_tokens"])),
+             ("FLOPs/token", f"{summary['flops_per_token']:.2e}")]
     return "\n".join(f"{label + ':':<19}{value}" for label, value in rows)
 
 
@@ -478,11 +564,8 @@ CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
 
 def newest_checkpoint(run_dir):
     """The complete checkpoint with the highest step in run_dir, or None if there is none."""
-    steps = {}
-    for path in Path(run_dir).glob("ckpt_*.pt"):
-        match = CHECKPOINT_NAME.fullmatch(path.name)
-        if match:
-            steps[int(match.group(1))] = path
+    matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in Path(run_dir).glob("ckpt_*.pt"))
+    steps = {int(match.group(1)): Path(run_dir) / match.group(0) for match in matches if match}
     return steps[max(steps)] if steps else None
 
 
