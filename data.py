@@ -351,9 +351,11 @@ class TrainingData:
             raise ValueError(f"packing={packing!r} is not one of {', '.join(PACKINGS)}")
         self.entries = parse_entries(spec)
         self.names = [name for entry in self.entries for name in entry]
-        self.eval_names = [n for entry in parse_entries(eval_spec) for n in entry] if eval_spec else self.names
+        # eval_loss pools the named eval set (default: the training sources); every source is evaluated on its own too
+        self.pooled_names = [n for entry in parse_entries(eval_spec) for n in entry] if eval_spec else self.names
+        self.eval_names = list(dict.fromkeys(self.names + self.pooled_names))
         self.meta = {}
-        for name in dict.fromkeys(self.names + self.eval_names):
+        for name in self.eval_names:
             try:
                 self.meta[name] = prepare.read_meta(Path(data_dir) / name)
             except (FileNotFoundError, ValueError) as e:
@@ -366,13 +368,9 @@ class TrainingData:
                 raise ValueError(f"data {name!r} was prepared with {meta['tokenizer']!r}, data {self.names[0]!r} "
                                  f"with {first['tokenizer']!r}: every source needs the same tokenizer")
         self.tokenizer, self.vocab_size, self.eot_id = first["tokenizer"], first["vocab_size"], first["eot_id"]
-        self.train = {}
-        self.val = {}
-        for index, name in enumerate(self.names):
-            self.train[name] = self._open(data_dir, name, "train", seq_len, packing, seed, index)
-        for name in self.eval_names:
-            self.val[name] = self._open(data_dir, name, "val", seq_len, packing, seed, 0)
-        self.sources = [[self.train[name] for name in entry] for entry in self.entries]
+        train = {name: self._open(data_dir, name, "train", seq_len, packing, seed, i) for i, name in enumerate(self.names)}
+        self.val = {name: self._open(data_dir, name, "val", seq_len, packing, seed, 0) for name in self.eval_names}
+        self.sources = [[train[name] for name in entry] for entry in self.entries]
         self.mixture = Mixture([[s.n_blocks for s in entry] for entry in self.sources], mixture, weights, seed)
         self._step_draws = (None, None)
 
@@ -410,10 +408,11 @@ class TrainingData:
     def eval_summary(self, totals):
         """{name: (loss sum, targets)} -> (loss per token, bits per byte, {"eval_loss/<name>": loss per token}).
 
-        The first two pool every eval source: the loss over all their targets, the bits over all their
-        text (each source's bytes per token from its meta.json). Per-source losses only when there are several.
+        The first two pool the named eval set: the loss over all its targets, the bits over all its text
+        (each source's bytes per token from its meta.json). Per-source losses when there are several sources.
         """
-        loss_sum, targets = sum(s for s, _ in totals.values()), sum(n for _, n in totals.values())
-        text_bytes = sum(n * self.meta[name]["val"]["bytes"] / self.meta[name]["val"]["tokens"] for name, (_, n) in totals.items())
+        pooled = [(*totals[name], self.meta[name]["val"]) for name in self.pooled_names]
+        loss_sum, targets = sum(s for s, _, _ in pooled), sum(n for _, n, _ in pooled)
+        text_bytes = sum(n * val["bytes"] / val["tokens"] for _, n, val in pooled)
         per_source = {f"eval_loss/{name}": s / n for name, (s, n) in totals.items()} if len(totals) > 1 else {}
         return loss_sum / targets, loss_sum / math.log(2) / text_bytes, per_source

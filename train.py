@@ -52,8 +52,8 @@ class TrainConfig:
     mixture_weights: tuple[float, ...] = ()  # "fixed": one weight per entry of `data`
     packing: str = "blocks"             # "blocks" (the stream cut every seq_len tokens) | "best_fit" (documents kept
                                         # whole where they fit; the rest of a block is padding)
-    eval_data: str = ""                 # eval_loss/eval_bpb are over this data's val split ("a+b" pools several);
-                                        # "": every training source. Each source is also logged as eval_loss/<name>
+    eval_data: str = ""                 # eval_loss/eval_bpb pool this data's val split ("a+b": several; "": the
+                                        # training sources); each source is also logged as eval_loss/<name>
     tokenizer: str | None = None        # None: whatever the data was prepared with; set it to insist
     seq_len: int = 256                  # tokens per training sequence
     batch_size: int = 16                # sequences per process per micro-step

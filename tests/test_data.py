@@ -291,17 +291,21 @@ def test_global_batch_is_independent_of_process_count(two_sources, world_size):
 
 
 def test_eval_sets_per_source_and_named(two_sources):
-    training_data = data.TrainingData(two_sources, "big+small", 50, eval_spec="small")
-    assert training_data.eval_names == ["small"] and list(training_data.val) == ["small"]
-    loss, bpb, per_source = training_data.eval_summary({"small": (60.0, 30)})
-    assert (loss, per_source) == (2.0, {}) and bpb == pytest.approx(2.0 / math.log(2) / 3.0)  # 3 bytes per token
-    pooled = data.TrainingData(two_sources, "big,small", 50)
-    loss, bpb, per_source = pooled.eval_summary({"big": (10.0, 10), "small": (90.0, 30)})
-    assert loss == 2.5 and per_source == {"eval_loss/big": 1.0, "eval_loss/small": 3.0}
-    assert bpb == pytest.approx(100.0 / math.log(2) / (10 * 2 + 30 * 3))
+    """Every source is evaluated; eval_loss and eval_bpb pool the named eval set (default: the training sources)."""
+    write_prepared(two_sources, "held_out", np.full(1000, 20), np.full(1000, 20), val_bytes_per_token=4)
+    training_data = data.TrainingData(two_sources, "big+small", 50, eval_spec="small+held_out")
+    assert training_data.eval_names == ["big", "small", "held_out"] and list(training_data.val) == training_data.eval_names
     batches = list(training_data.eval_batches("small", 7, rank=0, world_size=1, batch_size=4))
     assert [len(x) for x, _, _ in batches] == [4, 3] and all((x >= 10).all() for x, _, _ in batches)
-    assert data.TrainingData(two_sources, "big,small", 50).eval_names == ["big", "small"]
+    loss, bpb, per_source = training_data.eval_summary({"big": (10.0, 10), "small": (60.0, 30), "held_out": (30.0, 10)})
+    assert loss == 90.0 / 40  # small and held_out pooled; big is not in the named set
+    assert bpb == pytest.approx(90.0 / math.log(2) / (30 * 3 + 10 * 4))  # the bytes of each source's text
+    assert per_source == {"eval_loss/big": 1.0, "eval_loss/small": 2.0, "eval_loss/held_out": 3.0}
+    alone = data.TrainingData(two_sources, "small", 50)
+    assert alone.eval_names == ["small"] and alone.eval_summary({"small": (60.0, 30)})[::2] == (2.0, {})
+    default = data.TrainingData(two_sources, "big,small", 50)
+    loss, bpb, _ = default.eval_summary({"big": (10.0, 10), "small": (90.0, 30)})
+    assert loss == 2.5 and bpb == pytest.approx(100.0 / math.log(2) / (10 * 2 + 30 * 3))
 
 
 def test_mismatched_tokenizers_are_refused(two_sources):

@@ -151,8 +151,8 @@ def test_a_curriculum_resumes_in_the_same_order_and_logs_each_source(two_corpora
     drawn = [(r["drawn/tiny_b"], r["drawn/tiny"]) for r in straight]
     assert [a + b for a, b in drawn] == [4 * r["step"] for r in straight]  # every example from one of them
     assert drawn[0][0] >= 3 and drawn[-1][1] > 0  # tiny_b first, then tiny takes over
-    # eval_data names the pooled eval set; with one name there are no per-source keys
-    assert all("eval_loss/tiny" not in r for r in straight_evals)
+    # eval_data names the pooled eval set; every source is still evaluated on its own
+    assert all(r["eval_loss"] == r["eval_loss/tiny"] and "eval_loss/tiny_b" in r for r in straight_evals)
     assert train.main(run_args(two_corpora, tmp_path, "run_name=each", *MIXED, "max_steps=2")) == 0
     _, evals = read_log(tmp_path / "each")
     assert {"eval_loss/tiny", "eval_loss/tiny_b"} <= set(evals[-1])
