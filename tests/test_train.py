@@ -161,6 +161,15 @@ def test_a_curriculum_resumes_in_the_same_order_and_logs_each_source(two_corpora
     assert low <= evals[-1]["eval_loss"] <= high
 
 
+def test_resuming_with_other_data_is_refused(two_corpora, tmp_path, capsys):
+    """The mixture's counters in a checkpoint only mean something for the data they counted."""
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=d", *MIXED, "max_steps=2")) == 0
+    capsys.readouterr()
+    assert train.main(run_args(two_corpora, tmp_path, "run_name=d", *MIXED, "max_steps=4", "data=tiny,tiny_b")) == 2
+    err = capsys.readouterr().err
+    assert "the data is not the checkpoint's" in err and "use another run_name" in err and err.count("\n") == 1
+
+
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "configs/quickstart.py", "batch_sise=3",
                              f"out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
