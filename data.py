@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import prepare
 from model import document_ids
@@ -48,6 +49,7 @@ from model import document_ids
 PACKINGS = ("blocks", "best_fit")
 MIXTURES = ("fixed", "balance_remaining", "soft_sequential")
 PACK_WINDOW_BLOCKS = 4096  # best-fit packs the documents of this many blocks' worth of stream at a time
+PACK_PROGRESS_TOKENS = 50_000_000  # splits this big show a progress bar while their packing plan is made
 
 # -----------------------------------------------------------------------------
 # a split as one stream of tokens, over one or several files
@@ -76,16 +78,24 @@ class TokenStream:
             i += 1
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def eot_positions(self, eot_id, chunk=1 << 24):
-        return np.concatenate([np.flatnonzero(self.read(a, min(a + chunk, self.n_tokens)) == eot_id) + a
-                               for a in range(0, self.n_tokens, chunk)] or [np.zeros(0, np.int64)])
+    def eot_positions(self, eot_id, chunk=1 << 24, progress=None):
+        positions = [np.zeros(0, np.int64)]
+        for a in range(0, self.n_tokens, chunk):
+            positions.append(np.flatnonzero(self.read(a, min(a + chunk, self.n_tokens)) == eot_id) + a)
+            if progress is not None:
+                progress.update(min(chunk, self.n_tokens - a))
+        return np.concatenate(positions)
+
+    def fingerprint(self):
+        """Token count and modification time of every file: what a cached packing plan was made from."""
+        return np.array([[n, path.stat().st_mtime_ns] for path, n in self.files], dtype=np.int64)
 
 
 # -----------------------------------------------------------------------------
 # best-fit packing
 
 
-def best_fit_plan(eot_positions, n_tokens, capacity, window_blocks=PACK_WINDOW_BLOCKS):
+def best_fit_plan(eot_positions, n_tokens, capacity, window_blocks=PACK_WINDOW_BLOCKS, progress=None):
     """Pack the stream's documents into blocks of `capacity` tokens; returns (starts, lengths, offsets).
 
     Block b holds the pieces starts[offsets[b]:offsets[b+1]] (stream positions, with their lengths),
@@ -126,6 +136,8 @@ def best_fit_plan(eot_positions, n_tokens, capacity, window_blocks=PACK_WINDOW_B
             starts += [a for a, _ in pieces]
             lengths += [n for _, n in pieces]
             offsets.append(len(starts))
+        if progress is not None:
+            progress.update(int(bounds[last] - bounds[document]))
         document = last
     return np.array(starts, np.int64), np.array(lengths, np.int64), np.array(offsets, np.int64)
 
@@ -154,17 +166,23 @@ class Source:
         self._perms = {}
 
     def _best_fit(self, plan_path):
+        fingerprint = self.stream.fingerprint()
         if plan_path is not None and plan_path.is_file():
             with np.load(plan_path) as plan:
-                if int(plan["n_tokens"]) == self.stream.n_tokens:
+                if np.array_equal(plan["fingerprint"], fingerprint):  # else the split was prepared again since
                     return plan["starts"], plan["lengths"], plan["offsets"]
-        plan = best_fit_plan(self.stream.eot_positions(self.eot_id), self.stream.n_tokens, self.seq_len + 1)
+        n = self.stream.n_tokens  # ~1 minute for 10B tokens: a bar (a scan for end-of-text, then the packing)
+        with tqdm(total=2 * n, unit="tok", unit_scale=True, desc="best-fit packing", disable=n < PACK_PROGRESS_TOKENS) as bar:
+            plan = best_fit_plan(self.stream.eot_positions(self.eot_id, progress=bar), n, self.seq_len + 1, progress=bar)
         if plan_path is not None:  # every rank may compute it; each writes whole, identical files
             plan_path.parent.mkdir(exist_ok=True)
             tmp = prepare.temp_path(plan_path)
-            with open(tmp, "wb") as f:
-                np.savez(f, starts=plan[0], lengths=plan[1], offsets=plan[2], n_tokens=self.stream.n_tokens)
-            os.replace(tmp, plan_path)
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, starts=plan[0], lengths=plan[1], offsets=plan[2], fingerprint=fingerprint)
+                os.replace(tmp, plan_path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return plan
 
     def block_of_draw(self, k):
