@@ -157,7 +157,8 @@ class Source:
         self.stream, self.seq_len, self.eot_id, self.packing = TokenStream(files, dtype), seq_len, eot_id, packing
         self.seed, self.index = seed, index
         if self.stream.n_tokens < seq_len + 1:
-            raise ValueError(f"{files[0][0]} holds {self.stream.n_tokens} tokens, fewer than one block of seq_len+1={seq_len + 1}")
+            raise ValueError(f"{files[0][0]} holds {self.stream.n_tokens} tokens, "
+                             f"fewer than one block of seq_len+1={seq_len + 1}")
         if packing == "blocks":
             self.n_blocks = (self.stream.n_tokens - 1) // seq_len
         else:
@@ -168,12 +169,17 @@ class Source:
     def _best_fit(self, plan_path):
         fingerprint = self.stream.fingerprint()
         if plan_path is not None and plan_path.is_file():
-            with np.load(plan_path) as plan:
-                if np.array_equal(plan["fingerprint"], fingerprint):  # else the split was prepared again since
-                    return plan["starts"], plan["lengths"], plan["offsets"]
+            try:
+                with np.load(plan_path) as plan:
+                    if np.array_equal(plan["fingerprint"], fingerprint):  # else the split was prepared again since
+                        return plan["starts"], plan["lengths"], plan["offsets"]
+            except (OSError, ValueError, KeyError):  # unreadable, or from an older data.py: made again
+                pass
         n = self.stream.n_tokens  # ~1 minute for 10B tokens: a bar (a scan for end-of-text, then the packing)
-        with tqdm(total=2 * n, unit="tok", unit_scale=True, desc="best-fit packing", disable=n < PACK_PROGRESS_TOKENS) as bar:
-            plan = best_fit_plan(self.stream.eot_positions(self.eot_id, progress=bar), n, self.seq_len + 1, progress=bar)
+        with tqdm(total=2 * n, unit="tok", unit_scale=True, desc="best-fit packing",
+                  disable=n < PACK_PROGRESS_TOKENS) as bar:
+            eot_positions = self.stream.eot_positions(self.eot_id, progress=bar)
+            plan = best_fit_plan(eot_positions, n, self.seq_len + 1, progress=bar)
         if plan_path is not None:  # every rank may compute it; each writes whole, identical files
             plan_path.parent.mkdir(exist_ok=True)
             tmp = prepare.temp_path(plan_path)
@@ -194,11 +200,12 @@ class Source:
         return int(self._perms[epoch][position])
 
     def block(self, b):
-        """(tokens, targets): seq_len + 1 token ids, and how many of the seq_len targets are real (the rest are padding)."""
+        """(tokens, targets): seq_len + 1 token ids, and how many of its seq_len targets are real (then padding)."""
         if self.packing == "blocks":
             return self.stream.read(b * self.seq_len, (b + 1) * self.seq_len + 1), self.seq_len
         first, last = self.offsets[b], self.offsets[b + 1]
-        row = np.concatenate([self.stream.read(a, a + n) for a, n in zip(self.starts[first:last], self.lengths[first:last])])
+        pieces = zip(self.starts[first:last], self.lengths[first:last])
+        row = np.concatenate([self.stream.read(a, a + n) for a, n in pieces])
         used = len(row)
         # padding is end-of-text: the first pad is the true next token after the block's last
         # document (its end), the rest are not targets
@@ -263,7 +270,8 @@ class Mixture:
         if policy not in MIXTURES:
             raise ValueError(f"mixture={policy!r} is not one of {', '.join(MIXTURES)}")
         if policy == "fixed" and (len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0):
-            raise ValueError(f"mixture='fixed' needs one non-negative weight per data entry ({len(sizes)}), got {tuple(weights)}")
+            raise ValueError(f"mixture='fixed' needs one non-negative weight per data entry ({len(sizes)}), "
+                             f"got {tuple(weights)}")
         self.sizes, self.policy, self.weights, self.seed = [list(group) for group in sizes], policy, list(weights), seed
         self.reset()
 
@@ -279,7 +287,8 @@ class Mixture:
     def load_state_dict(self, state):
         if state["sizes"] != self.sizes:
             raise ValueError(f"the data is not the checkpoint's (blocks per source {state['sizes']}, now {self.sizes})")
-        self.next_example, self.drawn, self.epochs = state["next_example"], [list(d) for d in state["drawn"]], list(state["epochs"])
+        self.next_example, self.epochs = state["next_example"], list(state["epochs"])
+        self.drawn = [list(d) for d in state["drawn"]]
 
     def remaining(self, i):
         """Unseen blocks of each member of entry i in its current epoch."""
@@ -336,8 +345,8 @@ def parse_entries(spec):
 def open_split(data_dir, name, split, meta, seq_len, packing, seed, index):
     directory = Path(data_dir) / name
     plan_path = directory / "packing" / f"{split}_{seq_len}.npz" if packing == "best_fit" else None
-    return Source(prepare.split_files(directory, meta, split), meta["dtype"], seq_len, meta["eot_id"], packing, seed, index,
-                  plan_path)
+    files = prepare.split_files(directory, meta, split)
+    return Source(files, meta["dtype"], seq_len, meta["eot_id"], packing, seed, index, plan_path)
 
 
 def micro_batch_examples(step, micro_step, rank, batch_size, grad_accum, world_size):
@@ -386,7 +395,8 @@ class TrainingData:
                 raise ValueError(f"data {name!r} was prepared with {meta['tokenizer']!r}, data {self.names[0]!r} "
                                  f"with {first['tokenizer']!r}: every source needs the same tokenizer")
         self.tokenizer, self.vocab_size, self.eot_id = first["tokenizer"], first["vocab_size"], first["eot_id"]
-        train = {name: self._open(data_dir, name, "train", seq_len, packing, seed, i) for i, name in enumerate(self.names)}
+        train = {name: self._open(data_dir, name, "train", seq_len, packing, seed, index)
+                 for index, name in enumerate(self.names)}
         self.val = {name: self._open(data_dir, name, "val", seq_len, packing, seed, 0) for name in self.eval_names}
         self.sources = [[train[name] for name in entry] for entry in self.entries]
         self.mixture = Mixture([[s.n_blocks for s in entry] for entry in self.sources], mixture, weights, seed)

@@ -156,6 +156,9 @@ def test_best_fit_keeps_documents_whole_and_covers_the_stream_once(tmp_path, win
     assert np.array_equal(source.offsets, default[2]) and (tmp_path / "packing" / "plan.npz").is_file()
     cached = data.Source(files, "uint16", seq_len, EOT, packing="best_fit", plan_path=tmp_path / "packing" / "plan.npz")
     assert np.array_equal(cached.starts, source.starts) and np.array_equal(cached.offsets, source.offsets)
+    (tmp_path / "packing" / "plan.npz").write_bytes(b"torn")  # an unreadable plan is made again
+    assert np.array_equal(data.Source(files, "uint16", seq_len, EOT, "best_fit", plan_path=tmp_path / "packing" / "plan.npz").offsets,
+                          source.offsets)
     # a split prepared again (same size, other tokens) is packed again, not read from the stale plan
     other = stream_tokens(20_000, every=25, seed=1)
     files = write_files(tmp_path, other, [5000])
