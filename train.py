@@ -362,6 +362,8 @@ def evaluate(model, training_data, cfg, rank, world_size, device, autocast):
 
 def train(cfg, model_overrides):
     rank, world_size, device = setup_distributed(cfg)
+    if cfg.attn == "flex" and device.type != "cuda":
+        raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
     training_data = open_data(cfg, model_overrides)
