@@ -63,25 +63,28 @@ class TokenStream:
         self.starts = np.cumsum([0] + [n for _, n in self.files])
         self.n_tokens = int(self.starts[-1])
 
-    def read(self, start, stop):
-        """Tokens [start, stop) of the stream as one array (a copy)."""
-        pieces = []
-        i = int(np.searchsorted(self.starts, start, side="right")) - 1
-        while start < stop:
-            path, n = self.files[i]
-            lo, hi = start - self.starts[i], min(stop - self.starts[i], n)
-            if hi > lo:  # an empty shard (no val documents, say) cannot be mapped, and holds nothing
-                # A fresh memmap per read: numpy memmaps keep every page they touched referenced, so a
-                # long-lived one makes the process grow until the whole file is resident.
-                pieces.append(np.array(np.memmap(path, dtype=self.dtype, mode="r")[lo:hi]))
-                start += hi - lo
-            i += 1
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    def read(self, *ranges):
+        """The tokens of ranges (start, stop) of the stream, concatenated into one array (a copy)."""
+        # A fresh memmap per call, one per file it touches: numpy memmaps keep every page they touched
+        # referenced, so a long-lived one makes the process grow until the whole file is resident.
+        maps, pieces = {}, []
+        for start, stop in ranges:
+            i = int(np.searchsorted(self.starts, start, side="right")) - 1
+            while start < stop:
+                path, n = self.files[i]
+                lo, hi = start - self.starts[i], min(stop - self.starts[i], n)
+                if hi > lo:  # an empty shard (no val documents, say) cannot be mapped, and holds nothing
+                    if i not in maps:
+                        maps[i] = np.memmap(path, dtype=self.dtype, mode="r")
+                    pieces.append(maps[i][lo:hi])
+                    start += hi - lo
+                i += 1
+        return np.concatenate(pieces)
 
     def eot_positions(self, eot_id, chunk=1 << 24, progress=None):
         positions = [np.zeros(0, np.int64)]
         for a in range(0, self.n_tokens, chunk):
-            positions.append(np.flatnonzero(self.read(a, min(a + chunk, self.n_tokens)) == eot_id) + a)
+            positions.append(np.flatnonzero(self.read((a, min(a + chunk, self.n_tokens))) == eot_id) + a)
             if progress is not None:
                 progress.update(min(chunk, self.n_tokens - a))
         return np.concatenate(positions)
@@ -202,10 +205,10 @@ class Source:
     def block(self, b):
         """(tokens, targets): seq_len + 1 token ids, and how many of its seq_len targets are real (then padding)."""
         if self.packing == "blocks":
-            return self.stream.read(b * self.seq_len, (b + 1) * self.seq_len + 1), self.seq_len
+            return self.stream.read((b * self.seq_len, (b + 1) * self.seq_len + 1)), self.seq_len
         first, last = self.offsets[b], self.offsets[b + 1]
-        pieces = zip(self.starts[first:last], self.lengths[first:last])
-        row = np.concatenate([self.stream.read(a, a + n) for a, n in pieces])
+        starts, lengths = self.starts[first:last], self.lengths[first:last]
+        row = self.stream.read(*zip(starts, starts + lengths))  # its documents, through one memmap
         used = len(row)
         # padding is end-of-text: the first pad is the true next token after the block's last
         # document (its end), the rest are not targets
