@@ -1,0 +1,161 @@
+"""Files that must never be lost: one atomic write, and checkpoints (their names, saving, finding, loading).
+
+Every file the project writes (data, meta.json, config.json, checkpoints, figures, exports) goes through
+write_atomic: a hidden temp file beside the target, flushed and fsynced, then renamed over it. A reader,
+a kill -9 or a power cut sees the old file or the new one, never half of one; a failed write (a full
+disk, a read-only directory) removes its temp file and leaves the old file as it was.
+
+Checkpoints are ckpt_<step:08d>.pt (the newest that loads is resumed) and ckpt_best.pt (best eval loss).
+A checkpoint is a dict holding at least "model" (a state dict) and "model_config" (ModelConfig as a dict);
+the trainer adds the optimizer, step, mixture counters, rng state and config. Non-finite weights are never
+saved, and a damaged newest checkpoint falls back to the newest one that loads.
+"""
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from config import UserError
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def temp_path(path):
+    """Where path's content is written before the rename: beside it (one file system), hidden from globs such
+    as ckpt_*.pt, and named by the process so that two processes never share one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path, write):
+    """Call write(f) on a binary file open at a temp file beside path, sync it and rename it over path.
+    On any failure the temp file is removed, path is left as it was, and the error is raised."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a KeyboardInterrupt mid-write too
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory):
+    """fsync a directory, so that a rename into it survives a power cut (POSIX only; a no-op elsewhere)."""
+    if os.name == "posix":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path, text):
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_temps(directory):
+    """Remove temp files that a killed process left in directory (two writers into one directory at once are
+    not supported). Returns how many were removed."""
+    stale = list(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_error(path, error):
+    """A failed write as one line for the user; the previous file is intact, as write_atomic guarantees."""
+    reason = error.strerror or str(error)
+    return UserError(f"could not write {path}: {reason}; the previous file is left as it was")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
+BEST_CHECKPOINT = "ckpt_best.pt"
+
+
+def checkpoint_path(run_dir, step):
+    return Path(run_dir) / f"ckpt_{step:08d}.pt"
+
+
+def step_checkpoints(run_dir):
+    """The step checkpoints of run_dir as a list of paths, oldest first."""
+    matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in Path(run_dir).glob("ckpt_*.pt"))
+    return [Path(run_dir) / m.group(0) for m in sorted((m for m in matches if m), key=lambda m: int(m.group(1)))]
+
+
+def non_finite_tensors(state_dict):
+    """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [name for name, tensor in state_dict.items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def save_checkpoint(run_dir, state, keep, best=False):
+    """Write ckpt_<step>.pt (or ckpt_best.pt) atomically, then drop all but the newest `keep` step checkpoints.
+    Refuses (UserError) weights that are not finite, and a write that fails, leaving every earlier file whole."""
+    path = Path(run_dir) / BEST_CHECKPOINT if best else checkpoint_path(run_dir, state["step"])
+    bad = non_finite_tensors(state["model"])
+    if bad:
+        older = step_checkpoints(run_dir)
+        raise UserError(f"weights are not finite at step {state['step']} ({bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): not saved; the newest checkpoint "
+                        f"is {older[-1] if older else 'none'}")
+    try:
+        write_atomic(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise write_error(path, e) from None
+    if not best:
+        for old in step_checkpoints(run_dir)[:-keep]:
+            old.unlink()
+    return path
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """The checkpoint dict of one file; UserError, in one line, when the file is damaged or is not a checkpoint."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, empty or foreign: a zip-reader or unpickling error, in many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or not {"model", "model_config"} <= state.keys():
+        raise UserError(f"{path} is not a small-lm checkpoint (no model and model_config)")
+    return state
+
+
+def load_checkpoint(path, map_location="cpu", warn=None):
+    """(path, checkpoint dict) of a checkpoint file, or of the newest step checkpoint of a run directory that
+    loads. A damaged newer checkpoint is skipped with one line to warn (default: stderr). UserError when
+    there is nothing to load."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    path = Path(path)
+    if path.is_file():
+        return path, read_checkpoint(path, map_location)
+    if not path.is_dir():
+        raise UserError(f"no such checkpoint file or run directory: {path}")
+    candidates = step_checkpoints(path)
+    if not candidates:
+        raise UserError(f"no checkpoint (ckpt_*.pt) in run directory {path}")
+    skipped = []
+    for candidate in reversed(candidates):
+        try:
+            state = read_checkpoint(candidate, map_location)
+        except UserError as e:
+            skipped.append(candidate.name)
+            warn(f"warning: {e}; trying an older one")
+            continue
+        if skipped:
+            warn(f"warning: using {candidate} (skipped damaged {', '.join(skipped)})")
+        return candidate, state
+    raise UserError(f"no checkpoint in {path} loads ({', '.join(skipped)} are damaged)")
