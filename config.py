@@ -129,12 +129,32 @@ def between(low, high, high_included=True):
 
 def one_of(*choices):
     def rule(value):
-        return "" if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+        return "" if value in choices else f"is not one of {', '.join(map(str, choices))}"
     return rule
 
 
 def not_empty(value):
     return "" if len(value) else "must not be empty"
+
+
+def all_at_least(low):
+    """For a list of numbers."""
+    def rule(values):
+        return "" if all(v >= low for v in values) else f"must hold numbers of at least {low}"
+    return rule
+
+
+def plain_name(value):
+    """A name for one directory: not empty, no path separator, not . or .."""
+    return "" if value not in ("", ".", "..") and "/" not in value and os.sep not in value \
+        else "must be a plain directory name (not empty, no '/', not '.' or '..')"
+
+
+def directory_or_new(value):
+    """A directory that exists, or a path where one can be made."""
+    if not value:
+        return "must not be empty"
+    return f"is a file, not a directory" if os.path.isfile(value) else ""
 
 
 def check_valid(values, rules):
@@ -155,7 +175,8 @@ def field_comments(cls):
     comment_at = {token.start[0] - 1: (token.start[1], token.string.lstrip("#").strip())  # row -> (column, text)
                   for token in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline)
                   if token.type == tokenize.COMMENT}
-    body_indent = len(lines[1]) - len(lines[1].lstrip())  # the first line under `class ...:`
+    first_field = next(i for i, line in enumerate(lines) if line.lstrip().startswith("class ")) + 1
+    body_indent = len(lines[first_field]) - len(lines[first_field].lstrip())
     comments, field = {}, None
     for row, line in enumerate(lines):
         indent = len(line) - len(line.lstrip())
@@ -163,22 +184,22 @@ def field_comments(cls):
         if indent == body_indent and match:
             field = match.group(1)
             comments[field] = comment_at.get(row, (0, ""))[1]
-        elif line.strip().startswith("#") and field is not None:
-            column, text = comment_at[row]
-            if column <= body_indent:  # a section heading, not the field's comment going on
-                field = None
-            else:
-                comments[field] = f"{comments[field]} {text}".strip()
+        elif line.strip().startswith("#") and field is not None and comment_at[row][0] > body_indent:
+            comments[field] = f"{comments[field]} {comment_at[row][1]}".strip()  # the field's comment goes on
+        else:  # a section heading, a blank line, a method: the field's comment has ended
+            field = None
     return comments
 
 
-def describe(cls, values=None):
-    """--help text of a dataclass: every field with its default (or value) and comment."""
-    values = values or {}
+def describe(cls, skip=()):
+    """--help text of a dataclass: every field with its default and comment."""
+    comments = field_comments(cls)
     lines = []
     for field in cls.__dataclass_fields__.values():
-        comment = field_comments(cls).get(field.name, "")
-        value = values.get(field.name, field.default)
+        if field.name in skip:
+            continue
+        comment = comments.get(field.name, "")
+        value = field.default
         lines.append(f"  {field.name} = {value!r}" + (f"  # {comment}" if comment else ""))
     return "\n".join(lines)
 

@@ -24,9 +24,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from model import ModelConfig, Transformer, checkpoint_file
+import files
+from config import UserError
+from model import ModelConfig, Transformer
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
@@ -90,18 +92,6 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
     }
 
 
-def load_checkpoint(path):
-    """The checkpoint dict of a checkpoint file, or of the newest checkpoint in a run directory."""
-    try:
-        checkpoint_path = checkpoint_file(path)
-    except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
-    try:
-        return torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise ValueError(f"cannot read checkpoint {checkpoint_path}: {e}") from e
-
-
 def export_hf(checkpoint, output_dir, force=False):
     """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically)."""
     reason = hf_incompatibility(checkpoint["model_config"])
@@ -121,10 +111,9 @@ def export_hf(checkpoint, output_dir, force=False):
         weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
 
     def write(folder):
-        (folder / "config.json").write_text(json.dumps(hf_config(config, tokenizer, seq_len), indent=2) + "\n")
-        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-        small_lm = {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)}
-        (folder / "small_lm.json").write_text(json.dumps(small_lm, indent=2) + "\n")
+        files.write_json_atomic(folder / "config.json", hf_config(config, tokenizer, seq_len))
+        files.write_atomic(folder / "model.safetensors", lambda f: f.write(save(weights, metadata={"format": "pt"})))
+        files.write_json_atomic(folder / "small_lm.json", {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)})
 
     write_folder(output_dir, write, force)
 
@@ -190,20 +179,47 @@ def import_checkpoint(hf_dir, output_dir, force=False):
     small_lm_path = Path(hf_dir) / "small_lm.json"
     tokenizer = json.loads(small_lm_path.read_text()).get("tokenizer") if small_lm_path.is_file() else None
     checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "tokenizer": tokenizer, "step": 0}
-    write_folder(output_dir, lambda folder: torch.save(checkpoint, folder / "ckpt_00000000.pt"), force)
+    write_folder(output_dir, lambda folder: files.write_atomic(folder / "ckpt_00000000.pt",
+                                                               lambda f: torch.save(checkpoint, f)), force)
 
 
 # -----------------------------------------------------------------------------------------------
-# Writing a folder atomically: fill a temporary folder beside it, then rename it into place, so
-# an interrupted export leaves either nothing or a complete folder.
+# Writing a folder atomically: fill a temporary folder beside it (each file written by files.write_atomic),
+# then rename it into place, so an interrupted export leaves either nothing or a complete folder.
+
+HF_FILES = {"config.json", "model.safetensors", "small_lm.json"}  # what export_hf writes
+
+
+def holds_a_run(directory):
+    """Whether directory is a training run (a log or a checkpoint in it), or holds one anywhere below it."""
+    for folder, _, names in os.walk(directory):
+        if "log.jsonl" in names or any(files.CHECKPOINT_NAME.fullmatch(n) or n == files.BEST_CHECKPOINT
+                                       for n in names):
+            return True
+    return False
+
+
+def check_replaceable(output_dir):
+    """--force replaces a folder; never one that is, holds or lies inside a run directory (or out/ itself), except
+    an earlier export (only the files export_hf writes), which --force is for."""
+    if holds_a_run(output_dir):
+        raise UserError(f"{output_dir} is or holds a training run: --force never replaces one; choose another --output")
+    earlier_export = {p.name for p in output_dir.iterdir()} <= HF_FILES
+    for parent in output_dir.resolve().parents:
+        if (parent / "log.jsonl").is_file() or files.step_checkpoints(parent) or (parent / files.BEST_CHECKPOINT).is_file():
+            if not earlier_export:
+                raise UserError(f"{output_dir} lies inside the run directory {parent}: --force replaces only an earlier "
+                                f"export there ({', '.join(sorted(HF_FILES))}); choose another --output")
 
 
 def write_folder(output_dir, write, force):
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output {output_dir} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise ValueError(f"output directory {output_dir} exists and is not empty (--force replaces it)")
+        raise UserError(f"output {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not force:
+            raise UserError(f"output directory {output_dir} exists and is not empty (--force replaces it)")
+        check_replaceable(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -216,6 +232,7 @@ def write_folder(output_dir, write, force):
             shutil.rmtree(old)
         else:
             os.replace(tmp, output_dir)
+        files.sync_directory(output_dir.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -247,9 +264,9 @@ def main(argv):
                 raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")
             source = Path(args.source)
             output = Path(args.output) if args.output else (source if source.is_dir() else source.parent) / "hf"
-            export_hf(load_checkpoint(source), output, args.force)
+            export_hf(files.load_checkpoint(source)[1], output, args.force)
             print(f"wrote {output}")
-    except (ValueError, KeyError, OSError) as e:  # a KeyError is a config.json or checkpoint missing a field
+    except (UserError, ValueError, KeyError, OSError) as e:  # a KeyError: config.json or a checkpoint lacks a field
         message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         print(f"error: {message.splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2)

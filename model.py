@@ -7,7 +7,7 @@ Top to bottom:
   the gated MLP, Block (pre-norm, or DeepNet's post-norm).
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
 - parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
-- newest_checkpoint, load_model: a trained model back from a run directory or checkpoint file.
+- model_from_checkpoint, load_model: a trained model back from a checkpoint or a run directory.
 - `python model.py PRESET [key=value ...]` prints the summary of a preset.
 
 Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix (embed_tokens,
@@ -21,18 +21,23 @@ mlp.canon_d) and exist only when switched on, so a default config is exactly a L
 import difflib
 import functools
 import math
-import re
 import sys
+import typing
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+import files
+from config import UserError, check_type, describe, read_overrides, unknown_key
+
 # -----------------------------------------------------------------------------------------------
 # Configuration
+
+
+ATTENTION = ("sdpa", "eager", "flex")  # the attention back-ends (Attention.forward); all compute the same maths
 
 
 @dataclass
@@ -46,21 +51,17 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base wavelength
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
-    # "sdpa" (fast) | "eager" (plain maths, the readable reference) | "flex" (flex_attention: the GPU
-    # path; on the CPU forward only, no backward)
-    attn: str = "sdpa"
-    # "rope" (Llama) | "alibi" (a per-head linear distance penalty on the scores) | "nope" (none:
-    # the causal mask alone tells tokens apart by position)
-    position: str = "rope"
+    attn: str = "sdpa"  # one of ATTENTION: "sdpa" (fast) | "eager" (plain maths, the readable reference) |
+                        # "flex" (flex_attention: the GPU path; on the CPU forward only, no backward)
+    position: str = "rope"  # "rope" (Llama) | "alibi" (a per-head linear distance penalty on the scores) |
+                            # "nope" (none: the causal mask alone tells tokens apart by position)
     alibi_trainable: bool = False  # ALiBi slopes are parameters, one per head (DeepOne), not constants
     qk_norm: bool = False  # RMSNorm of each head's queries and keys, before RoPE (Canon, Qwen3)
-    # "pre" (Llama: x + f(norm(x))) | "deepnet" (DeepNet's post-norm: norm(alpha * x + f(x)) with
-    # alpha = (2L)^(1/4), and DeepNet's Xavier init; DeepOne)
-    norm_placement: str = "pre"
+    norm_placement: str = "pre"  # "pre" (Llama: x + f(norm(x))) | "deepnet" (DeepNet's post-norm:
+                                 # norm(alpha * x + f(x)) with alpha = (2L)^(1/4), and DeepNet's Xavier init; DeepOne)
     ffn_act: str = "silu"  # the MLP's gate activation: "silu" (SwiGLU, Llama) | "relu" (ReLU-GLU, DeepOne)
-    # Canon layers, any of "ABCD" ("" = none): A on the attention input, B on q/k/v, C on the MLP
-    # input, D on the MLP's gate and up outputs
-    canon: str = ""
+    canon: str = ""  # Canon layers, any of "ABCD" ("" = none): A on the attention input, B on q/k/v, C on the
+                     # MLP input, D on the MLP's gate and up outputs
 
     def __post_init__(self):
         # Fail here, with the reason, rather than deep inside a matmul.
@@ -69,7 +70,10 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        for name, allowed in (("position", ("rope", "alibi", "nope")), ("attn", ("sdpa", "eager", "flex")),
+        for name in ("rope_theta", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        for name, allowed in (("position", ("rope", "alibi", "nope")), ("attn", ATTENTION),
                               ("norm_placement", ("pre", "deepnet")), ("ffn_act", ("silu", "relu"))):
             if getattr(self, name) not in allowed:
                 choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
@@ -556,75 +560,58 @@ def format_summary(config):
 
 
 # -----------------------------------------------------------------------------------------------
-# Loading checkpoints. The trainer writes ckpt_{step:08d}.pt atomically (a .tmp file, then a rename),
-# so any file with the final name is complete.
-
-CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
+# A trained model back from a checkpoint (files.py finds, checks and loads the file)
 
 
-def newest_checkpoint(run_dir):
-    """The complete checkpoint with the highest step in run_dir, or None if there is none."""
-    matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in Path(run_dir).glob("ckpt_*.pt"))
-    steps = {int(match.group(1)): Path(run_dir) / match.group(0) for match in matches if match}
-    return steps[max(steps)] if steps else None
-
-
-def checkpoint_file(path):
-    """A checkpoint file as given, or the newest checkpoint of a run directory; FileNotFoundError if none."""
-    path = Path(path)
-    if path.is_dir():
-        checkpoint_path = newest_checkpoint(path)
-        if checkpoint_path is None:
-            raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in run directory {path}")
-        return checkpoint_path
-    if path.is_file():
-        return path
-    raise FileNotFoundError(f"no such checkpoint file or run directory: {path}")
-
-
-def load_model(path, device="cpu"):
-    """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint in a run directory."""
-    checkpoint = torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
+def model_from_checkpoint(checkpoint, device="cpu"):
+    """The eval-mode Transformer of a checkpoint dict."""
     model = Transformer(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
+
+
+def load_model(path, device="cpu"):
+    """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint of a run directory that loads
+    (a damaged newer one is skipped with a warning); config.UserError when there is none."""
+    return model_from_checkpoint(files.load_checkpoint(path)[1], device)
 
 
 # -----------------------------------------------------------------------------------------------
 # Command line: python model.py PRESET [key=value ...]
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv):
-    # key=value is parsed and type-checked by the trainer's config code, so both commands read values alike
-    from train import MODEL_KEYS, UserError, check_type, parse_value
     usage = f"usage: python model.py PRESET [key=value ...]  (presets: {', '.join(PRESETS)})"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
-        return
-    if not argv:
-        fail(f"no preset given; {usage}")
-    name, *args = argv
-    if name not in PRESETS:
-        fail(f"unknown preset {name!r} (closest: {difflib.get_close_matches(name, PRESETS, n=1, cutoff=0)[0]!r})")
-    overrides = {}
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        if not sep:
-            fail(f"expected key=value, got {arg!r}")
-        if key not in MODEL_KEYS:
-            fail(f"unknown ModelConfig field {key!r} (closest: {difflib.get_close_matches(key, MODEL_KEYS, n=1, cutoff=0)[0]!r})")
+        print(describe(ModelConfig))
+        return 0
+    keys = typing.get_type_hints(ModelConfig)
+    try:
+        if not argv:
+            raise UserError(f"no preset given; {usage}")
+        name, *args = argv
+        if name not in PRESETS:
+            close = difflib.get_close_matches(name, PRESETS, n=1)
+            raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        overrides = {}
+        for arg in args:
+            if "=" not in arg:
+                raise UserError(f"expected key=value, got {arg!r}")
+        for key, value in read_overrides(args).items():
+            if key not in keys:
+                raise unknown_key(key, keys)
+            overrides[key] = check_type(key, value, keys[key])
         try:
-            overrides[key] = check_type(key, parse_value(text), MODEL_KEYS[key])
-            config = replace(PRESETS[name], **overrides)
-        except (UserError, ValueError) as e:  # a wrong type, or an invalid shape such as dim % n_heads != 0
-            fail(str(e))
-    print(format_summary(PRESETS[name] if not overrides else config))
+            model_config = replace(PRESETS[name], **overrides)
+        except ValueError as e:  # an invalid shape, such as dim % n_heads != 0
+            raise UserError(str(e))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(model_config))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

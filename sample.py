@@ -6,12 +6,15 @@ Loads the newest checkpoint of a run directory (or a checkpoint file), continues
 fresh document (end-of-text first, as in training) and prints each sample.
 """
 import argparse
+import math
 import sys
 
 import torch
 
+import files
 import model as model_lib
 import prepare
+from config import UserError
 
 
 def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator):
@@ -34,6 +37,21 @@ def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, he
                    for i, prompt in enumerate(prompts, 1))
 
 
+def check_arguments(args):
+    """Every bad value as one line (config.UserError)."""
+    for name, low in (("tokens", 1), ("num_samples", 1), ("top_k", 0), ("seed", 0)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserError(f"--temperature must be a finite number of at least 0, got {args.temperature}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} but no CUDA device is available")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
@@ -45,21 +63,22 @@ def main(argv):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a malformed option: argparse's usage line and exit status 2
     try:
-        checkpoint_path = model_lib.checkpoint_file(args.path)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    model = model_lib.load_model(checkpoint_path, device=args.device)
-    # mmap: read just the tokenizer's name without loading the weights a second time
-    tokenizer_name = args.tokenizer or torch.load(checkpoint_path, mmap=True, weights_only=True)["tokenizer"]
-    if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
-        print(f"error: {checkpoint_path} records no tokenizer; name one with --tokenizer", file=sys.stderr)
-        return 2
-    try:
-        tokenizer = prepare.load_tokenizer(tokenizer_name)
-    except (ValueError, OSError) as e:
+        check_arguments(args)
+        checkpoint_path, checkpoint = files.load_checkpoint(args.path)
+        tokenizer_name = args.tokenizer or checkpoint.get("tokenizer")
+        if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
+            raise UserError(f"{checkpoint_path} records no tokenizer; name one with --tokenizer")
+        try:
+            tokenizer = prepare.load_tokenizer(tokenizer_name)
+        except (ValueError, OSError) as e:
+            raise UserError(str(e)) from None
+        model = model_lib.model_from_checkpoint(checkpoint, device=args.device)
+        if model.config.vocab_size < tokenizer.n_vocab:
+            raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
+                            f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,

@@ -10,17 +10,13 @@ shape comes from a preset in model.PRESETS, and any ModelConfig field can be ove
 way (`n_layers=2`). The run lives in out/<run_name>/: config.json, log.jsonl, checkpoints and
 samples.txt. Running the same command again resumes from the newest checkpoint.
 """
-import ast
 import dataclasses
-import difflib
 import json
 import math
 import os
-import runpy
 import signal
 import sys
 import time
-import types
 import typing
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,11 +26,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+import config
 import data
+import files
 import model as model_lib
 import optim
 import prepare
 import sched
+from config import UserError, at_least, between, one_of, positive
 from sample import sample_texts
 
 
@@ -42,12 +41,12 @@ from sample import sample_texts
 class TrainConfig:
     # run
     run_name: str = "run"               # the run directory is <out_dir>/<run_name>
-    out_dir: str = "out"
+    out_dir: str = "out"                # where run directories live
     seed: int = 1337                    # model init and data order
     # data
     data: str = "shakespeare"           # a directory under data_dir written by prepare.py; several: "a,b" (entries
                                         # mixed by `mixture`), "a+b" (one entry drawn as a balance_remaining group)
-    data_dir: str = "data"
+    data_dir: str = "data"              # where prepare.py wrote the data directories
     mixture: str = "balance_remaining"  # "fixed" | "balance_remaining" | "soft_sequential" (data.py says how each draws)
     mixture_weights: tuple[float, ...] = ()  # "fixed": one weight per entry of `data`
     packing: str = "blocks"             # "blocks" (the stream cut every seq_len tokens) | "best_fit" (documents kept
@@ -61,8 +60,9 @@ class TrainConfig:
     total_tokens: float = 1.0           # training budget, in millions of tokens: sets the schedule
     max_steps: int | None = None        # optional cap on steps; the schedule still follows total_tokens
     # model: a preset; every ModelConfig field (dim, n_layers, ...) may also be set as a key
-    model: str = "quickstart"
-    attn: str = "sdpa"                  # "sdpa" (fast) | "eager" (plain math, the reference)
+    model: str = "quickstart"           # a preset of model.PRESETS: quickstart, llama-small, llama-medium, ...
+    attn: str = "sdpa"                  # model.ATTENTION: "sdpa" (fast) | "eager" (plain maths, the reference) |
+                                        # "flex" (flex_attention, CUDA only)
     # learning-rate schedule (sched.py): token amounts in millions, turned into steps at start-up
     schedule: str = "cosine"            # "cosine" | "constant" | "infinite" (Infinite-LR) | "wsd" (WSD-S)
     lr: float = 1e-3                    # peak learning rate (at base_batch_tokens, if that is set)
@@ -82,8 +82,8 @@ class TrainConfig:
     optimizer_state: str = "fp32"       # "fp32" | "bf16" (moments kept in bf16 with stochastic rounding; ours only)
     weight_decay: float = 0.1           # decoupled; on matrices only, not on norms (optim.param_groups says why)
     beta1: float = 0.9                  # AdamW (and Muon's AdamW groups)
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta2: float = 0.95                 # second-moment decay (AdamW; Adafactor has its own)
+    eps: float = 1e-8                   # added to the denominator of AdamW's update
     grad_clip: float = 1.0              # max global grad norm; 0 = no clipping (the norm is still logged)
     divergence_factor: float = 3.0      # stop when a step's loss exceeds this times its running mean (0: never);
                                         # a non-finite loss always stops the run, before anything is saved
@@ -100,13 +100,42 @@ class TrainConfig:
     keep_checkpoints: int = 2           # newest checkpoints kept in the run directory (plus ckpt_best.pt: best eval loss)
     sample_interval: int = 0            # steps between samples into samples.txt; 0: only at the end
     sample_prompts: tuple[str, ...] = ("",)  # fixed texts the samples continue (each starts a fresh document)
-    sample_tokens: int = 200
-    sample_temperature: float = 0.8
-    sample_top_k: int | None = 200
+    sample_tokens: int = 200            # new tokens per sample
+    sample_temperature: float = 0.8     # 0: greedy
+    sample_top_k: int | None = 200      # sample among the k likeliest tokens; None: all
 
 
-class UserError(Exception):
-    """A mistake in the command, config or data: reported as one line, exit status 2."""
+def data_names(names):
+    """What is wrong with a `data` value ("a", "a,b", "a,b+c"); "" when nothing is."""
+    try:
+        data.parse_entries(names)
+    except ValueError as e:
+        return f"is not valid: {e}"
+    return ""
+
+
+# The valid values of every key, checked before anything is built. None, where a key allows it, is always valid;
+# a bool needs no range. Lists of choices are declared beside the code that implements them.
+DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
+VALID = {
+    "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0),
+    "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
+    "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS), "eval_data": lambda names: data_names(names) if names else "",
+    "tokenizer": one_of(*prepare.TOKENIZERS), "seq_len": at_least(1), "batch_size": at_least(1),
+    "grad_accum": at_least(1), "total_tokens": positive, "max_steps": at_least(1),
+    "model": one_of(*model_lib.PRESETS), "attn": one_of(*model_lib.ATTENTION),
+    "schedule": one_of(*sched.SCHEDULES), "lr": positive, "base_batch_tokens": at_least(1), "lr_alpha": at_least(0),
+    "min_lr": at_least(0), "constant_lr": positive, "warmup_tokens": at_least(0), "cooldown_p": between(0, 1),
+    "min_cooldown_tokens": at_least(0), "annealing_tokens": at_least(0), "decay_shape": one_of(*sched.DECAY_SHAPES),
+    "optimizer": one_of(*optim.OPTIMIZERS), "optimizer_state": one_of("fp32", "bf16"), "weight_decay": at_least(0),
+    "beta1": between(0, 1, high_included=False), "beta2": between(0, 1, high_included=False), "eps": positive,
+    "grad_clip": at_least(0), "divergence_factor": at_least(0),
+    "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
+    "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
+    "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
+    "sample_prompts": config.not_empty, "sample_tokens": at_least(1), "sample_temperature": at_least(0),
+    "sample_top_k": at_least(1),
+}
 
 
 # ----------------------------------------------------------------------------- config
@@ -116,88 +145,27 @@ MODEL_KEYS = {k: v for k, v in typing.get_type_hints(model_lib.ModelConfig).item
 TRAIN_KEYS = typing.get_type_hints(TrainConfig)
 
 
-def check_type(key, value, hint):
-    """Return value (ints widened to float where a float is wanted) or raise UserError naming the key."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
-    if value is None and type(None) in allowed:
-        return value
-    if typing.get_origin(hint) is tuple:  # a list of texts (sample_prompts) or numbers (mixture_weights)
-        item = typing.get_args(hint)[0]
-        if isinstance(value, (int, float)) and item is float:
-            value = (value,)
-        if isinstance(value, (list, tuple)) and all(isinstance(v, item) or (item is float and isinstance(v, int) and
-                                                                           not isinstance(v, bool)) for v in value):
-            return tuple(float(v) for v in value) if item is float else tuple(value)
-        raise UserError(f"{key} must be a list of {'strings' if item is str else 'numbers'}, got {value!r}")
-    if isinstance(value, bool):  # bool is an int subclass; only a bool may stand for a bool
-        if bool in allowed:
-            return value
-    elif float in allowed and isinstance(value, (int, float)):
-        return float(value)
-    elif any(t is not type(None) and isinstance(value, t) for t in allowed):
-        return value
-    names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-    raise UserError(f"{key} must be {names}, got {value!r}")
-
-
-def unknown_key(key):
-    close = difflib.get_close_matches(key, list(TRAIN_KEYS) + list(MODEL_KEYS), n=1)
-    return UserError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-
-
-def parse_value(text):
-    """key=value on the command line: a Python literal where it parses, true/false, else the text itself."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def load_config(argv):
-    """Defaults, then each config file in order, then key=value pairs. Returns (TrainConfig, model overrides)."""
-    overrides = {}
-    for arg in argv:
-        if "=" in arg:
-            key, text = arg.split("=", 1)
-            overrides[key] = parse_value(text)
-        elif arg.endswith(".py"):
-            if not os.path.isfile(arg):
-                raise UserError(f"config file {arg} not found")
-            try:
-                namespace = runpy.run_path(arg)
-            except Exception as e:
-                raise UserError(f"config file {arg} failed: {type(e).__name__}: {e}")
-            for key, value in namespace.items():
-                # a config may import helpers or define _private names; only plain values are keys
-                if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                    continue
-                overrides[key] = value
-        else:
-            raise UserError(f"expected a config file (.py) or key=value, got {arg!r}")
+    """Defaults, then each config file in order, then key=value pairs, every value checked (types, ranges, the
+    model's shape) before anything is built. Returns (TrainConfig, model overrides)."""
     train_values, model_overrides = {}, {}
-    for key, value in overrides.items():
+    for key, value in config.read_overrides(argv).items():
         if key in TRAIN_KEYS:
-            train_values[key] = check_type(key, value, TRAIN_KEYS[key])
+            train_values[key] = config.check_type(key, value, TRAIN_KEYS[key])
         elif key in MODEL_KEYS:
-            model_overrides[key] = check_type(key, value, MODEL_KEYS[key])
+            model_overrides[key] = config.check_type(key, value, MODEL_KEYS[key])
         else:
-            raise unknown_key(key)
+            raise config.unknown_key(key, list(TRAIN_KEYS) + list(MODEL_KEYS))
     cfg = TrainConfig(**train_values)
-    choices = {"attn": ("sdpa", "eager", "flex"), "mixture": data.MIXTURES, "packing": data.PACKINGS, "optimizer": optim.OPTIMIZERS, "optimizer_state": ("fp32", "bf16"), "schedule": sched.SCHEDULES, "decay_shape": sched.DECAY_SHAPES,
-               "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "fp32", "bf16-mixed", "bf16"), "model": tuple(model_lib.PRESETS)}
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            raise UserError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    for key in ("seq_len", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval", "keep_checkpoints"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    config.check_valid(dataclasses.asdict(cfg), VALID)
     if (cfg.dtype == "bf16" or cfg.optimizer_state == "bf16") and cfg.optimizer not in optim.SR_OPTIMIZERS:
         raise UserError(f"dtype='bf16' and optimizer_state='bf16' need an optimizer with stochastic rounding "
                         f"({', '.join(optim.SR_OPTIMIZERS)}), not {cfg.optimizer!r}: round-to-nearest loses small updates")
     if cfg.start_annealing and (cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0):
         raise UserError("start_annealing needs schedule='infinite' or 'wsd' and annealing_tokens > 0 (the decay's length)")
+    if cfg.min_lr == 0 and cfg.decay_shape == "rsqrt" and cfg.schedule in ("infinite", "wsd"):
+        raise UserError("min_lr=0 needs decay_shape='linear' or 'cosine': the rsqrt decay divides by min_lr")
+    build_model_config(cfg, model_overrides, model_lib.PRESETS[cfg.model].vocab_size)  # the shape, checked now
     return cfg, model_overrides
 
 
@@ -249,19 +217,221 @@ def build_model_config(cfg, model_overrides, vocab_size):
         raise UserError(f"model {cfg.model} with {model_overrides}: {e}")
 
 
-# ----------------------------------------------------------------------------- checkpoints and logs
+@dataclass
+class Run:
+    """What the loop works on. Set up once by start_run; the loop changes only the fields below the line."""
+    cfg: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    run_dir: Path
+    resolved: dict                      # the config as written to config.json
+    training_data: data.TrainingData
+    model_config: model_lib.ModelConfig
+    raw_model: torch.nn.Module          # the model itself: its weights are what checkpoints hold
+    model: torch.nn.Module              # what the loop calls: raw_model, compiled and/or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    autocast: typing.Any
+    tokenizer: typing.Any
+    tokens_per_step: int
+    log_file: typing.Any = None
+    tensorboard: typing.Any = None
+    # ---
+    schedule: sched.Schedule = None
+    step: int = 0
+    annealing_start: int | None = None  # the step where the final decay was requested, if it was
+    best_eval_loss: float = float("inf")
 
-def save_checkpoint(run_dir, state, keep, best=False):
-    """Write ckpt_<step>.pt (or ckpt_best.pt) atomically: a temp file, then a rename, so a crash mid-write
-    leaves every earlier checkpoint whole. Then drop all but the newest `keep` step checkpoints."""
-    path = run_dir / ("ckpt_best.pt" if best else f"ckpt_{state['step']:08d}.pt")
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    if not best:
-        for old in sorted(run_dir.glob("ckpt_[0-9]*.pt"))[:-keep]:
-            old.unlink()
-    return path
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, message):
+        if self.master:
+            print(message, flush=True)
+
+    def log(self, record):
+        if self.master:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+        if self.tensorboard:
+            for key, value in record.items():
+                if isinstance(value, float) and key != "time":
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    def event(self, message):  # something that happened to the run: printed, and logged at its step
+        self.say(f"step {self.step:>6} | {message}")
+        self.log({"step": self.step, "tokens": self.step * self.tokens_per_step, "event": message})
+
+    def steps_to_run(self):  # the schedule's end (an annealing request moves it), capped by max_steps
+        end = self.schedule.end_step
+        return min(end, self.cfg.max_steps) if self.cfg.max_steps else end
+
+
+def start_run(cfg, model_overrides, rank, world_size, device):
+    """Everything the loop needs, from the newest checkpoint that loads or from scratch; config.json written."""
+    if cfg.attn == "flex" and device.type != "cuda":
+        raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
+    training_data = open_data(cfg, model_overrides)
+    model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
+    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size)
+    schedule = make_schedule(cfg, world_size)  # laid out over total_tokens even when max_steps stops earlier
+    if schedule.total_steps < 1:
+        raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
+
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
+                                      seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
+    run = Run(cfg, rank, world_size, device, Path(cfg.out_dir) / cfg.run_name,
+              dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
+              training_data, model_config, raw_model, raw_model, optimizer, autocast,
+              prepare.load_tokenizer(training_data.tokenizer), tokens_per_step, schedule=schedule)
+    resume(run)
+    run.schedule = make_schedule(cfg, world_size, run.annealing_start)
+    if run.master:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temps(run.run_dir)  # a write that a kill -9 cut short
+        files.write_json_atomic(run.run_dir / "config.json", run.resolved)
+        trim_log(run.run_dir / "log.jsonl", run.step)
+        stale = read_control(run.run_dir)
+        if stale:
+            print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
+        run.say("config: " + json.dumps(run.resolved))
+        run.say(model_lib.format_summary(model_config).replace("\n", " | "))
+        run.say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
+                f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
+        run.log_file = open(run.run_dir / "log.jsonl", "a")
+        run.tensorboard = tensorboard_writer(run.run_dir)
+    if cfg.compile:
+        run.model = torch.compile(raw_model)
+    if world_size > 1:
+        run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def resume(run):
+    """Load the newest step checkpoint that loads into run; from scratch only where nothing would be lost."""
+    cfg, run_dir = run.cfg, run.run_dir
+    if not files.step_checkpoints(run_dir):
+        check_fresh_start(run_dir)
+        return
+    checkpoint_path, checkpoint = files.load_checkpoint(run_dir, map_location=run.device,
+                                                           warn=None if run.master else lambda message: None)
+    model_config = dataclasses.asdict(run.model_config)
+    if checkpoint["model_config"] != model_config | {"attn": checkpoint["model_config"].get("attn")}:
+        raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
+    if checkpoint["config"]["optimizer"] != cfg.optimizer:
+        raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
+                        f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
+    run.raw_model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
+    run.best_eval_loss = checkpoint["best_eval_loss"]
+    torch.set_rng_state(checkpoint["rng"].cpu())
+    if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
+        try:
+            run.training_data.mixture.load_state_dict(checkpoint["data"])
+        except ValueError as e:
+            raise UserError(f"{checkpoint_path}: {e}; use another run_name")
+    if cfg.start_annealing and run.annealing_start is None:
+        run.annealing_start = run.step
+        run.say(f"annealing starts at step {run.step} (start_annealing=True)")
+    changed = {k: v for k, v in run.resolved.items() if checkpoint["config"].get(k) != v}
+    run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
+
+
+def check_fresh_start(run_dir):
+    """A run directory without a step checkpoint is started over only when it holds nothing that would be lost:
+    no ckpt_best.pt, no other checkpoint file, no log past step 0 (a kill before the first checkpoint leaves
+    its step-0 eval, which the new run writes again)."""
+    if not run_dir.is_dir():
+        return
+    found = sorted(p.name for p in run_dir.glob("ckpt*.pt"))
+    log_path = run_dir / "log.jsonl"
+    last_step = max(log_steps(log_path), default=0) if log_path.exists() else 0
+    if last_step > 0:
+        found.append(f"a log to step {last_step}")
+    if found:
+        hint = (f"; to go on from {files.BEST_CHECKPOINT}, copy it to ckpt_<its step, 8 digits>.pt"
+                if files.BEST_CHECKPOINT in found else "")
+        raise UserError(f"{run_dir} holds {', '.join(found)} but no step checkpoint (ckpt_<step>.pt) to resume from; "
+                        f"nothing was changed: use another run_name, or move {run_dir} away to start over{hint}")
+
+
+# ----------------------------------------------------------------------------- checkpoints, logs, samples
+
+def save(run, best=False):
+    """A checkpoint of everything the run needs to go on exactly (rank 0 writes it; non-finite weights refused)."""
+    if run.master:
+        state = {"model": run.raw_model.state_dict(), "model_config": dataclasses.asdict(run.model_config),
+                 "optimizer": run.optimizer.state_dict(), "step": run.step, "tokens": run.step * run.tokens_per_step,
+                 "annealing_start": run.annealing_start, "best_eval_loss": run.best_eval_loss,
+                 "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
+                 "tokenizer": run.training_data.tokenizer, "config": run.resolved}
+        files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
+
+
+def log_steps(log_path):
+    """The step of every readable line of a log."""
+    steps = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    return steps
+
+
+def trim_log(log_path, step):
+    """Drop log lines past the checkpoint's step, so curves never double back on resume, and a line torn by a kill
+    mid-write. A fresh start (step 0) keeps nothing: its step-0 eval is written again."""
+    if not log_path.exists():
+        return
+
+    def keep(line):
+        try:
+            return step > 0 and json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in log_path.read_text(errors="replace").splitlines() if keep(line)]
+    files.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+
+
+def write_samples(run):
+    """The run's samples at this step into samples.txt (once: a rerun after a kill before they were written
+    writes them, one that finds them there does not)."""
+    heading = f"sample at step {run.step}"
+    path = run.run_dir / "samples.txt"
+    before = path.read_text(errors="replace") if path.exists() else ""
+    if f"----- {heading} 1/" in before:
+        return
+    run.raw_model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
+    text = sample_texts(run.raw_model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
+                        run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step, heading=heading)
+    run.raw_model.train()
+    files.write_text_atomic(path, before + text)
+    run.say(text + "-----")
+
+
+def tensorboard_writer(run_dir):
+    """TensorBoard event files in <run dir>/tensorboard when the tensorboard package is installed; never required."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 # ----------------------------------------------------------------------------- run control
@@ -276,7 +446,7 @@ def send_control(run_dir, command):
         raise UserError(f"unknown control command {command!r}; known: {', '.join(CONTROL_COMMANDS)}")
     if not (Path(run_dir) / "config.json").exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    prepare.write_text_atomic(Path(run_dir) / "control", command + "\n")  # the trainer never reads half a command
+    files.write_text_atomic(Path(run_dir) / "control", command + "\n")  # the trainer never reads half a command
     print(f"sent {command!r} to {run_dir}: the run acts on it after its current step")
 
 
@@ -284,7 +454,7 @@ def read_control(run_dir):
     """The pending command, consumed; "" when there is none."""
     path = run_dir / "control"
     try:
-        command = path.read_text().strip()
+        command = path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return ""
     path.unlink(missing_ok=True)
@@ -309,277 +479,209 @@ def catch_stop_signals():
     return received
 
 
-def trim_log(log_path, step):
-    """On resume, drop log lines past the checkpoint's step so curves never double back (and a line torn
-    by a kill mid-write)."""
-    if not log_path.exists():
-        return
-
-    def keep(line):
-        try:
-            return json.loads(line)["step"] <= step
-        except (ValueError, KeyError, TypeError):
-            return False
-
-    kept = [line for line in log_path.read_text().splitlines() if keep(line)]
-    prepare.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+def agree(run, step_loss, target_count, stop_signal):
+    """(loss, signalled, command) that every rank agrees on, in one small all-reduce a step: the step's mean
+    loss (for the divergence guard), a stop signal received by any rank, and the command rank 0 found."""
+    command = read_control(run.run_dir) if run.master else ""
+    status = torch.stack([step_loss.float(), torch.tensor(float(stop_signal[0]), device=run.device),
+                          torch.tensor(float(CONTROL_COMMANDS.index(command) + 1 if command else 0), device=run.device)])
+    if run.world_size > 1:
+        dist.all_reduce(status)
+    command_number = int(status[2].item())  # 0: no command
+    return (status[0].item() / target_count.item(), status[1].item() > 0,
+            CONTROL_COMMANDS[command_number - 1] if command_number else "")
 
 
-def tensorboard_writer(run_dir):
-    """TensorBoard event files in <run dir>/tensorboard when the tensorboard package is installed; never required."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+def act_on(run, command):
+    """A control command (not abort or stop, which end the loop) taken after a step."""
+    if command == "save":
+        save(run)
+        run.event("saved on request")
+    elif command == "anneal":
+        cfg = run.cfg
+        if run.annealing_start is not None or cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0:
+            run.event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing yet")
+        else:
+            run.annealing_start, run.schedule = run.step, make_schedule(cfg, run.world_size, run.step)
+            run.event(f"annealing started on request; the run now ends at step {run.steps_to_run()}")
+            save(run)  # so that every later resume keeps this start
 
 
-def format_duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+# ----------------------------------------------------------------------------- the step and eval
 
+def train_step(run, lr):
+    """One optimizer step: micro-batches, loss, backward, clip, update. Returns (summed loss, target count, grad
+    norm). A non-finite gradient norm stops the run before the update, so the weights stay as they were."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    micro_batches = [run.training_data.micro_batch(run.step, m, run.rank, cfg.batch_size, cfg.grad_accum,
+                                                   run.world_size, run.device) for m in range(cfg.grad_accum)]
+    # Normalise by the number of target tokens in the whole global batch, so the gradient is
+    # that of the mean loss over the step whatever the split into processes and micro-steps.
+    target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=run.device)
+    if run.world_size > 1:
+        dist.all_reduce(target_count)
+    step_loss = torch.zeros((), device=run.device)
+    for m, (x, y, doc_ids) in enumerate(micro_batches):
+        last_micro = m == cfg.grad_accum - 1
+        with run.model.no_sync() if run.world_size > 1 and not last_micro else nullcontext():
+            with run.autocast:
+                loss_sum = run.model(x, doc_ids, y)
+            # DDP averages gradients over ranks; scaling by world_size turns that into the sum.
+            (loss_sum * (run.world_size / target_count)).backward()
+        step_loss += loss_sum.detach()
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm)
+    if not torch.isfinite(grad_norm):  # the same on every rank: the gradients were all-reduced
+        newest = files.step_checkpoints(run.run_dir)
+        raise UserError(f"loss diverged at step {run.step + 1}: the gradient norm is {grad_norm.item()} (loss "
+                        f"{step_loss.item() / target_count.item():.4g} on this rank); stopped before the update, "
+                        f"nothing saved; the newest checkpoint is {newest[-1] if newest else 'none'}")
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return step_loss, target_count, grad_norm
 
-# ----------------------------------------------------------------------------- eval and samples
 
 @torch.no_grad()
-def evaluate(model, training_data, cfg, rank, world_size, device, autocast):
+def evaluate(run):
     """{name: (loss sum, target count)} over a fixed set of val blocks of every eval source, summed over ranks."""
-    model.eval()
-    n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * world_size
-    totals = torch.zeros(len(training_data.eval_names), 2, dtype=torch.float64, device=device)
+    cfg, training_data = run.cfg, run.training_data
+    run.model.eval()
+    n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * run.world_size
+    totals = torch.zeros(len(training_data.eval_names), 2, dtype=torch.float64, device=run.device)
     for i, name in enumerate(training_data.eval_names):
-        for x, y, doc_ids in training_data.eval_batches(name, n_rows, rank, world_size, cfg.batch_size, device):
-            with autocast:
-                totals[i, 0] += model(x, doc_ids, y).double()
+        for x, y, doc_ids in training_data.eval_batches(name, n_rows, run.rank, run.world_size, cfg.batch_size,
+                                                        run.device):
+            with run.autocast:
+                totals[i, 0] += run.model(x, doc_ids, y).double()
             totals[i, 1] += (y != -1).sum()
-    if world_size > 1:
+    if run.world_size > 1:
         dist.all_reduce(totals)
-    model.train()
+    run.model.train()
     return dict(zip(training_data.eval_names, totals.tolist()))
+
+
+def run_eval(run):
+    """Evaluate, print and log; a new best eval loss is saved as ckpt_best.pt."""
+    eval_loss, eval_bpb, per_source = run.training_data.eval_summary(evaluate(run))
+    if not math.isfinite(eval_loss):
+        raise UserError(f"eval loss is {eval_loss} at step {run.step}; stopped, the checkpoints are left as they were")
+    eval_ppl = math.exp(min(eval_loss, 50))
+    run.say(f"step {run.step:>6} | eval loss {eval_loss:.4f} | ppl {eval_ppl:.2f} | {eval_bpb:.4f} bits/byte"
+            + "".join(f" | {key[10:]} {value:.4f}" for key, value in per_source.items()))
+    run.log({"step": run.step, "tokens": run.step * run.tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb,
+             "eval_ppl": eval_ppl} | per_source)
+    if eval_loss < run.best_eval_loss and run.step > 0:
+        run.best_eval_loss = eval_loss
+        save(run, best=True)
 
 
 # ----------------------------------------------------------------------------- training
 
 def train(cfg, model_overrides):
+    """Train (or resume) the run of cfg; returns the exit status. The log, TensorBoard and the process group are
+    closed on every exit, an error's too."""
     rank, world_size, device = setup_distributed(cfg)
-    if cfg.attn == "flex" and device.type != "cuda":
-        raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
-    master = rank == 0
-    say = print if master else (lambda *a, **k: None)
-    training_data = open_data(cfg, model_overrides)
-    model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
-    run_dir = Path(cfg.out_dir) / cfg.run_name
-    resolved = dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
+    run, finished = None, False
+    try:
+        run = start_run(cfg, model_overrides, rank, world_size, device)
+        status = training_loop(run)
+        finished = True
+        return status
+    finally:
+        if run and run.log_file:
+            run.log_file.close()
+        if run and run.tensorboard:
+            run.tensorboard.close()
+        if world_size > 1:
+            if finished:
+                # Every rank reaches the barrier before any tears gloo down: a rank that leaves while another is
+                # still writing the final checkpoint or sample could abort that rank's gloo threads at exit.
+                dist.barrier()
+            dist.destroy_process_group()
 
-    # the budget in steps; the schedule is laid out over total_tokens even when max_steps stops earlier
-    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size)
-    schedule = make_schedule(cfg, world_size)
-    if schedule.total_steps < 1:
-        raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    tokenizer = prepare.load_tokenizer(training_data.tokenizer)
-
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
-                                      seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
-
-    step, annealing_start, best_eval_loss = 0, None, float("inf")
-    checkpoint_path = model_lib.newest_checkpoint(run_dir) if run_dir.exists() else None
-    if checkpoint_path is not None:
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if checkpoint["model_config"] != dataclasses.asdict(model_config) | {"attn": checkpoint["model_config"].get("attn")}:
-            raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
-        if checkpoint["config"]["optimizer"] != cfg.optimizer:
-            raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
-                            f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        step, annealing_start, best_eval_loss = checkpoint["step"], checkpoint["annealing_start"], checkpoint["best_eval_loss"]
-        torch.set_rng_state(checkpoint["rng"].cpu())
-        if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
-            try:
-                training_data.mixture.load_state_dict(checkpoint["data"])
-            except ValueError as e:
-                raise UserError(f"{checkpoint_path}: {e}; use another run_name")
-        if cfg.start_annealing and annealing_start is None:
-            annealing_start = step
-            say(f"annealing starts at step {step} (start_annealing=True)")
-        schedule = make_schedule(cfg, world_size, annealing_start)
-        changed = {k: v for k, v in resolved.items() if checkpoint["config"].get(k) != v}
-        say(f"resuming from {checkpoint_path} at step {step}" + (f" with changes {changed}" if changed else ""))
-        del checkpoint
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        prepare.write_json_atomic(run_dir / "config.json", resolved)
-        trim_log(run_dir / "log.jsonl", step)
-        say("config: " + json.dumps(resolved))
-        say(model_lib.format_summary(model_config).replace("\n", " | "))
-        say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
-            f"{schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {schedule.lr:.3g}")
-
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log_file = open(run_dir / "log.jsonl", "a") if master else None
-    tensorboard = tensorboard_writer(run_dir) if master else None
-
-    def log(record):
-        if master:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if tensorboard:
-            for key, value in record.items():
-                if isinstance(value, float) and key != "time":
-                    tensorboard.add_scalar(key, value, record["step"])
-
-    def event(message):  # something that happened to the run: printed, and logged at its step
-        say(f"step {step:>6} | {message}")
-        log({"step": step, "tokens": step * tokens_per_step, "event": message})
-
-    def run_eval():
-        nonlocal best_eval_loss
-        eval_loss, eval_bpb, per_source = training_data.eval_summary(evaluate(model, training_data, cfg, rank, world_size,
-                                                                              device, autocast))
-        if not math.isfinite(eval_loss):
-            raise UserError(f"eval loss is {eval_loss} at step {step}; stopped, the checkpoints are left as they were")
-        eval_ppl = math.exp(min(eval_loss, 50))
-        say(f"step {step:>6} | eval loss {eval_loss:.4f} | ppl {eval_ppl:.2f} | {eval_bpb:.4f} bits/byte"
-            + "".join(f" | {key[10:]} {value:.4f}" for key, value in per_source.items()))
-        log({"step": step, "tokens": step * tokens_per_step, "eval_loss": eval_loss, "eval_bpb": eval_bpb, "eval_ppl": eval_ppl}
-            | per_source)
-        if eval_loss < best_eval_loss and step > 0:
-            best_eval_loss = eval_loss
-            checkpoint(best=True)
-
-    def checkpoint(best=False):
-        if master:
-            state = {"model": raw_model.state_dict(), "model_config": dataclasses.asdict(model_config),
-                     "optimizer": optimizer.state_dict(), "step": step, "tokens": step * tokens_per_step,
-                     "annealing_start": annealing_start, "best_eval_loss": best_eval_loss, "rng": torch.get_rng_state(),
-                     "data": training_data.mixture.state_dict(), "tokenizer": training_data.tokenizer, "config": resolved}
-            save_checkpoint(run_dir, state, cfg.keep_checkpoints, best)
-
-    def steps_to_run():  # the schedule's end (an annealing request moves it), capped by max_steps
-        return min(schedule.end_step, cfg.max_steps) if cfg.max_steps else schedule.end_step
-
-    run_steps = steps_to_run()
-    if step >= run_steps:
-        say(f"already trained to step {step} of {run_steps}; nothing to do")
-    elif step == 0:
-        run_eval()
+def training_loop(run):
+    cfg = run.cfg
+    run_steps = run.steps_to_run()
+    if run.step >= run_steps:
+        run.say(f"already trained to step {run.step} of {run_steps}; nothing to do")
+        if run.master:
+            write_samples(run)  # the final samples, if a kill came between the last checkpoint and them
+        return 0
+    if run.step == 0:
+        run_eval(run)
     start_time = last_time = time.time()
-    steps_timed, last_step, loss_mean, losses_seen = 0, step, None, 0
+    steps_timed, last_step, loss_mean, losses_seen = 0, run.step, None, 0
     stop_signal = catch_stop_signals()
-    while step < run_steps:
-        lr = sched.lr_at(step, schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        micro_batches = [training_data.micro_batch(step, m, rank, cfg.batch_size, cfg.grad_accum, world_size, device)
-                         for m in range(cfg.grad_accum)]
-        # Normalise by the number of target tokens in the whole global batch, so the gradient is
-        # that of the mean loss over the step whatever the split into processes and micro-steps.
-        target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=device)
-        if world_size > 1:
-            dist.all_reduce(target_count)
-        step_loss = torch.zeros((), device=device)
-        for m, (x, y, doc_ids) in enumerate(micro_batches):
-            last_micro = m == cfg.grad_accum - 1
-            with model.no_sync() if world_size > 1 and not last_micro else nullcontext():
-                with autocast:
-                    loss_sum = model(x, doc_ids, y)
-                # DDP averages gradients over ranks; scaling by world_size turns that into the sum.
-                (loss_sum * (world_size / target_count)).backward()
-            step_loss += loss_sum.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    while run.step < run_steps:
+        # ---- the step
+        lr = sched.lr_at(run.step, run.schedule)
+        step_loss, target_count, grad_norm = train_step(run, lr)
+        run.step += 1
+        loss, signalled, command = agree(run, step_loss, target_count, stop_signal)
 
-        # One small all-reduce a step carries what every rank must agree on: the step's loss (for the
-        # divergence guard), a stop signal received by any rank, and the command rank 0 found.
-        command = read_control(run_dir) if master else ""
-        status = torch.stack([step_loss.float(), torch.tensor(float(stop_signal[0]), device=device),
-                              torch.tensor(float(CONTROL_COMMANDS.index(command) + 1 if command else 0), device=device)])
-        if world_size > 1:
-            dist.all_reduce(status)
-        loss = status[0].item() / target_count.item()
-        signalled, command_number = status[1].item() > 0, int(status[2].item())  # 0: no command
-        command = CONTROL_COMMANDS[command_number - 1] if command_number else ""
-
-        if not math.isfinite(loss) or (cfg.divergence_factor and losses_seen >= 20 and loss > cfg.divergence_factor * loss_mean):
-            raise UserError(f"loss diverged at step {step}: {loss:.4g}" + (f" against a running mean of {loss_mean:.4g}" if
-                            math.isfinite(loss) else "") + "; stopped without saving, the checkpoints are left as they were")
+        # ---- the divergence guard: nothing is saved after a bad step
+        if not math.isfinite(loss) or (cfg.divergence_factor and losses_seen >= 20 and
+                                       loss > cfg.divergence_factor * loss_mean):
+            raise UserError(f"loss diverged at step {run.step}: {loss:.4g}" + (
+                f" against a running mean of {loss_mean:.4g}" if math.isfinite(loss) else "")
+                + "; stopped without saving, the checkpoints are left as they were")
         loss_mean = loss if loss_mean is None else 0.98 * loss_mean + 0.02 * loss  # over the last ~50 steps
         losses_seen += 1
-        if step % cfg.log_interval == 0 or step == run_steps:
+
+        # ---- progress line and log
+        if run.step % cfg.log_interval == 0 or run.step == run_steps:
             now = time.time()
-            tok_per_s = (step - last_step) * tokens_per_step / (now - last_time)
-            steps_timed += step - last_step
-            eta = (now - start_time) / steps_timed * (run_steps - step)
-            last_time, last_step = now, step
-            say(f"step {step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f} | "
-                f"{tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
-            drawn = training_data.drawn() if len(training_data.names) > 1 else {}  # a curriculum's progress
-            log({"step": step, "tokens": step * tokens_per_step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                 "tok_per_s": tok_per_s, "time": now} | {f"drawn/{name}": n for name, n in drawn.items()})
+            tok_per_s = (run.step - last_step) * run.tokens_per_step / (now - last_time)
+            steps_timed += run.step - last_step
+            eta = (now - start_time) / steps_timed * (run_steps - run.step)
+            last_time, last_step = now, run.step
+            run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f}"
+                    f" | {tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
+            drawn = run.training_data.drawn() if len(run.training_data.names) > 1 else {}  # a curriculum's progress
+            run.log({"step": run.step, "tokens": run.step * run.tokens_per_step, "loss": loss, "lr": lr,
+                     "grad_norm": grad_norm.item(), "tok_per_s": tok_per_s, "time": now}
+                    | {f"drawn/{name}": n for name, n in drawn.items()})
+
+        # ---- run control
         pause_start = time.time()
         if command == "abort":
-            event("aborted: exiting without saving")
+            run.event("aborted: exiting without saving")
             return 1
         if signalled or command == "stop":
-            checkpoint()
-            event(f"stopped by {'a signal' if signalled else 'the stop command'}: saved; the same command resumes")
+            save(run)
+            run.event(f"stopped by {'a signal' if signalled else 'the stop command'}: saved; the same command resumes")
             break
-        if command == "save":
-            checkpoint()
-            event("saved on request")
-        if command == "anneal":
-            if annealing_start is not None or cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0:
-                event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing yet")
-            else:
-                annealing_start, schedule = step, make_schedule(cfg, world_size, step)
-                run_steps = steps_to_run()
-                event(f"annealing started on request; the run now ends at step {run_steps}")
-                checkpoint()  # so that every later resume keeps this start
-        if step % cfg.eval_interval == 0 or step == run_steps:
-            run_eval()
-        if step % cfg.checkpoint_interval == 0 or step == run_steps:
-            checkpoint()
-        if master and ((cfg.sample_interval and step % cfg.sample_interval == 0) or step == run_steps):
-            raw_model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-            text = sample_texts(raw_model, tokenizer, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature,
-                                cfg.sample_top_k, seed=cfg.seed + step, heading=f"sample at step {step}")
-            raw_model.train()
-            with open(run_dir / "samples.txt", "a") as f:
-                f.write(text)
-            say(text + "-----")
+        act_on(run, command)
+        run_steps = run.steps_to_run()
+
+        # ---- once in a while: evaluate, save, sample
+        if run.step % cfg.eval_interval == 0 or run.step == run_steps:
+            run_eval(run)
+        if run.step % cfg.checkpoint_interval == 0 or run.step == run_steps:
+            save(run)
+        if run.master and ((cfg.sample_interval and run.step % cfg.sample_interval == 0) or run.step == run_steps):
+            write_samples(run)
         paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
         start_time, last_time = start_time + paused, last_time + paused
-    if log_file:
-        log_file.close()
-    if tensorboard:
-        tensorboard.close()
-    if world_size > 1:
-        # Every rank reaches the barrier before any tears gloo down: a rank that leaves while another is
-        # still writing the final checkpoint or sample could abort that rank's gloo threads at exit.
-        dist.barrier()
-        dist.destroy_process_group()
     return 0
 
+
+# ----------------------------------------------------------------------------- command line
 
 def main(argv):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        for name, value in dataclasses.asdict(TrainConfig()).items():
-            print(f"  {name} = {value!r}")
-        print("  and the ModelConfig fields: " + ", ".join(MODEL_KEYS))
+        print("Keys (key = default  # what it is):")
+        print(config.describe(TrainConfig))
+        print("Model keys (None: as the preset says):")
+        print(config.describe(model_lib.ModelConfig, skip=("attn",)))
+        return 0
+    if argv[:1] == ["--list"]:
+        for path, doc in config.config_docstrings(Path(__file__).resolve().parent / "configs"):
+            print(f"configs/{path.name:<22} {doc}")
         return 0
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -592,6 +694,10 @@ def main(argv):
         return train(cfg, model_overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the code: a full disk, a read-only or vanished directory
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the checkpoints are left as they "
+              f"were", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+import files
 import model as model_lib
 import train
 from conftest import ROOT
@@ -43,24 +44,26 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_
         "sys.path.insert(0, sys.argv[1])\n"
         "import train\n"
         "real_save = torch.save\n"
-        "def save(obj, path):\n"
-        "    if str(path).endswith('ckpt_00000020.pt.tmp'):\n"
-        "        open(path, 'wb').write(b'half a checkpoint')\n"
+        "def save(obj, f):\n"
+        "    if f.name.endswith('.tmp') and 'ckpt_00000020.pt' in f.name:\n"
+        "        f.write(b'half a checkpoint')\n"
+        "        f.flush()\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    real_save(obj, path)\n"
+        "    real_save(obj, f)\n"
         "torch.save = save\n"
         "train.main(sys.argv[2:])\n")
     result = subprocess.run([sys.executable, "-c", killer, str(ROOT), *args], cwd=ROOT, env=ENV, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL
     run_dir = tmp_path / "k"
-    assert (run_dir / f"ckpt_{20:08d}.pt.tmp").read_bytes() == b"half a checkpoint"  # where the kill struck
-    assert model_lib.newest_checkpoint(run_dir).name == f"ckpt_{10:08d}.pt"
+    torn, = run_dir.glob(f".ckpt_{20:08d}.pt.*.tmp")  # where the kill struck
+    assert torn.read_bytes() == b"half a checkpoint"
+    assert files.step_checkpoints(run_dir)[-1].name == f"ckpt_{10:08d}.pt"
     model_lib.load_model(run_dir)  # the previous checkpoint is whole
     assert train.main(args) == 0  # the same command resumes from step 10 and finishes
     lines, _ = read_log(run_dir)
     assert [r["step"] for r in lines] == list(range(1, 32))
-    assert not list(run_dir.glob("*.tmp"))  # the next write of step 20 replaced the torn file
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))  # the torn file was cleared
 
 
 def test_sigterm_saves_exits_0_and_resumes_bit_identically(tiny_data, tmp_path):
@@ -73,7 +76,7 @@ def test_sigterm_saves_exits_0_and_resumes_bit_identically(tiny_data, tmp_path):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    stopped_at = model_lib.newest_checkpoint(run_dir)
+    stopped_at = files.step_checkpoints(run_dir)[-1]
     step = torch.load(stopped_at, weights_only=True)["step"]
     assert signalled_at <= step <= signalled_at + 5 and last_step(run_dir) == step
     assert "received SIGTERM" in err and "stopped by a signal: saved" in out
@@ -103,10 +106,11 @@ def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypat
     corrupt_loss_at(monkeypatch, 14, float("nan"))
     assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: loss diverged at step 14: nan;") and err.count("\n") == 1
+    assert err.startswith("error: loss diverged at step 14: the gradient norm is nan") and err.count("\n") == 1
+    assert "stopped before the update" in err and f"ckpt_{10:08d}.pt" in err
     run_dir = tmp_path / "n"
-    assert model_lib.newest_checkpoint(run_dir).name == f"ckpt_{10:08d}.pt"  # nothing saved after the NaN
-    before = torch.load(model_lib.newest_checkpoint(run_dir), weights_only=True)
+    assert files.step_checkpoints(run_dir)[-1].name == f"ckpt_{10:08d}.pt"  # nothing saved after the NaN
+    before = torch.load(files.step_checkpoints(run_dir)[-1], weights_only=True)
     assert all(torch.isfinite(t).all() for t in before["model"].values())
     assert last_step(run_dir) == 13
 
@@ -160,7 +164,7 @@ def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path)
     assert process.returncode == 0, err
     stopped = events(run_dir)[-1]
     assert stopped["event"].startswith("stopped by the stop command") and sent <= stopped["step"] <= sent + 5
-    assert torch.load(model_lib.newest_checkpoint(run_dir), weights_only=True)["annealing_start"] == annealed
+    assert torch.load(files.step_checkpoints(run_dir)[-1], weights_only=True)["annealing_start"] == annealed
 
     process, run_dir = start("a")
     try:
@@ -171,7 +175,7 @@ def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path)
     assert process.returncode != 0  # torchrun reports the ranks' exit status 1
     aborted = events(run_dir)[-1]
     assert aborted["event"] == "aborted: exiting without saving" and sent <= aborted["step"] <= sent + 5
-    assert model_lib.newest_checkpoint(run_dir) is None
+    assert files.step_checkpoints(run_dir) == []
 
 
 def test_control_command_errors(tmp_path, capsys):

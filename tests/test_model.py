@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
+import files
+from config import UserError
 from torch.testing import assert_close
 
 from model import (PRESETS, ModelConfig, Transformer, document_ids, document_positions, format_summary,
-                   human, load_model, main, newest_checkpoint, parameter_summary, sample_next)
+                   human, load_model, main, parameter_summary, sample_next)
 
 ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
 
@@ -94,20 +97,18 @@ def test_command_line():
     assert ok_out.strip() == LLAMA_MEDIUM_SUMMARY
     assert procs[1].returncode == 2
     assert bad_out == ""
-    assert bad_err.strip().splitlines() == ["error: unknown ModelConfig field 'n_layer' (closest: 'n_layers')"]
+    assert bad_err.strip().splitlines() == ["error: unknown config key 'n_layer' (did you mean 'n_layers'?)"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["llama-medum"], "error: unknown preset 'llama-medum' (closest: 'llama-medium')"),
+    (["llama-medum"], "error: unknown preset 'llama-medum' (did you mean 'llama-medium'?)"),
     (["quickstart", "dim=abc"], "error: dim must be int, got 'abc'"),
     (["quickstart", "n_heads=5"], "error: dim (128) must be divisible by n_heads (5)"),
     (["quickstart", "tie_embeddings=1"], "error: tie_embeddings must be bool, got 1"),
     (["quickstart", "dim"], "error: expected key=value, got 'dim'"),
 ])
 def test_command_line_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+    assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
 
 
@@ -337,7 +338,7 @@ def test_load_model_from_file_and_run_directory(tmp_path):
     save_checkpoint(older, run_dir / "ckpt_00000900.pt")
     save_checkpoint(newer, run_dir / "ckpt_00001000.pt")
     (run_dir / "ckpt_00002000.pt.tmp").write_bytes(b"an interrupted write")
-    assert newest_checkpoint(run_dir) == run_dir / "ckpt_00001000.pt"
+    assert files.step_checkpoints(run_dir)[-1] == run_dir / "ckpt_00001000.pt"
 
     idx = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad():
@@ -351,11 +352,11 @@ def test_load_model_from_file_and_run_directory(tmp_path):
 
 
 def test_load_model_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such checkpoint file or run directory"):
+    with pytest.raises(UserError, match="no such checkpoint file or run directory"):
         load_model(tmp_path / "missing")
     (tmp_path / "ckpt_00000001.pt.tmp").write_bytes(b"")
-    assert newest_checkpoint(tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    assert files.step_checkpoints(tmp_path) == []
+    with pytest.raises(UserError, match="no checkpoint"):
         load_model(tmp_path)
 
 

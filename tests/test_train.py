@@ -232,11 +232,20 @@ def test_annealing_started_on_resume_is_kept_by_later_resumes(tiny_data, tmp_pat
     assert lines[13]["lr"] < 1e-3
 
 
-def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path):
+def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path, monkeypatch):
     command = run_args(tiny_data, tmp_path, "run_name=f", *INFINITE, "total_tokens=1.0")
     assert train.main(command + ["max_steps=6"]) == 0
-    assert train.main(["control", str(tmp_path / "f"), "anneal"]) == 0  # as from another shell while the job runs
+    real_read_control, calls = train.read_control, []
+
+    def read_control(run_dir):  # the command arrives, as from another shell, while the job runs step 7
+        calls.append(run_dir)
+        if len(calls) == 2:  # the first look is at start-up, for a command left from an earlier run
+            assert train.main(["control", str(run_dir), "anneal"]) == 0
+        return real_read_control(run_dir)
+
+    monkeypatch.setattr(train, "read_control", read_control)
     assert train.main(command) == 0
+    monkeypatch.undo()
     assert not (tmp_path / "f" / "control").exists()  # consumed
     records = [json.loads(line) for line in (tmp_path / "f" / "log.jsonl").read_text().splitlines()]
     assert {"step": 7, "tokens": 7 * 128, "event": "annealing started on request; the run now ends at step 17"} in records
