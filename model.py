@@ -101,12 +101,12 @@ PRESETS: dict[str, ModelConfig] = {
     # tiny, trains on a laptop CPU in minutes; vocab_size is set by the trainer from the data
     "quickstart": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=384),
     "llama-small": ModelConfig(vocab_size=32000, dim=512, n_layers=8, n_heads=8, ffn_dim=1408),
-    # the reference model of REFERENCE.md: 162M parameters, MHA, untied
+    # the reference model (docs/reference.md, "Model shape"): 162M parameters, MHA, untied
     "llama-medium": ModelConfig(vocab_size=32000, dim=768, n_layers=16, n_heads=8, ffn_dim=2048,
                                 tie_embeddings=False),
 }
-# The variants of REFERENCE.md at llama-medium's shape: DeepOne (post-norm, ReLU-GLU, trainable ALiBi),
-# and Canon (Canon-A, NoPE, QK-norm)
+# The reference's variants at llama-medium's shape (docs/reference.md, "DeepNet and DeepOne" and
+# "Canon layers"): DeepOne (post-norm, ReLU-GLU, trainable ALiBi), and Canon (Canon-A, NoPE, QK-norm)
 PRESETS["deepone-medium"] = replace(PRESETS["llama-medium"], norm_placement="deepnet", ffn_act="relu",
                                     position="alibi", alibi_trainable=True)
 PRESETS["canon-medium"] = replace(PRESETS["llama-medium"], canon="A", position="nope", qk_norm=True)
@@ -188,7 +188,7 @@ def apply_rope(x, cos, sin):
 def alibi_slopes(n_heads):
     """Initial ALiBi slopes (n_heads,): 1 / 2^linspace(1, 8, n_heads), then the upper half of the
     heads (the last n_heads // 2, the gentlest slopes) set to 0, as DeepOne initialises them
-    (REFERENCE.md). A zero-slope head starts position-free (NoPE) and, when trainable, can learn one."""
+    (docs/reference.md, "ALiBi"). A zero-slope head starts position-free (NoPE) and, when trainable, can learn one."""
     slopes = 1.0 / 2.0 ** torch.linspace(1, 8, n_heads)
     slopes[n_heads - n_heads // 2:] = 0.0
     return slopes
@@ -426,8 +426,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialise every parameter as the reference experiments did (REFERENCE.md). Separate from
-        __init__ so that a model built on the meta device can be initialised later."""
+        """Initialise every parameter as the reference experiments did (docs/reference.md, "Initialization").
+        Separate from __init__ so that a model built on the meta device can be initialised later."""
         def trunc_normal(weight, std):  # normal, cut at 3 standard deviations
             nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
 

@@ -133,7 +133,7 @@ VALID = {
     "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
-    "sample_prompts": config.not_empty, "sample_tokens": at_least(1), "sample_temperature": at_least(0),
+    "sample_prompts": config.not_empty, "sample_tokens": at_least(0), "sample_temperature": at_least(0),
     "sample_top_k": at_least(1),
 }
 
@@ -165,7 +165,8 @@ def load_config(argv):
         raise UserError("start_annealing needs schedule='infinite' or 'wsd' and annealing_tokens > 0 (the decay's length)")
     if cfg.min_lr == 0 and cfg.decay_shape == "rsqrt" and cfg.schedule in ("infinite", "wsd"):
         raise UserError("min_lr=0 needs decay_shape='linear' or 'cosine': the rsqrt decay divides by min_lr")
-    build_model_config(cfg, model_overrides, model_lib.PRESETS[cfg.model].vocab_size)  # the shape, checked now
+    # the model's shape, checked now (the data sets vocab_size later, unless a config insists on one)
+    build_model_config(cfg, model_overrides, model_overrides.get("vocab_size", model_lib.PRESETS[cfg.model].vocab_size))
     return cfg, model_overrides
 
 
