@@ -5,7 +5,7 @@ Top to bottom:
 - param_groups, muon_param_groups: which parameters get weight decay, and which go to Muon.
 - StochasticRoundingOptimizer: what the three share: a random generator saved with the state, the
   write-back of bf16 tensors, and the AdamW rule (Muon uses it for the parameters it does not own).
-- AdamW, Adafactor, Muon: torch.optim.Optimizer subclasses (REFERENCE.md, "Optimizers").
+- AdamW, Adafactor, Muon: torch.optim.Optimizer subclasses (docs/reference.md, "Optimizers").
 - build_optimizer: the one call the trainer makes.
 
 Precision. Weights may be fp32 or bf16. The maths always runs in fp32: a bf16 weight (and a bf16
@@ -32,7 +32,8 @@ def stochastic_round(x, generator):
 
     bf16 is the top 16 bits of fp32. Truncating the low 16 bits rounds towards zero; adding one unit
     to the kept half (0x10000) rounds away from zero. Going away with probability low16 / 2^16 (the
-    fraction of the way to the next bf16 value) makes the result unbiased.
+    fraction of the way to the next bf16 value) makes the result unbiased (docs/reference.md,
+    "Stochastic rounding").
     """
     bits = x.float().view(torch.int32)
     low_bits = bits & 0xFFFF
@@ -128,10 +129,10 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
 
         p -= lr*wd*p;  m = lerp(m, g, 1-b1);  v = lerp(v, g^2, 1-b2)
         p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps*sqrt(1-b2^t))
-        REFERENCE.md writes the last denominator sqrt(v) + eps. We scale eps by sqrt(1-b2^t), which adds
-        it to the bias-corrected sqrt(v / (1-b2^t)) as torch.optim.AdamW does, so that eps means what
-        torch's eps means. The two differ only in the first ~1/(1-b2) steps, for gradients within a few
-        orders of magnitude of eps.
+        The reference writes the last denominator sqrt(v) + eps (docs/reference.md, "Optimizers"). We
+        scale eps by sqrt(1-b2^t), which adds it to the bias-corrected sqrt(v / (1-b2^t)) as
+        torch.optim.AdamW does, so that eps means what torch's eps means. The two differ only in the
+        first ~1/(1-b2) steps, for gradients within a few orders of magnitude of eps.
         """
         beta1, beta2 = betas
         params = [p for p in params if p.grad is not None]
@@ -198,7 +199,8 @@ GRAD_SQ_EPS = 1e-30  # added to g^2 so that no running mean is ever 0 (then rsqr
 
 
 class Adafactor(StochasticRoundingOptimizer):
-    """Adafactor without a first moment, with a factored second moment for matrices (REFERENCE.md).
+    """Adafactor without a first moment, with a factored second moment for matrices (docs/reference.md,
+    "Optimizers").
 
     Unlike torch.optim.Adafactor, lr is an absolute step size (no relative step, so no eps pair):
     p = p*(1 - lr*wd) - lr*u, where u = g/sqrt(V) clipped to RMS at most d. V is the running mean of
@@ -244,7 +246,7 @@ class Adafactor(StochasticRoundingOptimizer):
                     # V is estimated as outer(row_var, col_var) / mean(row_var), which is exact for a rank-1
                     # V = a b^T: row_var = a*mean(b), col_var = mean(a)*b, mean(row_var) = mean(a)*mean(b). So
                     #   u = g * rsqrt(row_var / mean(row_var)) (outer) rsqrt(col_var).
-                    # REFERENCE.md's rsqrt(r / sum(r)) is the same formula for row and column *sums* (the
+                    # docs/reference.md ("Optimizers") writes it for row and column *sums* R, C (the
                     # paper's R and C); with means, sum(r) would make u sqrt(rows) times too large.
                     row_scale = (row_var / row_var.mean(dim=-1, keepdim=True)).rsqrt()
                     update = g * row_scale.unsqueeze(-1)

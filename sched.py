@@ -19,7 +19,8 @@ Schedules (W warmup steps; every one starts with lr * n / W):
               annealing from decay_start to min_lr over decay_steps (scheduled, or on request)
     wsd       WSD-S: lr held flat, then from decay_start a decay to min_lr over decay_steps
 The decay of infinite and wsd has a shape: rsqrt (1/lr moves linearly: the reference's), linear
-or cosine.
+or cosine. The formulas and the papers behind them: docs/reference.md, "Schedules" and "Batch size
+and learning rate".
 """
 import math
 from dataclasses import dataclass

@@ -5,4 +5,4 @@ dtype = "bf16"
 optimizer = "adafactor"
 optimizer_state = "bf16"
 lr = 1e-3
-weight_decay = 0.01          # Adafactor's default in the reference
+weight_decay = 0.01          # Adafactor's default in the reference (docs/reference.md, "Optimizers")

@@ -1,4 +1,5 @@
 """The reference baseline: Llama medium (162M), cl100k_32k, Infinite-LR, 1x Chinchilla (2.27B tokens), 4 GPUs x 4 x 4096."""
+# The reference's settings and results: docs/reference.md, "The reference experiments" and "Results".
 run_name = "default"
 # the SmolLM corpus mix: fineweb-edu-dedup and cosmopedia-v2 drawn as one balance_remaining group
 # (python prepare.py smollm-fineweb-edu; python prepare.py smollm-cosmopedia)

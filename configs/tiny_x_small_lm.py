@@ -2,6 +2,7 @@
 
 Prepare the three sources first (python prepare.py tinystories, smollm-fineweb-edu, smollm-cosmopedia).
 The eval split is SmolLM's alone, as in the reference; TinyStories' own eval loss is logged beside it.
+The exp(-t / N) law and the reference's results: docs/reference.md, "Data" and "Results".
 """
 from configs.ten_chinchilla import *
 run_name = "tiny_x_small_lm"

@@ -1,4 +1,4 @@
-"""Tests for optim.py: AdamW and Muon against torch's, Adafactor against the formulas of REFERENCE.md
+"""Tests for optim.py: AdamW and Muon against torch's, Adafactor against the formulas of docs/reference.md
 written out here, stochastic rounding (unbiased, reproducible, and what it buys in pure bf16),
 optimizer state round trips, parameter grouping, and bit-identical bf16 weights under DDP."""
 
@@ -179,11 +179,11 @@ def test_adamw_with_bf16_moments_stays_close_to_fp32():
 
 
 # -----------------------------------------------------------------------------------------------
-# Adafactor against REFERENCE.md, written out independently
+# Adafactor against docs/reference.md, "Optimizers", written out independently
 
 
 def reference_adafactor(p, grads, lr, weight_decay, d, beta2=0.999, beta2_decay=-0.8):
-    """REFERENCE.md's Adafactor in float64, in the paper's form: row and column *sums* R, C of g^2 and
+    """docs/reference.md's Adafactor in float64, in the paper's form: row and column *sums* R, C of g^2 and
     V = R C^T / sum(R). Returns the final weights and the number of steps whose update was clipped."""
     p = p.double().clone()
     R = C = V = None

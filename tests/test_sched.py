@@ -1,4 +1,5 @@
-"""sched.py: every schedule against its closed form (REFERENCE.md), with the arithmetic written out here."""
+"""sched.py: every schedule against its closed form (docs/reference.md, "Schedules"), with the arithmetic
+written out here."""
 import math
 
 import pytest

@@ -1,7 +1,7 @@
 """Tests for the variants of model.py: ALiBi (fixed and trainable slopes), NoPE, QK-norm, DeepOne
 (DeepNet post-norm, ReLU-GLU, trainable ALiBi) and Canon layers A/B/C/D. The attention back-ends agree
 with each other, packed documents match documents alone, the ALiBi bias, DeepNet's alpha and init and
-the Canon convolution are the ones REFERENCE.md gives, Canon layers are causal, cached generation matches
+the Canon convolution are the ones docs/reference.md gives, Canon layers are causal, cached generation matches
 full recomputation, the default config is unchanged, the variants train, and export refuses them.
 CPU, fp32, tiny. (The flex back-end: test_flex.py.)"""
 
@@ -24,7 +24,7 @@ from test_train import read_log, run_args
 # (position, alibi_trainable): every position variant; qk_norm is crossed with these
 POSITIONS = [("rope", False), ("alibi", False), ("alibi", True), ("nope", False)]
 POSITION_IDS = ["rope", "alibi", "alibi_trainable", "nope"]
-# the two block variants of REFERENCE.md, as ModelConfig overrides
+# the two block variants of docs/reference.md ("DeepNet and DeepOne", "Canon layers"), as ModelConfig overrides
 DEEPONE = {"norm_placement": "deepnet", "ffn_act": "relu", "position": "alibi", "alibi_trainable": True}
 CANON = {"canon": "A", "position": "nope", "qk_norm": True}
 
