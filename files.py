@@ -9,6 +9,9 @@ Checkpoints are ckpt_<step:08d>.pt (the newest that loads is resumed) and ckpt_b
 A checkpoint is a dict holding at least "model" (a state dict) and "model_config" (ModelConfig as a dict);
 the trainer adds the optimizer, step, mixture counters, rng state and config. Non-finite weights are never
 saved, and a damaged newest checkpoint falls back to the newest one that loads.
+
+A run directory's log is trimmed back to its checkpoint's step on resume, and a run directory is never started
+over while it holds something that would be lost (check_fresh_start).
 """
 import json
 import os
@@ -159,3 +162,50 @@ def load_checkpoint(path, map_location="cpu", warn=None):
             warn(f"warning: using {candidate} (skipped damaged {', '.join(skipped)})")
         return candidate, state
     raise UserError(f"no checkpoint in {path} loads ({', '.join(skipped)} are damaged)")
+
+
+# ----------------------------------------------------------------------------- the run directory's log, and starting over
+
+def log_steps(log_path):
+    """The step of every readable line of a log."""
+    steps = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    return steps
+
+
+def trim_log(log_path, step):
+    """Drop log lines past the checkpoint's step, so curves never double back on resume, and a line torn by a kill
+    mid-write. A fresh start (step 0) keeps nothing: its step-0 eval is written again."""
+    if not log_path.exists():
+        return
+
+    def keep(line):
+        try:
+            return step > 0 and json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in log_path.read_text(errors="replace").splitlines() if keep(line)]
+    write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+
+
+def check_fresh_start(run_dir):
+    """A run directory without a step checkpoint is started over only when it holds nothing that would be lost:
+    no ckpt_best.pt, no other checkpoint file, no log past step 0 (a kill before the first checkpoint leaves
+    its step-0 eval, which the new run writes again)."""
+    if not run_dir.is_dir():
+        return
+    found = sorted(p.name for p in run_dir.glob("ckpt*.pt"))
+    log_path = run_dir / "log.jsonl"
+    last_step = max(log_steps(log_path), default=0) if log_path.exists() else 0
+    if last_step > 0:
+        found.append(f"a log to step {last_step}")
+    if found:
+        hint = (f"; to go on from {BEST_CHECKPOINT}, copy it to ckpt_<its step, 8 digits>.pt"
+                if BEST_CHECKPOINT in found else "")
+        raise UserError(f"{run_dir} holds {', '.join(found)} but no step checkpoint (ckpt_<step>.pt) to resume from; "
+                        f"nothing was changed: use another run_name, or move {run_dir} away to start over{hint}")

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import config
+import control
 import data
 import files
 import model as model_lib
@@ -299,8 +300,8 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         run.run_dir.mkdir(parents=True, exist_ok=True)
         files.remove_stale_temps(run.run_dir)  # a write that a kill -9 cut short
         files.write_json_atomic(run.run_dir / "config.json", run.resolved)
-        trim_log(run.run_dir / "log.jsonl", run.step)
-        stale = read_control(run.run_dir)
+        files.trim_log(run.run_dir / "log.jsonl", run.step)
+        stale = control.read(run.run_dir)
         if stale:
             print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
         run.say("config: " + json.dumps(run.resolved))
@@ -320,7 +321,7 @@ def resume(run):
     """Load the newest step checkpoint that loads into run; from scratch only where nothing would be lost."""
     cfg, run_dir = run.cfg, run.run_dir
     if not files.step_checkpoints(run_dir):
-        check_fresh_start(run_dir)
+        files.check_fresh_start(run_dir)
         return
     checkpoint_path, checkpoint = files.load_checkpoint(run_dir, map_location=run.device,
                                                            warn=None if run.master else lambda message: None)
@@ -347,24 +348,6 @@ def resume(run):
     run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
 
 
-def check_fresh_start(run_dir):
-    """A run directory without a step checkpoint is started over only when it holds nothing that would be lost:
-    no ckpt_best.pt, no other checkpoint file, no log past step 0 (a kill before the first checkpoint leaves
-    its step-0 eval, which the new run writes again)."""
-    if not run_dir.is_dir():
-        return
-    found = sorted(p.name for p in run_dir.glob("ckpt*.pt"))
-    log_path = run_dir / "log.jsonl"
-    last_step = max(log_steps(log_path), default=0) if log_path.exists() else 0
-    if last_step > 0:
-        found.append(f"a log to step {last_step}")
-    if found:
-        hint = (f"; to go on from {files.BEST_CHECKPOINT}, copy it to ckpt_<its step, 8 digits>.pt"
-                if files.BEST_CHECKPOINT in found else "")
-        raise UserError(f"{run_dir} holds {', '.join(found)} but no step checkpoint (ckpt_<step>.pt) to resume from; "
-                        f"nothing was changed: use another run_name, or move {run_dir} away to start over{hint}")
-
-
 # ----------------------------------------------------------------------------- checkpoints, logs, samples
 
 def save(run, best=False):
@@ -376,33 +359,6 @@ def save(run, best=False):
                  "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
                  "tokenizer": run.training_data.tokenizer, "config": run.resolved}
         files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
-
-
-def log_steps(log_path):
-    """The step of every readable line of a log."""
-    steps = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            steps.append(int(json.loads(line)["step"]))
-        except (ValueError, KeyError, TypeError):
-            pass
-    return steps
-
-
-def trim_log(log_path, step):
-    """Drop log lines past the checkpoint's step, so curves never double back on resume, and a line torn by a kill
-    mid-write. A fresh start (step 0) keeps nothing: its step-0 eval is written again."""
-    if not log_path.exists():
-        return
-
-    def keep(line):
-        try:
-            return step > 0 and json.loads(line)["step"] <= step
-        except (ValueError, KeyError, TypeError):
-            return False
-
-    kept = [line for line in log_path.read_text(errors="replace").splitlines() if keep(line)]
-    files.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
 def write_samples(run):
@@ -435,62 +391,19 @@ def format_duration(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-# ----------------------------------------------------------------------------- run control
-# `python train.py control out/RUN CMD` leaves CMD in out/RUN/control; rank 0 reads it after every
-# step and all ranks act on it together. SIGTERM and SIGINT (preemption, Ctrl-C) act like "stop".
-
-CONTROL_COMMANDS = ("save", "stop", "abort", "anneal")  # save and go on; save and exit; exit unsaved; start annealing
-
-
-def send_control(run_dir, command):
-    if command not in CONTROL_COMMANDS:
-        raise UserError(f"unknown control command {command!r}; known: {', '.join(CONTROL_COMMANDS)}")
-    if not (Path(run_dir) / "config.json").exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    files.write_text_atomic(Path(run_dir) / "control", command + "\n")  # the trainer never reads half a command
-    print(f"sent {command!r} to {run_dir}: the run acts on it after its current step")
-
-
-def read_control(run_dir):
-    """The pending command, consumed; "" when there is none."""
-    path = run_dir / "control"
-    try:
-        command = path.read_text(errors="replace").strip()
-    except FileNotFoundError:
-        return ""
-    path.unlink(missing_ok=True)
-    if command not in CONTROL_COMMANDS:
-        print(f"ignored unknown control command {command!r}", file=sys.stderr)
-        return ""
-    return command
-
-
-def catch_stop_signals():
-    """SIGTERM and SIGINT set a flag that the loop turns into "save and stop"; a second one stops at once."""
-    received = [False]
-
-    def on_signal(signum, frame):
-        if received[0]:
-            raise KeyboardInterrupt
-        received[0] = True
-        print(f"received {signal.Signals(signum).name}: saving after this step", file=sys.stderr)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
-    return received
-
+# ----------------------------------------------------------------------------- run control (control.py)
 
 def agree(run, step_loss, target_count, stop_signal):
     """(loss, signalled, command) that every rank agrees on, in one small all-reduce a step: the step's mean
     loss (for the divergence guard), a stop signal received by any rank, and the command rank 0 found."""
-    command = read_control(run.run_dir) if run.master else ""
+    command = control.read(run.run_dir) if run.master else ""
     status = torch.stack([step_loss.float(), torch.tensor(float(stop_signal[0]), device=run.device),
-                          torch.tensor(float(CONTROL_COMMANDS.index(command) + 1 if command else 0), device=run.device)])
+                          torch.tensor(float(control.COMMANDS.index(command) + 1 if command else 0), device=run.device)])
     if run.world_size > 1:
         dist.all_reduce(status)
     command_number = int(status[2].item())  # 0: no command
     return (status[0].item() / target_count.item(), status[1].item() > 0,
-            CONTROL_COMMANDS[command_number - 1] if command_number else "")
+            control.COMMANDS[command_number - 1] if command_number else "")
 
 
 def act_on(run, command):
@@ -615,7 +528,7 @@ def training_loop(run):
         run_eval(run)
     start_time = last_time = time.time()
     steps_timed, last_step, loss_mean, losses_seen = 0, run.step, None, 0
-    stop_signal = catch_stop_signals()
+    stop_signal = control.catch_stop_signals()
     while run.step < run_steps:
         # ---- the step
         lr = sched.lr_at(run.step, run.schedule)
@@ -688,8 +601,8 @@ def main(argv):
     try:
         if argv[:1] == ["control"]:
             if len(argv) != 3:
-                raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(CONTROL_COMMANDS)}}}")
-            send_control(argv[1], argv[2])
+                raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(control.COMMANDS)}}}")
+            control.send(argv[1], argv[2])
             return 0
         cfg, model_overrides = load_config(argv)
         return train(cfg, model_overrides)

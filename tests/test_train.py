@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import control
 import train
 from conftest import ROOT
 
@@ -235,15 +236,15 @@ def test_annealing_started_on_resume_is_kept_by_later_resumes(tiny_data, tmp_pat
 def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path, monkeypatch):
     command = run_args(tiny_data, tmp_path, "run_name=f", *INFINITE, "total_tokens=1.0")
     assert train.main(command + ["max_steps=6"]) == 0
-    real_read_control, calls = train.read_control, []
+    real_read, calls = control.read, []
 
-    def read_control(run_dir):  # the command arrives, as from another shell, while the job runs step 7
+    def read(run_dir):  # the command arrives, as from another shell, while the job runs step 7
         calls.append(run_dir)
         if len(calls) == 2:  # the first look is at start-up, for a command left from an earlier run
             assert train.main(["control", str(run_dir), "anneal"]) == 0
-        return real_read_control(run_dir)
+        return real_read(run_dir)
 
-    monkeypatch.setattr(train, "read_control", read_control)
+    monkeypatch.setattr(control, "read", read)
     assert train.main(command) == 0
     monkeypatch.undo()
     assert not (tmp_path / "f" / "control").exists()  # consumed
