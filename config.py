@@ -8,6 +8,7 @@ with a comment; this file only reads them. It imports nothing of the project, so
     value = check_type("lr", 3e-4, float)                      # or UserError naming the key
     check_valid(values, {"lr": positive})                      # or UserError naming the key and its range
 """
+import argparse
 import ast
 import difflib
 import inspect
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import runpy
+import sys
 import tokenize
 import types
 import typing
@@ -25,6 +27,14 @@ from pathlib import Path
 class UserError(Exception):
     """A mistake in the command, config or data, or a fault of the machine (a full disk): reported as one
     line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts' own options, with a bad option as one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 # ----------------------------------------------------------------------------- reading overrides
@@ -154,7 +164,7 @@ def directory_or_new(value):
     """A directory that exists, or a path where one can be made."""
     if not value:
         return "must not be empty"
-    return f"is a file, not a directory" if os.path.isfile(value) else ""
+    return "is a file, not a directory" if os.path.isfile(value) else ""
 
 
 def check_valid(values, rules):

@@ -14,7 +14,6 @@ Top to bottom: the Llama-compatibility check, export_hf, import_hf, atomic folde
 command line.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save
 
 import files
-from config import UserError
+from config import ArgumentParser, UserError
 from model import ModelConfig, Transformer
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
@@ -243,7 +242,7 @@ def write_folder(output_dir, write, force):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(description="Export a run to a Hugging Face Llama folder, or import one.")
+    parser = ArgumentParser(description="Export a run to a Hugging Face Llama folder, or import one.")
     parser.add_argument("source", nargs="?", help="run directory (newest checkpoint) or checkpoint file")
     parser.add_argument("--import", dest="hf_dir", help="a Hugging Face Llama folder to import")
     parser.add_argument("--output", help="output folder (default for export: RUN/hf; required for --import)")

@@ -5,7 +5,6 @@
 Loads the newest checkpoint of a run directory (or a checkpoint file), continues the prompt as a
 fresh document (end-of-text first, as in training) and prints each sample.
 """
-import argparse
 import math
 import sys
 
@@ -14,7 +13,7 @@ import torch
 import files
 import model as model_lib
 import prepare
-from config import UserError
+from config import ArgumentParser, UserError
 
 
 def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator):
@@ -53,7 +52,7 @@ def check_arguments(args):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--tokens", type=int, default=300, help="new tokens per sample")
@@ -63,7 +62,7 @@ def main(argv):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)  # a malformed option: argparse's usage line and exit status 2
+    args = parser.parse_args(argv)  # a malformed option: one line, exit status 2
     try:
         check_arguments(args)
         checkpoint_path, checkpoint = files.load_checkpoint(args.path)

@@ -254,8 +254,12 @@ class Run:
 
     def log(self, record):
         if self.master:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(json.dumps(record) + "\n")
+                self.log_file.flush()
+            except OSError as e:  # a full disk: one line (the log is trimmed back to the checkpoint on resume)
+                raise UserError(f"could not write {self.run_dir / 'log.jsonl'}: {e.strerror}; the checkpoints are "
+                                f"left as they were") from None
         if self.tensorboard:
             for key, value in record.items():
                 if isinstance(value, float) and key != "time":
@@ -505,7 +509,10 @@ def train(cfg, model_overrides):
         return status
     finally:
         if run and run.log_file:
-            run.log_file.close()
+            try:
+                run.log_file.close()
+            except OSError:  # what a full disk would not take: the error that ended the run is already on its way
+                pass
         if run and run.tensorboard:
             run.tensorboard.close()
         if world_size > 1:
@@ -610,8 +617,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the code: a full disk, a read-only or vanished directory
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the checkpoints are left as they "
-              f"were", file=sys.stderr)
+        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

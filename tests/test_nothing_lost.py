@@ -3,12 +3,12 @@
 Export onto a run, a run directory without a step checkpoint, non-finite weights, a damaged newest checkpoint,
 a full disk, a stale control command, a kill before the final sample or the first checkpoint.
 """
-import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -278,3 +278,22 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tiny_data, tmp_path, c
 def test_an_infinite_number_is_refused(tiny_data, tmp_path, capsys, value):
     assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", f"lr={value}")) == 2
     assert "lr must be a finite number" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokens", "0"], "--tokens must be at least 1"),
+    (["--tokens", "many"], "argument --tokens: invalid int value: 'many'"),
+    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--temperature", "-1"], "--temperature must be a finite number of at least 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number of at least 0"),
+    (["--top_k", "-1"], "--top_k must be at least 0"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--tokenizer", "gpt5"], "unknown tokenizer 'gpt5'"),
+    (["--tokenizer", "cl100k_base"], "the cl100k_base tokenizer has 100277 tokens but the model only 257"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_every_bad_sample_argument_is_one_line(trained, capsys, argv, message):
+    with pytest.raises(SystemExit) if argv[-1] in ("many", "--bogus") else nullcontext() as exit_info:
+        code = sample.main([str(trained / "r"), *argv])
+    assert (exit_info.value.code if exit_info else code) == 2
+    assert message in one_error_line(capsys)
