@@ -205,10 +205,11 @@ def check_replaceable(output_dir):
         raise UserError(f"{output_dir} is or holds a training run: --force never replaces one; choose another --output")
     earlier_export = {p.name for p in output_dir.iterdir()} <= HF_FILES
     for parent in output_dir.resolve().parents:
-        if (parent / "log.jsonl").is_file() or files.step_checkpoints(parent) or (parent / files.BEST_CHECKPOINT).is_file():
-            if not earlier_export:
-                raise UserError(f"{output_dir} lies inside the run directory {parent}: --force replaces only an earlier "
-                                f"export there ({', '.join(sorted(HF_FILES))}); choose another --output")
+        is_run = (parent / "log.jsonl").is_file() or (parent / files.BEST_CHECKPOINT).is_file() \
+            or files.step_checkpoints(parent)
+        if is_run and not earlier_export:
+            raise UserError(f"{output_dir} lies inside the run directory {parent}: --force replaces only an earlier "
+                            f"export there ({', '.join(sorted(HF_FILES))}); choose another --output")
 
 
 def write_folder(output_dir, write, force):

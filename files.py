@@ -164,7 +164,7 @@ def load_checkpoint(path, map_location="cpu", warn=None):
     raise UserError(f"no checkpoint in {path} loads ({', '.join(skipped)} are damaged)")
 
 
-# ----------------------------------------------------------------------------- the run directory's log, and starting over
+# ----------------------------------------------------------------------------- a run's log; starting over
 
 def log_steps(log_path):
     """The step of every readable line of a log."""

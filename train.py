@@ -106,6 +106,8 @@ class TrainConfig:
     sample_top_k: int | None = 200      # sample among the k likeliest tokens; None: all
 
 
+# ----------------------------------------------------------------------------- config
+
 def data_names(names):
     """What is wrong with a `data` value ("a", "a,b", "a,b+c"); "" when nothing is."""
     try:
@@ -115,31 +117,36 @@ def data_names(names):
     return ""
 
 
-# The valid values of every key, checked before anything is built. None, where a key allows it, is always valid;
-# a bool needs no range. Lists of choices are declared beside the code that implements them.
+# The valid values of every key, checked before anything is built (config.check_valid); None, where a key allows
+# it, is always valid, and a bool needs no range. Lists of choices are declared beside the code that implements them.
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
 VALID = {
+    # run
     "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0),
+    # data
     "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
-    "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS), "eval_data": lambda names: data_names(names) if names else "",
-    "tokenizer": one_of(*prepare.TOKENIZERS), "seq_len": at_least(1), "batch_size": at_least(1),
-    "grad_accum": at_least(1), "total_tokens": positive, "max_steps": at_least(1),
+    "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS),
+    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*prepare.TOKENIZERS),
+    "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
+    "max_steps": at_least(1),
+    # model
     "model": one_of(*model_lib.PRESETS), "attn": one_of(*model_lib.ATTENTION),
+    # learning-rate schedule
     "schedule": one_of(*sched.SCHEDULES), "lr": positive, "base_batch_tokens": at_least(1), "lr_alpha": at_least(0),
     "min_lr": at_least(0), "constant_lr": positive, "warmup_tokens": at_least(0), "cooldown_p": between(0, 1),
     "min_cooldown_tokens": at_least(0), "annealing_tokens": at_least(0), "decay_shape": one_of(*sched.DECAY_SHAPES),
+    # optimizer
     "optimizer": one_of(*optim.OPTIMIZERS), "optimizer_state": one_of("fp32", "bf16"), "weight_decay": at_least(0),
     "beta1": between(0, 1, high_included=False), "beta2": between(0, 1, high_included=False), "eps": positive,
     "grad_clip": at_least(0), "divergence_factor": at_least(0),
+    # precision and speed
     "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
+    # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
     "sample_prompts": config.not_empty, "sample_tokens": at_least(0), "sample_temperature": at_least(0),
     "sample_top_k": at_least(1),
 }
-
-
-# ----------------------------------------------------------------------------- config
 
 # ModelConfig fields double as keys; None means "as the preset says". attn is a TrainConfig key.
 MODEL_KEYS = {k: v for k, v in typing.get_type_hints(model_lib.ModelConfig).items() if k != "attn"}
@@ -167,7 +174,8 @@ def load_config(argv):
     if cfg.min_lr == 0 and cfg.decay_shape == "rsqrt" and cfg.schedule in ("infinite", "wsd"):
         raise UserError("min_lr=0 needs decay_shape='linear' or 'cosine': the rsqrt decay divides by min_lr")
     # the model's shape, checked now (the data sets vocab_size later, unless a config insists on one)
-    build_model_config(cfg, model_overrides, model_overrides.get("vocab_size", model_lib.PRESETS[cfg.model].vocab_size))
+    preset_vocab = model_lib.PRESETS[cfg.model].vocab_size
+    build_model_config(cfg, model_overrides, model_overrides.get("vocab_size", preset_vocab))
     return cfg, model_overrides
 
 
@@ -401,11 +409,11 @@ def agree(run, step_loss, target_count, stop_signal):
     """(loss, signalled, command) that every rank agrees on, in one small all-reduce a step: the step's mean
     loss (for the divergence guard), a stop signal received by any rank, and the command rank 0 found."""
     command = control.read(run.run_dir) if run.master else ""
-    status = torch.stack([step_loss.float(), torch.tensor(float(stop_signal[0]), device=run.device),
-                          torch.tensor(float(control.COMMANDS.index(command) + 1 if command else 0), device=run.device)])
+    command_number = control.COMMANDS.index(command) + 1 if command else 0  # 0: no command
+    status = torch.tensor([step_loss.item(), float(stop_signal[0]), float(command_number)], device=run.device)
     if run.world_size > 1:
         dist.all_reduce(status)
-    command_number = int(status[2].item())  # 0: no command
+    command_number = int(status[2].item())
     return (status[0].item() / target_count.item(), status[1].item() > 0,
             control.COMMANDS[command_number - 1] if command_number else "")
 
@@ -418,7 +426,8 @@ def act_on(run, command):
     elif command == "anneal":
         cfg = run.cfg
         if run.annealing_start is not None or cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0:
-            run.event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing yet")
+            run.event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing "
+                      "yet")
         else:
             run.annealing_start, run.schedule = run.step, make_schedule(cfg, run.world_size, run.step)
             run.event(f"annealing started on request; the run now ends at step {run.steps_to_run()}")
