@@ -27,14 +27,14 @@ from safetensors.torch import load_file, save
 
 import files
 from config import ArgumentParser, UserError
-from model import ModelConfig, Transformer
+from model import BACKEND_FIELDS, ModelConfig, Transformer
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
 # a Llama, at any other value it is not, and hf_incompatibility says so.
 LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
                 "norm_eps", "tie_embeddings",
-                "attn")  # attn picks an attention back-end; both compute the same maths
+                *BACKEND_FIELDS)  # how the maths is computed, not what it is
 
 # End-of-text id of each of our tokenizers (prepare.py); the exported config uses it as BOS and EOS.
 # A table rather than loading the tokenizer: gpt2's needs a download.

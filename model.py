@@ -38,6 +38,10 @@ from config import UserError, check_type, describe, read_overrides, unknown_key
 
 
 ATTENTION = ("sdpa", "eager", "flex")  # the attention back-ends (Attention.forward); all compute the same maths
+LOSSES = ("chunked", "plain")  # how the training loss is computed (Transformer.forward); both are the same maths
+# Fields that choose how the maths is computed, not what it is: the trainer sets them from its own keys, and a
+# checkpoint resumes, loads or exports under any choice of them.
+BACKEND_FIELDS = ("attn", "loss")
 
 
 @dataclass
@@ -53,6 +57,8 @@ class ModelConfig:
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     attn: str = "sdpa"  # one of ATTENTION: "sdpa" (fast) | "eager" (plain maths, the readable reference) |
                         # "flex" (flex_attention: the GPU path; on the CPU forward only, no backward)
+    loss: str = "chunked"  # one of LOSSES: "chunked" (the output projection and cross-entropy a chunk of rows
+                           # at a time: no (tokens, vocab) logits) | "plain" (the full logits, the readable reference)
     position: str = "rope"  # "rope" (Llama) | "alibi" (a per-head linear distance penalty on the scores) |
                             # "nope" (none: the causal mask alone tells tokens apart by position)
     alibi_trainable: bool = False  # ALiBi slopes are parameters, one per head (DeepOne), not constants
@@ -73,7 +79,7 @@ class ModelConfig:
         for name in ("rope_theta", "norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)}")
-        for name, allowed in (("position", ("rope", "alibi", "nope")), ("attn", ATTENTION),
+        for name, allowed in (("position", ("rope", "alibi", "nope")), ("attn", ATTENTION), ("loss", LOSSES),
                               ("norm_placement", ("pre", "deepnet")), ("ffn_act", ("silu", "relu"))):
             if getattr(self, name) not in allowed:
                 choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
@@ -411,6 +417,63 @@ def sample_next(logits, temperature, top_k, generator):
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
+# The training loss without the logits. At 16,384 tokens a micro-batch and a 32,000-token vocabulary the fp32
+# logits alone take 2.1 GB, and the plain loss's forward and backward hold about three such tensors. The chunked
+# loss computes the output projection, the cross-entropy and their gradients LOSS_CHUNK_ROWS rows at a time.
+
+LOSS_CHUNK_ROWS = 2048  # rows of logits alive at once: 2048 x 32,000 in fp32 is 262 MB
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T, targets)) over rows, targets of -1 ignored, a chunk of rows at a time.
+
+    The gradients are computed in forward, where each chunk's softmax is at hand, and kept for backward, which
+    only scales them by the incoming gradient: memory is one (rows, dim) and one (vocab, dim) tensor instead of
+    the (rows, vocab) logits, and no chunk's logits are computed twice (recomputing them in backward would cost
+    a third more matmuls). The price: forward always does the backward's work, so it is used for training only.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, hidden.size(0), LOSS_CHUNK_ROWS):
+            rows = slice(start, start + LOSS_CHUNK_ROWS)
+            h, t = hidden[rows], targets[rows]
+            logits = (h @ weight.t()).float()  # fp32 softmax even when autocast runs the matmul in bf16
+            ignored = (t == -1)[:, None]
+            t = t.clamp(min=0)[:, None]
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            loss += (log_norm - logits.gather(1, t)).masked_fill(ignored, 0).sum()
+            # d loss / d logits = softmax - one_hot(target), and 0 on ignored rows; made in place of the logits
+            grad_logits = logits.sub_(log_norm).exp_()
+            grad_logits.scatter_add_(1, t, torch.full_like(log_norm, -1.0)).masked_fill_(ignored, 0)
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[rows] = grad_logits @ weight
+            grad_weight += grad_logits.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype  # the gradient is summed in fp32 and handed back in the weight's dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), (grad_weight * grad_loss).to(ctx.weight_dtype), None
+
+
+def chunked_cross_entropy(hidden, weight, targets):
+    """The summed cross-entropy of hidden (rows, dim) @ weight.T against targets (rows,), -1 ignored, with no
+    (rows, vocab) tensor: ChunkedCrossEntropy when gradients are wanted, else the same loop without them."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return ChunkedCrossEntropy.apply(hidden, weight, targets)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.size(0), LOSS_CHUNK_ROWS):
+        logits = (hidden[start:start + LOSS_CHUNK_ROWS] @ weight.t()).float()
+        loss += F.cross_entropy(logits, targets[start:start + LOSS_CHUNK_ROWS], ignore_index=-1, reduction="sum")
+    return loss
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -493,12 +556,14 @@ class Transformer(nn.Module):
         else:
             mask = None if doc_ids is None else document_mask(doc_ids)
         cos, sin, distance = self.position_inputs(positions, positions, max_positions=T, distances=not flex)
-        logits = self.lm_head(self.trunk(idx, cos, sin, distance, mask, positions))
+        hidden = self.trunk(idx, cos, sin, distance, mask, positions)
         if targets is None:
-            return logits
+            return self.lm_head(hidden)
+        hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+        if self.config.loss == "chunked":
+            return chunked_cross_entropy(hidden, self.lm_head.weight, targets)
         # fp32 cross-entropy even when the logits are bf16 under autocast
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1, reduction="sum")
+        return F.cross_entropy(self.lm_head(hidden).float(), targets, ignore_index=-1, reduction="sum")
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):

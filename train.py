@@ -64,6 +64,7 @@ class TrainConfig:
     model: str = "quickstart"           # a preset of model.PRESETS: quickstart, llama-small, llama-medium, ...
     attn: str = "sdpa"                  # model.ATTENTION: "sdpa" (fast) | "eager" (plain maths, the reference) |
                                         # "flex" (flex_attention, CUDA only)
+    loss: str = "chunked"               # model.LOSSES: "chunked" (no (tokens, vocab) logits) | "plain" (the reference)
     # learning-rate schedule (sched.py): token amounts in millions, turned into steps at start-up
     schedule: str = "cosine"            # "cosine" | "constant" | "infinite" (Infinite-LR) | "wsd" (WSD-S)
     lr: float = 1e-3                    # peak learning rate (at base_batch_tokens, if that is set)
@@ -130,7 +131,7 @@ VALID = {
     "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
     "max_steps": at_least(1),
     # model
-    "model": one_of(*model_lib.PRESETS), "attn": one_of(*model_lib.ATTENTION),
+    "model": one_of(*model_lib.PRESETS), "attn": one_of(*model_lib.ATTENTION), "loss": one_of(*model_lib.LOSSES),
     # learning-rate schedule
     "schedule": one_of(*sched.SCHEDULES), "lr": positive, "base_batch_tokens": at_least(1), "lr_alpha": at_least(0),
     "min_lr": at_least(0), "constant_lr": positive, "warmup_tokens": at_least(0), "cooldown_p": between(0, 1),
@@ -148,8 +149,9 @@ VALID = {
     "sample_top_k": at_least(1),
 }
 
-# ModelConfig fields double as keys; None means "as the preset says". attn is a TrainConfig key.
-MODEL_KEYS = {k: v for k, v in typing.get_type_hints(model_lib.ModelConfig).items() if k != "attn"}
+# ModelConfig fields double as keys; None means "as the preset says". The back-end fields are TrainConfig keys.
+MODEL_KEYS = {k: v for k, v in typing.get_type_hints(model_lib.ModelConfig).items()
+              if k not in model_lib.BACKEND_FIELDS}
 TRAIN_KEYS = typing.get_type_hints(TrainConfig)
 
 
@@ -220,7 +222,7 @@ def open_data(cfg, model_overrides):
 
 def build_model_config(cfg, model_overrides, vocab_size):
     values = dataclasses.asdict(model_lib.PRESETS[cfg.model])
-    values.update(model_overrides, attn=cfg.attn, vocab_size=vocab_size)
+    values.update(model_overrides, vocab_size=vocab_size, **{k: getattr(cfg, k) for k in model_lib.BACKEND_FIELDS})
     try:
         return model_lib.ModelConfig(**values)
     except (ValueError, AssertionError) as e:
@@ -338,7 +340,8 @@ def resume(run):
     checkpoint_path, checkpoint = files.load_checkpoint(run_dir, map_location=run.device,
                                                            warn=None if run.master else lambda message: None)
     model_config = dataclasses.asdict(run.model_config)
-    if checkpoint["model_config"] != model_config | {"attn": checkpoint["model_config"].get("attn")}:
+    if {k: v for k, v in checkpoint["model_config"].items() if k not in model_lib.BACKEND_FIELDS} != \
+            {k: v for k, v in model_config.items() if k not in model_lib.BACKEND_FIELDS}:
         raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
     if checkpoint["config"]["optimizer"] != cfg.optimizer:
         raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
@@ -607,7 +610,7 @@ def main(argv):
         print("Keys (key = default  # what it is):")
         print(config.describe(TrainConfig))
         print("Model keys (None: as the preset says):")
-        print(config.describe(model_lib.ModelConfig, skip=("attn",)))
+        print(config.describe(model_lib.ModelConfig, skip=model_lib.BACKEND_FIELDS))
         return 0
     if argv[:1] == ["--list"]:
         for path, doc in config.config_docstrings(Path(__file__).resolve().parent / "configs"):

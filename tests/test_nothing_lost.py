@@ -230,7 +230,7 @@ BAD_VALUES = {  # key: (a value outside its range, a word the error must hold be
     "packing": ("tight", "not one of"), "eval_data": ("a,,b", "valid"), "tokenizer": ("gpt5", "not one of"),
     "seq_len": (0, "at least"), "batch_size": (0, "at least"), "grad_accum": (-2, "at least"),
     "total_tokens": (0, "greater than 0"), "max_steps": (0, "at least"), "model": ("huge", "not one of"),
-    "attn": ("flash", "not one of"), "schedule": ("step", "not one of"), "lr": (-1e-3, "greater than 0"),
+    "attn": ("flash", "not one of"), "loss": ("fused", "not one of"), "schedule": ("step", "not one of"), "lr": (-1e-3, "greater than 0"),
     "base_batch_tokens": (0, "at least"), "lr_alpha": (-0.5, "at least"), "min_lr": (-1e-4, "at least"),
     "constant_lr": (0, "greater than 0"), "warmup_tokens": (-1, "at least"), "cooldown_p": (1.5, "in [0, 1]"),
     "min_cooldown_tokens": (-1, "at least"), "annealing_tokens": (-1, "at least"),
