@@ -66,7 +66,8 @@ def bench_optim(args):
         # of our Muon's AdamW groups: like for like.
         muon_groups = optim.muon_param_groups(model, lr, lr, weight_decay)
         rest = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in muon_groups if not g["use_muon"]]
-        return [torch.optim.Muon(muon_groups[0]["params"], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
+        return [torch.optim.Muon(muon_groups[0]["params"], lr=lr, weight_decay=weight_decay,
+                                 adjust_lr_fn="match_rms_adamw"),
                 torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)]
 
     # (name, what torch's side is, ours, torch's, timed steps, warm-up steps). Muon gets no warm-up: on
@@ -79,7 +80,8 @@ def bench_optim(args):
          lambda: [optim.Adafactor(groups(), lr=lr)],
          lambda: [torch.optim.Adafactor(groups(), lr=lr)], args.steps, 1),
         ("Muon", "torch.optim.Muon on the block matrices + torch.optim.AdamW(foreach=True, betas (0.9, 0.95)) "
-                 "on embeddings, lm_head, norms; ours: one optim.Muon with the same split, Newton-Schulz in bf16 as torch's",
+                 "on embeddings, lm_head, norms; ours: one optim.Muon with the same split, Newton-Schulz in bf16 as "
+                 "torch's",
          lambda: [optim.Muon(optim.muon_param_groups(model, lr, lr, weight_decay), adjust_lr_fn="match_rms_adamw",
                              ns_dtype=torch.bfloat16)],
          torch_muon, args.muon_steps, 0),
@@ -287,9 +289,11 @@ def main(argv):
     prepare_parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each, best kept (default: 3)")
     loader_parser = commands.add_parser("loader", help="data.py batch time beside a training step's")
     loader_parser.set_defaults(run=bench_loader)
-    loader_parser.add_argument("--data", default="shakespeare", help="prepared data, as train.py's data key (default: shakespeare)")
+    loader_parser.add_argument("--data", default="shakespeare",
+                               help="prepared data, as train.py's data key (default: shakespeare)")
     loader_parser.add_argument("--data-dir", default="data", help="parent of the data directories (default: data)")
-    loader_parser.add_argument("--model", default="quickstart", choices=model_lib.PRESETS, help="model preset (default: quickstart)")
+    loader_parser.add_argument("--model", default="quickstart", choices=model_lib.PRESETS,
+                               help="model preset (default: quickstart)")
     loader_parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per row (default: 256)")
     loader_parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per batch (default: 16)")
     loader_parser.add_argument("--steps", type=positive_int, default=10, help="timed steps (default: 10)")

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import runpy
-import sys
 import tokenize
 import types
 import typing
@@ -30,11 +29,11 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the scripts' own options, with a bad option as one line (no usage block) and exit status 2."""
+    """argparse for the scripts' own options: a bad option is a UserError (one line, exit status 2 where the script
+    reports it), not argparse's usage block."""
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise UserError(f"{message} (see --help)")
 
 
 # ----------------------------------------------------------------------------- reading overrides

@@ -248,8 +248,8 @@ def main(argv):
     parser.add_argument("--import", dest="hf_dir", help="a Hugging Face Llama folder to import")
     parser.add_argument("--output", help="output folder (default for export: RUN/hf; required for --import)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.hf_dir:
             if args.source:
                 raise ValueError("give either a run to export or --import HF_DIR, not both")

@@ -19,9 +19,10 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
 from config import UserError
+
+# torch is imported inside the checkpoint functions, not here: prepare.py and plot.py write their files through
+# this module and would otherwise spend a second importing torch at every start.
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -101,6 +102,7 @@ def step_checkpoints(run_dir):
 
 def non_finite_tensors(state_dict):
     """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    import torch
     return [name for name, tensor in state_dict.items()
             if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
@@ -108,6 +110,7 @@ def non_finite_tensors(state_dict):
 def save_checkpoint(run_dir, state, keep, best=False):
     """Write ckpt_<step>.pt (or ckpt_best.pt) atomically, then drop all but the newest `keep` step checkpoints.
     Refuses (UserError) weights that are not finite, and a write that fails, leaving every earlier file whole."""
+    import torch
     path = Path(run_dir) / BEST_CHECKPOINT if best else checkpoint_path(run_dir, state["step"])
     bad = non_finite_tensors(state["model"])
     if bad:
@@ -127,6 +130,7 @@ def save_checkpoint(run_dir, state, keep, best=False):
 
 def read_checkpoint(path, map_location="cpu"):
     """The checkpoint dict of one file; UserError, in one line, when the file is damaged or is not a checkpoint."""
+    import torch
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, empty or foreign: a zip-reader or unpickling error, in many types

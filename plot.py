@@ -4,7 +4,7 @@
     python plot.py summary out/* [--format md]
     python plot.py lr configs/ten_chinchilla.py configs/wsd.py [key=value ...] [--world-size 4] [--output lr.png]
 
-A plot reads out/<run>/log.jsonl (DESIGN.md) and draws, by default, the train loss (a line) and
+A plot reads out/<run>/log.jsonl (its keys: README.md) and draws, by default, the train loss (a line) and
 the eval loss (markers) of each run in one colour per run, and for a single run the learning
 rate on a second y axis. Lines without the plotted metric (eval lines for `loss`, event lines)
 are skipped. The y range ignores outliers unless --no-ignore-outliers: values outside Tukey's
@@ -19,12 +19,13 @@ it was reached, the final train loss and the median tokens/s.
 `lr` draws the learning rate of each config over its whole budget, without training: the
 schedule is a pure function of the step (sched.py), laid out exactly as train.py would lay it
 out for --world-size processes. key=value overrides apply to every config.
+
+Figures are written through files.write_atomic, in the format their suffix names. Every mistake (a missing,
+empty or damaged log, a value that is not a finite number, a bad option) ends with one line, exit status 2.
 """
-import argparse
 import difflib
 import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -34,12 +35,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
+import files
 import sched
-import train
+from config import ArgumentParser, UserError  # UserError: one line on stderr, exit status 2
 
-UserError = train.UserError  # one line on stderr, exit status 2
+TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value is a finite number (train.py logs)
 DEFAULT_METRICS = ["loss", "eval_loss"]
 NAMES = {"loss": "train loss", "eval_loss": "eval loss", "grad_norm": "grad norm", "lr": "learning rate",
          "tok_per_s": "tokens/s", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
@@ -47,22 +50,21 @@ LINE_STYLES = ["-", "--", ":", "-."]  # one per train metric of a run, so two me
 EVAL_MARKERS = ["o", "s", "^", "D"]  # one per eval metric of a run
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one "error: ..." line (exit 2) instead of usage + message."""
-
-    def error(self, message):
-        raise UserError(message)
-
-
 # ----------------------------------------------------------------------------- reading logs
 
 def read_log(run_dir):
-    """The records of run_dir/log.jsonl, in file order (blank lines skipped)."""
+    """The records of run_dir/log.jsonl, in file order (blank lines skipped; [] for an empty log). Every value is
+    a finite number, but text under TEXT_KEYS: anything else stops with one line naming the line and the key."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise UserError(f"no log.jsonl in {run_dir}")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # a complete file ends in "\n", so its last piece is ""
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     records = []
-    lines = path.read_text().split("\n")  # a complete file ends in "\n", so its last piece is ""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -73,10 +75,17 @@ def read_log(run_dir):
                 print(f"note: {path} ends in a torn line; left out", file=sys.stderr)
                 break
             raise UserError(f"{path} line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+        if not isinstance(record, dict) or not is_number(record.get("step")):
             raise UserError(f"{path} line {number} is not a JSON object with a numeric step")
+        for key, value in record.items():
+            if key not in TEXT_KEYS and not (is_number(value) and math.isfinite(value)):
+                raise UserError(f"{path} line {number}: {key} is {value!r}, not a finite number")
         records.append(record)
     return records
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_metric(metric, runs, paths):
@@ -112,7 +121,7 @@ def x_positions(records, x_axis):
 def curve(records, xs, metric, perplexity=False):
     """(x, y) arrays of the records that carry `metric`; exp(y) for a loss when perplexity is asked."""
     points = [(x, r[metric]) for x, r in zip(xs, records) if metric in r]
-    if any(not isinstance(y, (int, float)) or isinstance(y, bool) for _, y in points):
+    if not all(is_number(y) for _, y in points):  # a text key (read_log checks every other one)
         raise UserError(f"metric '{metric}' is not a number in every line that has it")
     x, y = np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float)
     if perplexity and metric.endswith("loss"):
@@ -168,7 +177,8 @@ def draw(ax, x, y, color, label, style, smooth):
     """One curve. style: a marker for eval curves, a line style for train curves, which are smoothed
     over `smooth` points with the raw curve drawn faint behind."""
     if style in EVAL_MARKERS:  # drawn on top, thicker, white-edged markers: the few points that matter most
-        ax.plot(x, y, color=color, marker=style, markersize=6, markeredgecolor="white", linewidth=2, label=label, zorder=3)
+        ax.plot(x, y, color=color, marker=style, markersize=6, markeredgecolor="white", linewidth=2, label=label,
+                zorder=3)
     elif smooth > 1:
         ax.plot(x, y, color=color, linestyle=style, linewidth=0.8, alpha=0.25)
         ax.plot(x, moving_average(y, smooth), color=color, linestyle=style, linewidth=1.2, label=label)
@@ -193,18 +203,23 @@ def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=Non
             draw(ax, x, y, f"C{i % 10}", name if len(runs) == 1 else f"{label}: {name}", style, args.smooth)
             drawn_x.append(x)
             drawn_y.append(y)
+    limits = None
+    if drawn_y:
+        x, y = np.concatenate(drawn_x), np.concatenate(drawn_y)
+        in_range = ((x >= (-np.inf if args.x_min is None else args.x_min))
+                    & (x <= (np.inf if args.x_max is None else args.x_max)))
+        limits = y_limits(y[in_range], args.ignore_outliers, log)
+    if log and limits is None:
+        raise UserError("--log-scale: no value above 0 to draw in the x range")
     if log:  # plain numbers (9, 10, 20) rather than 2x10^1, and minor ticks labelled over narrow ranges
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(LogFormatter())
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
-    if drawn_y:
-        x, y = np.concatenate(drawn_x), np.concatenate(drawn_y)
-        in_range = (x >= (-np.inf if args.x_min is None else args.x_min)) & (x <= (np.inf if args.x_max is None else args.x_max))
-        limits = y_limits(y[in_range], args.ignore_outliers, log)
-        if limits:
-            ax.set_ylim(limits)
+    if limits:
+        ax.set_ylim(limits)
     low, high = ax.get_ylim()
     ax.set_ylim(low if y_min is None else y_min, high if y_max is None else y_max)
+    check_range(ax.get_ylim(), "y")
     ax.grid(alpha=0.3)
 
 
@@ -238,15 +253,20 @@ X_LABELS = {"step": "step", "tokens": "tokens", "time": "hours since the first t
 
 def draw_runs(args):
     """The figure of the runs in args (see plot_parser); raises UserError on bad input."""
+    check_options(args)
     runs = [read_log(path) for path in args.runs]
-    labels = args.labels.split(",") if args.labels else [Path(path).resolve().name for path in args.runs]
+    for path, records in zip(args.runs, runs):
+        if not records:
+            raise UserError(f"{Path(path) / 'log.jsonl'} holds no log line yet")
+    labels = args.labels.split(",") if args.labels is not None else [Path(path).resolve().name for path in args.runs]
     if len(labels) != len(runs):
         raise UserError(f"--labels has {len(labels)} names for {len(runs)} runs")
-    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    metrics = args.metrics.split(",") if args.metrics is not None else DEFAULT_METRICS
+    for option, names in (("--labels", labels), ("--metrics", metrics)):
+        if not all(names):
+            raise UserError(f"{option} has an empty name: {','.join(names)!r}")
     for metric in metrics + (["grad_norm"] if args.grad_norm else []):
         check_metric(metric, runs, args.runs)
-    if args.smooth < 1:
-        raise UserError("--smooth must be at least 1 (1: no smoothing)")
     if args.grad_norm:
         fig, (ax, grad_ax) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1])
     else:
@@ -267,21 +287,51 @@ def draw_runs(args):
     if args.x_axis == "tokens":
         bottom.xaxis.set_major_formatter(FuncFormatter(format_count))
     ax.set_xlim(args.x_min, args.x_max)
+    check_range(ax.get_xlim(), "x")
     ax.set_title(title(labels, metrics, args))
     fig.tight_layout()
     return fig
 
 
+def check_options(args):
+    """The numeric options of a run plot, before any log is read."""
+    if args.smooth < 1:
+        raise UserError("--smooth must be at least 1 (1: no smoothing)")
+    for axis in ("x", "y"):
+        low, high = getattr(args, f"{axis}_min"), getattr(args, f"{axis}_max")
+        for name, value in ((f"--{axis}-min", low), (f"--{axis}-max", high)):
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+        if low is not None and high is not None and low >= high:
+            raise UserError(f"--{axis}-min {low} must be below --{axis}-max {high}")
+
+
+def check_range(limits, axis):
+    """Stop where --x-min / --y-max and the like leave an axis running backwards (past the other end of the data)."""
+    if not limits[0] < limits[1]:
+        raise UserError(f"the {axis} axis would run from {limits[0]:g} down to {limits[1]:g}: "
+                        f"--{axis}-min or --{axis}-max lies past the other end of what is drawn")
+
+
+def figure_format(output):
+    """The format that the suffix of --output names (png, pdf, svg, ...), or UserError."""
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(output).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise UserError(f"--output {output}: the suffix names no figure format (png, pdf, svg; all: "
+                        f"{', '.join(sorted(formats))})")
+    return suffix
+
+
 def save_figure(fig, path):
-    """Write fig atomically (a temp file beside it, then a rename); the format follows the suffix."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write fig through files.write_atomic (a temp file beside it, synced, then a rename); the suffix sets the
+    format. A failed write leaves no temp file and the previous figure as it was."""
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=110)
-        os.replace(tmp, path)
-    except (OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
+        files.write_atomic(path, lambda f: fig.savefig(f, format=figure_format(path), dpi=110))
+    except OSError as e:
+        raise files.write_error(path, e) from None
+    except (ValueError, RuntimeError) as e:  # a format that needs a missing tool (pgf: LaTeX), say
+        raise UserError(f"cannot draw {path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     finally:
         plt.close(fig)
 
@@ -290,7 +340,8 @@ def plot_parser():
     parser = ArgumentParser(prog="plot.py", description="plot the loss curves of runs (out/<run>/log.jsonl)")
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--output", help="default: <run>/loss.png for one run, comparison.png for several")
-    parser.add_argument("--metrics", help="comma list of log keys instead of loss,eval_loss (e.g. loss,eval_loss,grad_norm)")
+    parser.add_argument("--metrics",
+                        help="comma list of log keys instead of loss,eval_loss (e.g. loss,eval_loss,grad_norm)")
     parser.add_argument("--labels", help="comma list of legend names, one per run (default: the directory names)")
     parser.add_argument("--smooth", type=int, default=1, help="moving average over N points of the train curves")
     parser.add_argument("--perplexity", action="store_true", help="plot exp(loss) for the train and eval loss")
@@ -307,7 +358,9 @@ def plot_parser():
 
 def plot_runs(argv):
     args = plot_parser().parse_args(argv)
-    output = args.output or (Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "comparison.png")
+    output = args.output if args.output is not None else (
+        Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "comparison.png")
+    figure_format(output)  # a mistyped suffix stops before any work
     save_figure(draw_runs(args), output)
     print(f"wrote {output}")
     return 0
@@ -319,7 +372,7 @@ SUMMARY_COLUMNS = ["run", "best eval loss", "ppl", "at step", "at tokens", "fina
 
 
 def summarize(records):
-    """Best eval loss (its perplexity, step, tokens), final train loss and median tokens/s of one run; None where absent."""
+    """Best eval loss (its perplexity, step, tokens), final train loss, median tokens/s of one run (None: absent)."""
     evals = [r for r in records if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
     train_lines = [r for r in records if "loss" in r]
     best = min(evals, key=lambda r: r["eval_loss"]) if evals else {}
@@ -350,17 +403,20 @@ def format_table(rows, markdown=False):
 
 def summary(argv):
     parser = ArgumentParser(prog="plot.py summary", description="one line per run: best eval loss, final loss, speed")
-    parser.add_argument("runs", nargs="+", help="run directories (paths without a log.jsonl are skipped)")
+    parser.add_argument("runs", nargs="+", help="run directories (paths without a log line are skipped)")
     parser.add_argument("--format", choices=["text", "md"], default="text")
     args = parser.parse_args(argv)
     rows = []
     for path in args.runs:
-        if not (Path(path) / "log.jsonl").is_file():
-            print(f"note: skipping {path}: no log.jsonl", file=sys.stderr)
+        has_log = (Path(path) / "log.jsonl").is_file()
+        records = read_log(path) if has_log else []
+        if not records:
+            print(f"note: skipping {path}: {'its log.jsonl holds no log line yet' if has_log else 'no log.jsonl'}",
+                  file=sys.stderr)
             continue
-        rows.append(summary_row(Path(path).resolve().name, summarize(read_log(path))))
+        rows.append(summary_row(Path(path).resolve().name, summarize(records)))
     if not rows:
-        raise UserError("none of the paths holds a log.jsonl")
+        raise UserError("none of the paths holds a log line (out/<run>/log.jsonl)")
     print(format_table(rows, markdown=args.format == "md"))
     return 0
 
@@ -368,13 +424,21 @@ def summary(argv):
 # ----------------------------------------------------------------------------- learning-rate schedules
 
 def plot_lr(argv):
-    parser = argparse.ArgumentParser(prog="plot.py lr", description="draw the LR schedule of configs, without training")
+    parser = ArgumentParser(prog="plot.py lr", description="draw the LR schedule of configs, without training")
     parser.add_argument("configs", nargs="+", help="config files (.py), then key=value overrides for all of them")
     parser.add_argument("--world-size", type=int, default=1, help="processes the run would use (sets tokens per step)")
     parser.add_argument("--output", default="lr.png")
     args = parser.parse_args(argv)
+    if args.world_size < 1:
+        raise UserError(f"--world-size must be at least 1, got {args.world_size}")
+    figure_format(args.output)
     config_files = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a]
+    if not config_files:
+        raise UserError("name at least one config file (.py); key=value pairs apply to the configs named")
+    # train.py declares the defaults and lays out the schedule (TrainConfig, make_schedule), once: imported here
+    # and not at the top, so that reading and plotting logs never loads the training code
+    import train
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for path in config_files:
         cfg, _ = train.load_config([path, *overrides])
@@ -389,8 +453,9 @@ def plot_lr(argv):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.output, dpi=110)
+    save_figure(fig, args.output)
     print(f"wrote {args.output}")
+    return 0
 
 
 def main(argv):

@@ -20,10 +20,9 @@ settings are kept, the rest are written again. meta.json lists the shard files o
 the list); shard files that it does not list are leftovers of earlier runs with other settings.
 
 Library functions raise ValueError (bad input) or OSError (missing files, failed download) with a one-line
-message; the command line turns those into "error: ..." and exit status 2.
+message; the command line turns those into "error: ..." (exit 2), and Ctrl-C into one line on what is left (exit 130).
 """
 
-import argparse
 import fnmatch
 import functools
 import hashlib
@@ -41,6 +40,9 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 from tqdm import tqdm
+
+import files
+from config import ArgumentParser, UserError
 
 EOT = "<|endoftext|>"
 TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
@@ -378,28 +380,6 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
     return stats, cut
 
 
-def temp_path(path):
-    # the pid keeps concurrent runs apart; the leading dot keeps it out of globs
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_text_atomic(path, text):
-    """Write a temp file beside path, sync it, rename it over path: readers see the old text or the new."""
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path, obj):
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
 def meta_header(tokenizer, source_name, val_fraction):
     """The fields of meta.json that describe the tokens, before the per-split counts."""
     enc = load_tokenizer(tokenizer)
@@ -443,22 +423,28 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
                            mirror)
 
-    is_val, total_bytes, n_docs = plan_split(source, text_field, val_fraction)
     out = Path(out_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
     final = {"train": out / "train.bin", "val": out / "val.bin"}
-    tmp = {split: temp_path(p) for split, p in final.items()}
+    tmp = {split: files.temp_path(p) for split, p in final.items()}
+    committing = False
     try:
+        is_val, total_bytes, n_docs = plan_split(source, text_field, val_fraction)
+        out.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temps(out)  # left by a run that was killed (two runs into one directory are not supported)
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             stats, _ = write_tokens(batches(documents(source, text_field), is_val), tmp, enc, token_dtype(enc.n_vocab),
                                     workers, lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
         # commit: without meta.json the directory reads as incomplete: the old one goes before the .bin files change
+        committing = True
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
-        write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **stats})
+        files.write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **stats})
+    except KeyboardInterrupt:  # the message main prints: what Ctrl-C left
+        raise KeyboardInterrupt((f"{out} has no meta.json now (it was being replaced)" if committing else
+                                 f"nothing was written to {out}") + "; rerun the same command to prepare it") from None
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
@@ -493,12 +479,11 @@ def finished_shard(paths, source, settings, token_limit, itemsize):
 
 def write_shard(paths, local_path, source, text_field, settings, token_limit, out, write_args):
     """Tokenize one repo file into its shard: .bin files renamed into place, then the marker."""
-    tmp = {split: temp_path(paths[split]) for split in ("train", "val")}
-    val_fraction = settings["val_fraction"]
+    tmp = {split: files.temp_path(paths[split]) for split in ("train", "val")}
     try:
         docs = repo_file_documents(local_path, source, text_field)
         # the split needs no pass over the corpus: a document's key alone decides it
-        stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < val_fraction), tmp, *write_args,
+        stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < settings["val_fraction"]), tmp, *write_args,
                                   token_limit=token_limit)
         # the shard changes under meta.json and under its old marker: both go first
         (out / "meta.json").unlink(missing_ok=True)
@@ -507,7 +492,7 @@ def write_shard(paths, local_path, source, text_field, settings, token_limit, ou
             os.replace(tmp[split], paths[split])
         marker = {"source": source, "settings": settings, "token_limit": token_limit if cut else None, "cut": cut,
                   **stats}
-        write_json_atomic(paths["marker"], marker)
+        files.write_json_atomic(paths["marker"], marker)
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
@@ -522,29 +507,29 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     mirror: a local directory laid out like the repo, read instead of the Hub."""
     repo, pattern, text_field = HUB_DATASETS[dataset]
     if mirror is None:
-        sha, files = hub_files(repo, pattern, revision)
+        sha, repo_files = hub_files(repo, pattern, revision)
         fetch = functools.partial(hub_download, repo, sha=sha)
         source_name = f"hf://datasets/{repo}/{pattern}"
     else:
         root = Path(mirror).resolve()
-        sha, files, fetch = "mirror", mirror_files(root, pattern), root.joinpath
+        sha, repo_files, fetch = "mirror", mirror_files(root, pattern), root.joinpath
         source_name = f"{root}/{pattern} (mirror of {repo})"
-    if not files:
+    if not repo_files:
         raise ValueError(f"no files matching {pattern} in {source_name}")
-    files = files[:max_files]
+    repo_files = repo_files[:max_files]
     enc = load_tokenizer(tokenizer)
     dtype = token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".*.tmp"), *shards.glob(".*.tmp")]:
-        stale.unlink()  # left by a run that was killed (two runs into one directory at once are not supported)
+    for directory in (out, shards):
+        files.remove_stale_temps(directory)  # left by a run that was killed
     settings = {"repo": repo, "revision": sha, "tokenizer": tokenizer, "val_fraction": val_fraction}
     totals = {split: {"tokens": 0, "bytes": 0, "documents": 0, "files": []} for split in ("train", "val")}
     downloads = ThreadPoolExecutor(1)  # fetches the next file while this one is tokenized
     fetching = {}
     new_tokens, start = 0, time.perf_counter()
-    with tqdm(total=len(files), unit="file", desc=f"preparing {name}") as progress, \
+    with tqdm(total=len(repo_files), unit="file", desc=f"preparing {name}") as progress, \
             tqdm(unit="B", unit_scale=True, leave=False) as file_progress:
         def on_write(docs, nbytes, tokens):
             nonlocal new_tokens
@@ -553,7 +538,7 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
             progress.set_postfix_str(f"{new_tokens / (time.perf_counter() - start) / 1e6:.2f}M tokens/s")
 
         try:
-            for index, source in enumerate(files):
+            for index, source in enumerate(repo_files):
                 token_limit = None if max_tokens is None else max_tokens - sum(t["tokens"] for t in totals.values())
                 if token_limit is not None and token_limit <= 0:
                     break
@@ -563,8 +548,9 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
                     download = fetching.pop(index, None) or downloads.submit(fetch, source)
                     # fetch the next file while this one is tokenized, unless it is done or a limit may leave it unread
                     after = index + 1
-                    if after < len(files) and max_tokens is None and not shard_paths(shards, after)["marker"].exists():
-                        fetching[after] = downloads.submit(fetch, files[after])
+                    if (after < len(repo_files) and max_tokens is None
+                            and not shard_paths(shards, after)["marker"].exists()):
+                        fetching[after] = downloads.submit(fetch, repo_files[after])
                     file_progress.reset()
                     file_progress.set_description(source)
                     marker = write_shard(paths, download.result(), source, text_field, settings, token_limit, out,
@@ -574,11 +560,14 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
                         totals[split][key] += marker[split][key]
                     totals[split]["files"].append([paths[split].relative_to(out).as_posix(), marker[split]["tokens"]])
                 progress.update(1)
-        finally:
-            downloads.shutdown(wait=True, cancel_futures=True)
-    used = files[:len(totals["train"]["files"])]
-    write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **totals, "repo": repo,
-                                          "revision": sha, "files": used, "max_tokens": max_tokens})
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{len(totals['train']['files'])} finished shard(s) of {out} are kept; "
+                                    "rerun the same command to resume") from None
+        finally:  # a download in flight is not waited for: after Ctrl-C main exits at once (huggingface_hub resumes it)
+            downloads.shutdown(wait=False, cancel_futures=True)
+    used = repo_files[:len(totals["train"]["files"])]
+    files.write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **totals,
+                                                "repo": repo, "revision": sha, "files": used, "max_tokens": max_tokens})
     return out
 
 
@@ -593,9 +582,9 @@ def split_files(data_dir, meta, split):
 
 
 def read_meta(data_dir):
-    """meta.json of a prepared directory, after checking that every .bin file matches its token count."""
-    data_dir = Path(data_dir)
-    path = data_dir / "meta.json"
+    """meta.json of a prepared directory, after checking its tokenizer fields and that every .bin file matches its
+    token count (the token ids themselves are checked as data.py reads them)."""
+    path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: prepare the data first (python prepare.py ...)")
     try:
@@ -603,6 +592,12 @@ def read_meta(data_dir):
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
+        enc = load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
+        for key, value in {"vocab_size": enc.n_vocab, "dtype": token_dtype(enc.n_vocab).name}.items():
+            if meta[key] != value or isinstance(meta[key], bool):
+                raise ValueError(f"{key} {meta[key]!r} is not {value!r}, that of tokenizer {meta['tokenizer']!r}")
+        if not (isinstance(meta["eot_id"], int) and 0 <= meta["eot_id"] < enc.n_vocab):
+            raise ValueError(f"eot_id {meta['eot_id']!r} is outside the vocabulary [0, {enc.n_vocab})")
         itemsize = np.dtype(meta["dtype"]).itemsize
         expected = []
         for split in ("train", "val"):
@@ -611,7 +606,9 @@ def read_meta(data_dir):
                 raise ValueError(f"the {split} files do not add up to its {meta[split]['tokens']} tokens")
             expected += [(bin_path, n_tokens * itemsize) for bin_path, n_tokens in files]
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); prepare the data again") from None
+        reason = (f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else
+                  f"no field {e} in it" if isinstance(e, KeyError) else e)  # a split without its "tokens", say
+        raise ValueError(f"{path}: {reason}; prepare the data again") from None
     for bin_path, size in expected:
         actual = bin_path.stat().st_size if bin_path.is_file() else None
         if actual != size:
@@ -622,7 +619,7 @@ def read_meta(data_dir):
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
+    parser = ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
     parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset ({", ".join(HUB_DATASETS)}),'
                                        ' or a .txt / .jsonl file or a directory of them')
     parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(TOKENIZERS)} (default cl100k_32k)")
@@ -638,14 +635,17 @@ def main(argv=None):
                      "tokens, train and val together (a plain count: 5e6 is five million; default: no limit)")
     hub.add_argument("--revision", help="branch, tag or commit of the dataset repo (default main)")
     hub.add_argument("--mirror", help="read a local directory laid out like the repo instead of the Hub")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
                       args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror)
         meta = read_meta(out)
-    except (ValueError, OSError) as e:
+    except (UserError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # prepare says what is left; the temp files are already gone
+        print(f"interrupted: {str(e) or 'rerun the same command'}", file=sys.stderr, flush=True)
+        os._exit(130)  # not sys.exit, which would wait for a Hub download still in flight
     shards = f", {len(meta['files'])} shards of {meta['repo']}@{meta['revision']}" if "files" in meta else ""
     print(f"wrote {out} ({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']}{shards})")
     for split in ("train", "val"):

@@ -62,8 +62,8 @@ def main(argv):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)  # a malformed option: one line, exit status 2
     try:
+        args = parser.parse_args(argv)  # a malformed option: a UserError too
         check_arguments(args)
         checkpoint_path, checkpoint = files.load_checkpoint(args.path)
         tokenizer_name = args.tokenizer or checkpoint.get("tokenizer")

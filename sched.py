@@ -49,6 +49,8 @@ def scaled_lr(base_lr, tokens_per_step, base_batch_tokens, lr_alpha):
 def decay(t, start_lr, end_lr, shape):
     """From start_lr (t = 0) to end_lr (t = 1)."""
     if shape == "rsqrt":  # 1/lr moves linearly: fast at first, then a long gentle tail
+        if start_lr == 0:  # a decay from warmup's first step: 1/lr starts infinite, so lr is 0 until the end
+            return end_lr if t >= 1 else 0.0
         return 1.0 / (t / end_lr + (1.0 - t) / start_lr)
     if shape == "linear":
         return start_lr + (end_lr - start_lr) * t

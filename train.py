@@ -173,6 +173,9 @@ def load_config(argv):
                         f"({', '.join(optim.SR_OPTIMIZERS)}), not {cfg.optimizer!r}: round-to-nearest loses small updates")
     if cfg.start_annealing and (cfg.schedule not in ("infinite", "wsd") or cfg.annealing_tokens <= 0):
         raise UserError("start_annealing needs schedule='infinite' or 'wsd' and annealing_tokens > 0 (the decay's length)")
+    if cfg.schedule in ("infinite", "wsd") and cfg.annealing_tokens >= cfg.total_tokens:
+        raise UserError(f"annealing_tokens={cfg.annealing_tokens} must be less than total_tokens={cfg.total_tokens}: "
+                        f"the final decay is placed at the end of the budget")
     if cfg.min_lr == 0 and cfg.decay_shape == "rsqrt" and cfg.schedule in ("infinite", "wsd"):
         raise UserError("min_lr=0 needs decay_shape='linear' or 'cosine': the rsqrt decay divides by min_lr")
     # the model's shape, checked now (the data sets vocab_size later, unless a config insists on one)
@@ -625,7 +628,7 @@ def main(argv):
             return 0
         cfg, model_overrides = load_config(argv)
         return train(cfg, model_overrides)
-    except UserError as e:
+    except (UserError, data.DamagedDataError) as e:  # a damaged .bin is found only when its block is read
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the code: a full disk, a read-only or vanished directory

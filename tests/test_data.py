@@ -98,7 +98,8 @@ def test_every_block_once_per_epoch_and_epochs_differ(token_file):
     assert epoch0 != epoch1 and epoch0 != list(range(n))
     again = data.Source(files, "uint16", seq_len=50, eot_id=EOT, seed=3)
     assert [again.block_of_draw(k) for k in reversed(range(2 * n))] == list(reversed(epoch0 + epoch1))
-    for other in (data.Source(files, "uint16", 50, EOT, seed=4), data.Source(files, "uint16", 50, EOT, seed=3, index=1)):
+    for other in (data.Source(files, "uint16", 50, EOT, seed=4),
+                  data.Source(files, "uint16", 50, EOT, seed=3, index=1)):
         assert [other.block_of_draw(k) for k in range(n)] != epoch0
 
 
@@ -157,14 +158,46 @@ def test_best_fit_keeps_documents_whole_and_covers_the_stream_once(tmp_path, win
     cached = data.Source(files, "uint16", seq_len, EOT, packing="best_fit", plan_path=tmp_path / "packing" / "plan.npz")
     assert np.array_equal(cached.starts, source.starts) and np.array_equal(cached.offsets, source.offsets)
     (tmp_path / "packing" / "plan.npz").write_bytes(b"torn")  # an unreadable plan is made again
-    assert np.array_equal(data.Source(files, "uint16", seq_len, EOT, "best_fit", plan_path=tmp_path / "packing" / "plan.npz").offsets,
-                          source.offsets)
+    remade = data.Source(files, "uint16", seq_len, EOT, "best_fit", plan_path=tmp_path / "packing" / "plan.npz")
+    assert np.array_equal(remade.offsets, source.offsets)
     # a split prepared again (same size, other tokens) is packed again, not read from the stale plan
     other = stream_tokens(20_000, every=25, seed=1)
     files = write_files(tmp_path, other, [5000])
-    repacked = data.Source(files, "uint16", seq_len, EOT, packing="best_fit", plan_path=tmp_path / "packing" / "plan.npz")
+    repacked = data.Source(files, "uint16", seq_len, EOT, "best_fit", plan_path=tmp_path / "packing" / "plan.npz")
     expected = data.best_fit_plan(np.flatnonzero(other == EOT), len(other), capacity)
     assert np.array_equal(repacked.offsets, expected[2]) and not np.array_equal(repacked.offsets, source.offsets)
+
+
+def test_packing_plan_goes_through_the_one_atomic_write(tmp_path, monkeypatch):
+    """The cached plan is written by files.write_atomic (temp file, fsync, rename): a kill leaves no torn plan."""
+    import files
+    written, original = [], files.write_atomic
+
+    def recording(path, write):
+        written.append(path)
+        return original(path, write)
+
+    monkeypatch.setattr(files, "write_atomic", recording)
+    source_files = write_files(tmp_path, stream_tokens(), [])
+    data.Source(source_files, "uint16", 50, EOT, packing="best_fit", plan_path=tmp_path / "packing" / "plan.npz")
+    assert written == [tmp_path / "packing" / "plan.npz"]
+    assert sorted(p.name for p in (tmp_path / "packing").iterdir()) == ["plan.npz"]
+
+
+def test_an_unwritable_packing_cache_is_only_a_warning(tmp_path, monkeypatch, capsys):
+    """A read-only data directory (a shared data set, say) still trains: the plan is a cache, made again next time."""
+    import files
+
+    def read_only(path, write):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(files, "write_atomic", read_only)
+    source_files = write_files(tmp_path, stream_tokens(), [])
+    plan_path = tmp_path / "packing" / "plan.npz"
+    source = data.Source(source_files, "uint16", 50, EOT, packing="best_fit", plan_path=plan_path)
+    assert source.n_blocks > 0 and not plan_path.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: " in err and "Read-only file system" in err and str(plan_path) in err
 
 
 def test_best_fit_rows_pad_with_ignored_targets(tmp_path):
@@ -303,7 +336,8 @@ def test_eval_sets_per_source_and_named(two_sources):
     """Every source is evaluated; eval_loss and eval_bpb pool the named eval set (default: the training sources)."""
     write_prepared(two_sources, "held_out", np.full(1000, 20), np.full(1000, 20), val_bytes_per_token=4)
     training_data = data.TrainingData(two_sources, "big+small", 50, eval_spec="small+held_out")
-    assert training_data.eval_names == ["big", "small", "held_out"] and list(training_data.val) == training_data.eval_names
+    assert training_data.eval_names == ["big", "small", "held_out"]
+    assert list(training_data.val) == training_data.eval_names
     batches = list(training_data.eval_batches("small", 7, rank=0, world_size=1, batch_size=4))
     assert [len(x) for x, _, _ in batches] == [4, 3] and all((x >= 10).all() for x, _, _ in batches)
     loss, bpb, per_source = training_data.eval_summary({"big": (10.0, 10), "small": (60.0, 30), "held_out": (30.0, 10)})
@@ -323,3 +357,25 @@ def test_mismatched_tokenizers_are_refused(two_sources):
         data.TrainingData(two_sources, "big,other", 50)
     with pytest.raises(ValueError, match="data 'missing'"):
         data.TrainingData(two_sources, "big,missing", 50)
+
+
+@pytest.mark.parametrize("packing", ["blocks", "best_fit"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_token_id_past_the_vocabulary_names_the_file(tmp_path, packing, split):
+    """A damaged .bin (an id >= vocab_size) stops with one line naming the file and the id, as the blocks are read
+    (or while the packing plan is made), never an IndexError in the model's embedding."""
+    rng = np.random.default_rng(0)
+    train, val = rng.integers(0, 9, 3000), rng.integers(0, 9, 1000)
+    (train if split == "train" else val)[777] = 300  # the bytes tokenizer has 257 ids
+    write_prepared(tmp_path, "bad", train, val)
+    bad_file = tmp_path / "bad" / f"{split}.bin"
+    with pytest.raises(ValueError) as info:
+        training_data = data.TrainingData(tmp_path, "bad", 50, packing=packing)
+        for step in range(2):  # a global batch of 64 rows: every train block of the first epoch
+            training_data.micro_batch(step, 0, 0, 64, 1, 1)
+        list(training_data.eval_batches("bad", 100, 0, 1, 8))
+    message = str(info.value)
+    assert f"{bad_file} holds token id 300 at token 777" in message and "vocabulary of 257" in message, message
+    assert "\n" not in message
+    if packing == "blocks":  # found while training or evaluating: a type train.py catches around those calls
+        assert isinstance(info.value, data.DamagedDataError)

@@ -89,7 +89,8 @@ def run_cli(*args, cwd, env=None):
 
 def test_smollm_mirror_shards_meta_and_split(tmp_path):
     files = fake_smollm(tmp_path / "mirror")
-    out = prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.3, 2, tmp_path / "data", mirror=tmp_path / "mirror")
+    out = prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.3, 2, tmp_path / "data",
+                          mirror=tmp_path / "mirror")
     assert out == tmp_path / "data" / "smollm-fineweb-edu"
     shard_files = [f"shards/0000{i}.{f}" for i in (0, 1) for f in ("json", "train.bin", "val.bin")]
     assert sorted(tree(out)) == ["meta.json"] + shard_files
@@ -269,6 +270,30 @@ def test_killed_run_resumes_to_the_same_files(tmp_path):
     assert tree(shards.parent) == tree(uninterrupted)
 
 
+def test_ctrl_c_keeps_the_finished_shards_and_says_so(tmp_path, monkeypatch):
+    """Ctrl-C in the second shard: the first is kept, no temp file is left, the message says how to resume."""
+    fake_smollm(tmp_path / "mirror", n_files=3, docs_per_file=40)
+    args = ("smollm-fineweb-edu", "s", "bytes", 0.3, 1, tmp_path / "data")
+    original = prepare.write_shard
+
+    def interrupted_in_second_shard(paths, *rest):
+        if paths["marker"].name == "00001.json":
+            monkeypatch.setattr(prepare, "tokenize_batch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        return original(paths, *rest)
+
+    monkeypatch.setattr(prepare, "write_shard", interrupted_in_second_shard)
+    with pytest.raises(KeyboardInterrupt) as info:
+        prepare.prepare(*args, mirror=tmp_path / "mirror")
+    out = tmp_path / "data" / "s"
+    assert str(info.value) == f"1 finished shard(s) of {out} are kept; rerun the same command to resume"
+    assert sorted(tree(out)) == ["shards/00000.json", "shards/00000.train.bin", "shards/00000.val.bin"]  # no .tmp
+    first = (out / "shards/00000.train.bin").stat().st_mtime_ns
+    monkeypatch.undo()
+    prepare.prepare(*args, mirror=tmp_path / "mirror")
+    assert (out / "shards/00000.train.bin").stat().st_mtime_ns == first  # resumed, not started over
+    assert tree(out) == tree(prepare.prepare(*args[:-1], tmp_path / "fresh", mirror=tmp_path / "mirror"))
+
+
 def test_hub_functions_are_the_only_network(tmp_path, monkeypatch):
     files = fake_smollm(tmp_path / "repo", n_files=3, docs_per_file=20)
     sha = "0123456789abcdef0123456789abcdef01234567"
@@ -310,7 +335,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["smollm-nope"], "no such file or directory: smollm-nope; named datasets: shakespeare, smollm-fineweb-edu"),
     (["tinystories", "--mirror", "nowhere"], "--mirror"),
-    (["smollm-cosmopedia", "--mirror", "mirror"], "cosmopedia-v2/000_00000.parquet: no column 'text' (columns: prompt)"),
+    (["smollm-cosmopedia", "--mirror", "mirror"],
+     "cosmopedia-v2/000_00000.parquet: no column 'text' (columns: prompt)"),
     (["smollm-fineweb-edu", "--mirror", "mirror"], "no files matching fineweb-edu-dedup/*.parquet"),
     (["tinystories", "--mirror", "mirror", "--max-tokens", "2.5"], "--max-tokens must be a whole number"),
     (["tinystories", "--mirror", "mirror", "--max-files", "0"], "--max-files must be at least 1"),
@@ -338,11 +364,11 @@ def test_final_config_trains_on_prepared_hub_datasets(tmp_path):
     write_parquet(stories / "data/train-00000-of-00001-x.parquet", {"text": random_texts(rng, 200, max_words=40)})
     for dataset, mirror in (("smollm-fineweb-edu", smollm), ("smollm-cosmopedia", smollm), ("tinystories", stories)):
         prepare.prepare(dataset, None, "bytes", 0.1, 1, tmp_path / "data", mirror=mirror)
-    tiny = ["tokenizer=bytes", "model=quickstart", "dim=32", "n_layers=1", "n_heads=2", "ffn_dim=64", "seq_len=64", "batch_size=4",
-            "total_tokens=0.01", "annealing_tokens=0.002", "warmup_tokens=0.001", "min_cooldown_tokens=0",
-            "base_batch_tokens=256", "compile=False", "device=cpu", "eval_interval=10", "eval_iters=1",
-            "log_interval=1", "sample_tokens=8", "checkpoint_interval=1000", f"data_dir={tmp_path / 'data'}",
-            f"out_dir={tmp_path / 'out'}"]
+    tiny = ["tokenizer=bytes", "model=quickstart", "dim=32", "n_layers=1", "n_heads=2", "ffn_dim=64", "seq_len=64",
+            "batch_size=4", "total_tokens=0.01", "annealing_tokens=0.002", "warmup_tokens=0.001",
+            "min_cooldown_tokens=0", "base_batch_tokens=256", "compile=False", "device=cpu", "eval_interval=10",
+            "eval_iters=1", "log_interval=1", "sample_tokens=8", "checkpoint_interval=1000",
+            f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}"]
     assert train.main([str(ROOT / "configs/final.py"), *tiny, "max_steps=30"]) == 0
     records = [json.loads(line) for line in (tmp_path / "out/final/log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]

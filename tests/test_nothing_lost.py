@@ -8,7 +8,6 @@ import resource
 import signal
 import subprocess
 import sys
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -293,7 +292,5 @@ def test_an_infinite_number_is_refused(tiny_data, tmp_path, capsys, value):
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_every_bad_sample_argument_is_one_line(trained, capsys, argv, message):
-    with pytest.raises(SystemExit) if argv[-1] in ("many", "--bogus") else nullcontext() as exit_info:
-        code = sample.main([str(trained / "r"), *argv])
-    assert (exit_info.value.code if exit_info else code) == 2
+    assert sample.main([str(trained / "r"), *argv]) == 2
     assert message in one_error_line(capsys)

@@ -1,6 +1,12 @@
-"""plot.py: the LR curve of a config, drawn without training."""
+"""plot.py: the LR curve of a config, drawn without training; plots and summaries of run logs; bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+import config
+import files
 import plot
 from conftest import ROOT
 
@@ -8,13 +14,22 @@ from conftest import ROOT
 def test_lr_plot_of_configs(tmp_path, capsys):
     out = tmp_path / "lr.png"
     assert plot.main(["lr", str(ROOT / "configs/ten_chinchilla.py"), str(ROOT / "configs/wsd.py"), "total_tokens=100",
-                      "annealing_tokens=10", "--world-size", "4", "--output", str(out)]) is None
+                      "annealing_tokens=10", "--world-size", "4", "--output", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_plot_imports_no_training_code():
+    """plot.py reads logs without importing train.py (and torch with it); only `plot.py lr` needs its defaults."""
+    code = "import sys, plot; assert 'train' not in sys.modules, 'train imported'; print(plot.UserError.__module__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "config\n", result.stderr
+    assert plot.UserError is config.UserError
+
+
 def test_lr_plot_bad_key_is_one_line(tmp_path, capsys):
-    assert plot.main(["lr", str(ROOT / "configs/wsd.py"), "anealing_tokens=3", "--output", str(tmp_path / "x.png")]) == 2
+    assert plot.main(["lr", str(ROOT / "configs/wsd.py"), "anealing_tokens=3", "--output",
+                      str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err == "error: unknown config key 'anealing_tokens' (did you mean 'annealing_tokens'?)\n"
 
 
@@ -52,8 +67,9 @@ def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_fl
     for step in range(0, steps + 1):
         tokens = step * TOKENS_PER_STEP
         if step and step % log_every == 0:
-            lines.append({"step": step, "tokens": tokens, "loss": loss_floor + 3 * math.exp(-step / 40) + rng.gauss(0, 0.05),
-                          "lr": 1e-3, "grad_norm": 0.5 + rng.random(), "tok_per_s": 1000.0 * step, "time": 1e9 + 3600.0 * step})
+            loss = loss_floor + 3 * math.exp(-step / 40) + rng.gauss(0, 0.05)
+            lines.append({"step": step, "tokens": tokens, "loss": loss, "lr": 1e-3, "grad_norm": 0.5 + rng.random(),
+                          "tok_per_s": 1000.0 * step, "time": 1e9 + 3600.0 * step})
         if step == 7:
             lines.append({"step": 7, "tokens": tokens, "event": "annealing started"})
         if step % eval_every == 0:
@@ -107,14 +123,16 @@ def test_y_limits_by_hand():
     assert plot.y_limits(values) == pytest.approx((1 - 0.35, 8 + 0.35))
     assert plot.y_limits(values, ignore_outliers=False) == pytest.approx((1 - 4.95, 100 + 4.95))
     # on a log axis the same rule runs on log10(y): 10, 100, ..., 1e8 and a 1e30 spike
-    assert plot.y_limits([10.0 ** k for k in [1, 2, 3, 4, 5, 6, 7, 8, 30]], log=True) == pytest.approx((10 ** 0.65, 10 ** 8.35))
+    assert plot.y_limits([10.0 ** k for k in [1, 2, 3, 4, 5, 6, 7, 8, 30]], log=True) == pytest.approx(
+        (10 ** 0.65, 10 ** 8.35))
 
 
 def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
     run = write_run(tmp_path, "a")
     records = plot.read_log(run)
     spike = math.log(32000)
-    curve = [r["loss"] for r in records if "loss" in r] + [r["eval_loss"] for r in records if r["step"] > 0 and "eval_loss" in r]
+    curve = ([r["loss"] for r in records if "loss" in r]
+             + [r["eval_loss"] for r in records if r["step"] > 0 and "eval_loss" in r])
     low, high = figure([run]).axes[0].get_ylim()
     assert high < spike and low <= min(curve)
     assert np.mean([low <= v <= high for v in curve]) > 0.8  # the spike goes, the curve stays
@@ -163,7 +181,8 @@ def test_perplexity_and_metrics(tmp_path):
     train_line = fig.axes[0].get_lines()[0]
     assert train_line.get_ydata() == pytest.approx([math.exp(r["loss"]) for r in records if "loss" in r])
     fig = figure([run, "--metrics", "grad_norm", "--grad-norm"])
-    assert fig.axes[0].get_lines()[0].get_ydata() == pytest.approx([r["grad_norm"] for r in records if "grad_norm" in r])
+    grad_norms = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert fig.axes[0].get_lines()[0].get_ydata() == pytest.approx(grad_norms)
     assert fig.axes[1].get_ylabel() == "grad norm"
 
 
@@ -236,4 +255,137 @@ def test_a_torn_last_line_is_left_out_with_a_note(tmp_path, capsys):
 def test_summary_of_no_run_at_all(tmp_path, capsys):
     assert plot.main(["summary", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == (f"note: skipping {tmp_path / 'nope'}: no log.jsonl\n"
-                                       "error: none of the paths holds a log.jsonl\n")
+                                       "error: none of the paths holds a log line (out/<run>/log.jsonl)\n")
+
+
+def test_figures_go_through_the_one_atomic_write(tmp_path, monkeypatch, capsys):
+    written, original = [], files.write_atomic
+
+    def recording(path, write):
+        written.append(path)
+        return original(path, write)
+
+    monkeypatch.setattr(files, "write_atomic", recording)
+    run = write_run(tmp_path, "a")
+    assert plot.main([str(run), "--output", str(tmp_path / "a.svg")]) == 0
+    assert plot.main(["lr", str(ROOT / "configs/wsd.py"), "total_tokens=100", "annealing_tokens=10", "--output",
+                      str(tmp_path / "lr.pdf")]) == 0
+    assert [Path(p).name for p in written] == ["a.svg", "lr.pdf"]
+    assert (tmp_path / "a.svg").read_bytes().startswith(b"<?xml") and (tmp_path / "lr.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_a_failed_figure_write_keeps_the_previous_figure(tmp_path, monkeypatch, capsys):
+    run = write_run(tmp_path, "a")
+    assert plot.main([str(run)]) == 0
+    before = (run / "loss.png").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot.plt.Figure, "savefig", disk_full)
+    capsys.readouterr()
+    assert plot.main([str(run)]) == 2
+    assert error_line(capsys) == (f"error: could not write {run / 'loss.png'}: No space left on device; "
+                                  "the previous file is left as it was\n")
+    assert (run / "loss.png").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "loss.png"]  # no temp file
+
+
+BAD_LOGS = {  # name: log.jsonl content (None: no log.jsonl; "dir": log.jsonl is a directory)
+    "nolog": None,
+    "logdir": "dir",
+    "empty": "",
+    "blank": "\n  \n",
+    "notjson": '{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "loss": 1.0}\n',
+    "notutf8": b'{"step": 1, "loss": 2.0}\n\xff\xfe\n',
+    "list": '["step", 1]\n',
+    "boolstep": '{"step": true, "loss": 2.0}\n',
+    "nanloss": '{"step": 1, "tokens": 1, "loss": NaN, "eval_loss": 2.0}\n',
+    "infspeed": '{"step": 1, "tokens": 1, "loss": 2.0, "tok_per_s": Infinity}\n',
+    "textloss": '{"step": 1, "tokens": 1, "loss": "low", "eval_loss": 2.0}\n',
+    "texttokens": '{"step": 1, "tokens": "many", "loss": 2.0}\n',
+    "texttime": '{"step": 1, "tokens": 1, "loss": 2.0, "time": "noon"}\n',
+    "textevalloss": '{"step": 1, "tokens": 1, "eval_loss": "best"}\n',
+    "negative": '{"step": 1, "tokens": 1, "loss": -2.0}\n{"step": 2, "tokens": 2, "loss": 0}\n',
+}
+
+BAD_INPUT = [  # (argv with {run}, {out} and {log name} placeholders, what the one error line says)
+    ([], "the following arguments are required: runs"),
+    (["{nope}"], "no log.jsonl in"),
+    (["{nolog}"], "no log.jsonl in"),
+    (["{logdir}"], "no log.jsonl in"),
+    (["{empty}"], "log.jsonl holds no log line"),
+    (["{blank}"], "log.jsonl holds no log line"),
+    (["{notjson}"], "log.jsonl line 2 is not valid JSON"),
+    (["{notutf8}"], "log.jsonl is not UTF-8 text"),
+    (["{list}"], "line 1 is not a JSON object with a numeric step"),
+    (["{boolstep}"], "line 1 is not a JSON object with a numeric step"),
+    (["{nanloss}"], "line 1: loss is nan, not a finite number"),
+    (["{infspeed}", "--metrics", "loss"], "line 1: tok_per_s is inf, not a finite number"),
+    (["{textloss}"], "line 1: loss is 'low', not a finite number"),
+    (["{texttokens}", "--metrics", "loss"], "line 1: tokens is 'many', not a finite number"),
+    (["{texttime}", "--metrics", "loss", "--x-axis", "time"], "line 1: time is 'noon', not a finite number"),
+    (["{run}", "--metrics", "loss,grad_nrom"], "did you mean 'grad_norm'?"),
+    (["{run}", "--metrics", "loss,,eval_loss"], "--metrics has an empty name"),
+    (["{run}", "{run}", "--labels", "x"], "--labels has 1 names for 2 runs"),
+    (["{run}", "--labels", ""], "--labels has an empty name"),
+    (["{run}", "--smooth", "0"], "--smooth must be at least 1"),
+    (["{run}", "--smooth", "x"], "argument --smooth: invalid int value: 'x'"),
+    (["{run}", "--x-axis", "wall"], "invalid choice: 'wall'"),
+    (["{run}", "--x-min", "nan"], "--x-min must be a finite number, got nan"),
+    (["{run}", "--y-max", "inf"], "--y-max must be a finite number, got inf"),
+    (["{run}", "--x-min", "5", "--x-max", "1"], "--x-min 5.0 must be below --x-max 1.0"),
+    (["{run}", "--y-min", "3", "--y-max", "3"], "--y-min 3.0 must be below --y-max 3.0"),
+    (["{run}", "--x-min", "1e9"], "the x axis would run from 1e+09 down to"),
+    (["{run}", "--y-min", "100"], "the y axis would run from 100 down to"),
+    (["{negative}", "--metrics", "loss", "--log-scale"], "--log-scale: no value above 0 to draw"),
+    (["{run}", "--bogus"], "unrecognized arguments: --bogus"),
+    (["{run}", "--output", "{out}/x.xyz"], "x.xyz: the suffix names no figure format (png, pdf, svg"),
+    (["{run}", "--output", "{out}/x"], "/x: the suffix names no figure format"),
+    (["{run}", "--output", ""], "--output : the suffix names no figure format"),
+    (["{run}", "--output", "{out}/no/such/dir/x.png"], "could not write"),
+    (["{run}", "--output", "{pngdir}"], "could not write"),
+    (["summary"], "the following arguments are required: runs"),
+    (["summary", "{nope}", "{nolog}", "{empty}"], "none of the paths holds a log line (out/<run>/log.jsonl)"),
+    (["summary", "{run}", "{notjson}"], "line 2 is not valid JSON"),
+    (["summary", "{run}", "{notutf8}"], "is not UTF-8 text"),
+    (["summary", "{nanloss}"], "loss is nan, not a finite number"),
+    (["summary", "{infspeed}"], "tok_per_s is inf, not a finite number"),
+    (["summary", "{textloss}"], "loss is 'low', not a finite number"),
+    (["summary", "{textevalloss}"], "eval_loss is 'best', not a finite number"),
+    (["summary", "{texttokens}"], "tokens is 'many', not a finite number"),
+    (["summary", "{run}", "--format", "xx"], "invalid choice: 'xx'"),
+    (["lr"], "the following arguments are required: configs"),
+    (["lr", "{out}/nope.py"], "config file"),
+    (["lr", "lr=1e-3"], "name at least one config file"),
+    (["lr", "{wsd}", "--world-size", "0"], "--world-size must be at least 1, got 0"),
+    (["lr", "{wsd}", "--world-size", "-2"], "--world-size must be at least 1, got -2"),
+    (["lr", "{wsd}", "--world-size", "two"], "argument --world-size: invalid int value: 'two'"),
+    (["lr", "{wsd}", "--output", "{out}/lr.xyz"], "lr.xyz: the suffix names no figure format"),
+    (["lr", "{wsd}", "--output", "{out}/no/dir/lr.png"], "could not write"),
+    (["lr", "{wsd}", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lr", "{wsd}", "lr=-1"], "lr=-1.0 must be greater than 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) or "none" for a, _ in BAD_INPUT])
+def test_every_bad_argument_or_log_value_is_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)  # a case that wrongly succeeds writes its default lr.png or comparison.png here
+    paths = {"run": write_run(tmp_path, "run"), "nope": tmp_path / "nope", "out": tmp_path,
+             "wsd": ROOT / "configs/wsd.py", "pngdir": tmp_path / "a directory.png"}
+    paths["pngdir"].mkdir()
+    for name, content in BAD_LOGS.items():
+        paths[name] = tmp_path / name
+        paths[name].mkdir()
+        if content == "dir":
+            (paths[name] / "log.jsonl").mkdir()
+        elif content is not None:
+            log = paths[name] / "log.jsonl"
+            log.write_bytes(content) if isinstance(content, bytes) else log.write_text(content)
+    capsys.readouterr()
+    assert plot.main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("error: ") and message in lines[-1], err
+    assert all(line.startswith("note: skipping") for line in lines[:-1]), err  # summary notes what it skips
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

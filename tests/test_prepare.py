@@ -1,9 +1,12 @@
 """Tests for prepare.py: tokenizers, sources, the split, the .bin/meta.json files, atomicity and the CLI."""
 
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +152,15 @@ def read_split(out, split, meta):
 
 def test_prepare_local_dir(tmp_path):
     docs = make_corpus(tmp_path / "corpus")
-    out = prepare.prepare(tmp_path / "corpus", None, "cl100k_32k", val_fraction=0.3, workers=2, out_dir=tmp_path / "data")
+    out = prepare.prepare(tmp_path / "corpus", None, "cl100k_32k", val_fraction=0.3, workers=2,
+                          out_dir=tmp_path / "data")
     assert out == tmp_path / "data" / "corpus"
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     meta = prepare.read_meta(out)
     assert meta == json.loads((out / "meta.json").read_text())
     enc = prepare.load_tokenizer("cl100k_32k")
-    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == ("cl100k_32k", 32000, 31999, "uint16")
+    assert ((meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"])
+            == ("cl100k_32k", 32000, 31999, "uint16"))
     assert meta["source"] == str((tmp_path / "corpus").resolve()) and meta["val_fraction"] == 0.3
 
     recovered = {}
@@ -255,7 +260,7 @@ def test_read_meta_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="meta.json not found"):
         prepare.read_meta(tmp_path)
     (tmp_path / "meta.json").write_text("{truncated")
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="meta.json: not valid JSON"):
         prepare.read_meta(tmp_path)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -266,6 +271,30 @@ def test_read_meta_errors(tmp_path):
         f.write(b"\0")  # a .bin that does not match meta.json is caught
     with pytest.raises(ValueError, match="train.bin has"):
         prepare.read_meta(out)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tokenizer": "nope"}, "unknown tokenizer 'nope'"),
+    ({"vocab_size": 32000}, "vocab_size 32000 is not 257, that of tokenizer 'bytes'"),
+    ({"vocab_size": "257"}, "vocab_size '257' is not 257"),
+    ({"dtype": "float32"}, "dtype 'float32' is not 'uint16'"),
+    ({"eot_id": 257}, "eot_id 257 is outside the vocabulary"),
+    ({"eot_id": -1}, "eot_id -1 is outside the vocabulary"),
+    ({"eot_id": 2.5}, "eot_id 2.5 is outside the vocabulary"),
+])
+def test_meta_contents_checked_on_open(tmp_path, change, message):
+    """A damaged or hand-edited meta.json stops with one line naming it, before any token is read."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("one document")
+    (corpus / "b.txt").write_text("another document")
+    out = prepare.prepare(corpus, "c", "bytes", 0.05, 1, out_dir=tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps(meta | change))
+    with pytest.raises(ValueError) as info:
+        prepare.read_meta(out)
+    assert message in str(info.value) and str(out / "meta.json") in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 # -----------------------------------------------------------------------------
@@ -314,6 +343,40 @@ def test_failure_between_renames_leaves_no_stale_meta(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="meta.json not found"):
         prepare.read_meta(out)
     assert sorted(p.name for p in out.iterdir()) == ["train.bin", "val.bin"]  # no temp files either
+
+
+def test_meta_and_markers_go_through_the_one_atomic_write(tmp_path, monkeypatch):
+    """meta.json is written by files.write_atomic (temp file, fsync, rename), not by an idiom of prepare's own."""
+    import files
+    written, original = [], files.write_atomic
+
+    def recording(path, write):
+        written.append(Path(path).name)
+        return original(path, write)
+
+    monkeypatch.setattr(files, "write_atomic", recording)
+    make_corpus(tmp_path / "corpus")
+    prepare.prepare(tmp_path / "corpus", "c", "bytes", 0.3, 1, out_dir=tmp_path / "data")
+    assert written == ["meta.json"]
+
+
+def test_bin_files_are_synced_before_their_rename(tmp_path, monkeypatch):
+    """A power cut after the rename cannot leave a half-written train.bin: its bytes reach the disk first."""
+    synced, events, fsync, replace = set(), [], prepare.os.fsync, prepare.os.replace
+
+    def recording_fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append((Path(dst).name, str(Path(src).resolve()) in synced))
+        replace(src, dst)
+
+    monkeypatch.setattr(prepare.os, "fsync", recording_fsync)
+    monkeypatch.setattr(prepare.os, "replace", recording_replace)
+    make_corpus(tmp_path / "corpus")
+    prepare.prepare(tmp_path / "corpus", "c", "bytes", 0.3, 1, out_dir=tmp_path / "data")
+    assert events == [("train.bin", True), ("val.bin", True), ("meta.json", True)]
 
 
 # -----------------------------------------------------------------------------
@@ -398,3 +461,40 @@ def test_cli_success(tmp_path):
     meta = prepare.read_meta(tmp_path / "data" / "mine")
     assert f"{meta['train']['tokens']:,} tokens" in result.stdout and "tokens/byte" in result.stdout
 
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
+    """Ctrl-C while prepare writes: one line saying what is left, exit status 130, no temp file, and the
+    earlier preparation of the directory intact. The corpus is a pipe, so the signal lands mid-write every time."""
+    make_corpus(tmp_path / "old")
+    assert run_cli("old", "--tokenizer", "bytes", "--name", "c", cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data" / "c").iterdir()}
+    lines = [json.dumps({"text": f"document {i}: " + "word " * 600}) + "\n" for i in range(1000)]  # 3 MB
+    fifo = tmp_path / "corpus.jsonl"
+    os.mkfifo(fifo)
+    process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), str(fifo), "--name", "c", "--workers", "1"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TQDM_DISABLE": "1"})
+    temp = tmp_path / "data" / "c" / f".train.bin.{process.pid}.tmp"
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert process.poll() is None and time.monotonic() < deadline, "prepare ended or hung"
+            time.sleep(0.01)
+
+    try:
+        with open(fifo, "w") as f:  # the first pass: counting documents and bytes
+            f.writelines(lines)
+        wait_for(temp.exists)  # the first pass is over (else it would read on into the second one's text)
+        with open(fifo, "w") as f:  # the second: tokens are written, and then the text stops coming
+            f.writelines(lines[:800])  # two batches of prepare.BATCH_CHARS: the first is written
+            f.flush()
+            wait_for(lambda: temp.stat().st_size > 0)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.startswith("interrupted: ") and err.count("\n") == 1, err  # one line, no traceback
+    assert "rerun the same command" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "c").iterdir()} == before  # no .tmp, old data whole

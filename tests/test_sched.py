@@ -104,3 +104,10 @@ def test_constant_and_bad_names():
         sched.plan("cosin", 1000, 1, 1e-3)
     with pytest.raises(ValueError, match="unknown decay shape"):
         sched.plan("wsd", 1000, 1, 1e-3, decay_shape="exp")
+
+
+def test_an_rsqrt_decay_from_a_zero_lr_stays_at_zero_until_its_end():
+    """A decay placed on warmup's first step starts from lr 0, where 1/lr is infinite: no division by zero."""
+    assert sched.decay(0.0, 0.0, 1e-4, "rsqrt") == 0.0
+    assert sched.decay(0.5, 0.0, 1e-4, "rsqrt") == 0.0
+    assert sched.decay(1.0, 0.0, 1e-4, "rsqrt") == 1e-4
