@@ -473,7 +473,10 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     os.mkfifo(fifo)
     process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), str(fifo), "--name", "c", "--workers", "1"],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TQDM_DISABLE": "1"})
+                               env={**os.environ, "TQDM_DISABLE": "1"},
+                               # a shell's background job ignores SIGINT, and a child would inherit that: Python
+                               # installs its Ctrl-C handler only where SIGINT has its default action
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     temp = tmp_path / "data" / "c" / f".train.bin.{process.pid}.tmp"
 
     def wait_for(condition):
