@@ -30,6 +30,7 @@ import config
 import control
 import data
 import files
+import flops
 import model as model_lib
 import optim
 import prepare
@@ -94,6 +95,10 @@ class TrainConfig:
     dtype: str = "auto"                 # "fp32" | "bf16-mixed" (fp32 weights, bf16 autocast) | "bf16" (pure bf16
                                         # weights, stochastic rounding: ours only); auto: bf16-mixed on CUDA, else fp32
     compile: bool = False               # torch.compile the model (~20 s up front, ~10% faster on CPU)
+    compile_mode: str = "default"       # torch.compile's mode: "default" | "reduce-overhead" | "max-autotune" (the
+                                        # reference's; slow to compile) | "max-autotune-no-cudagraphs"
+    peak_flops: float | None = None     # one device's peak FLOP/s, for mfu; None: the card's bf16 peak from
+                                        # flops.GPU_PEAK_FLOPS, or on the CPU its fp32 matmul rate, measured at start
     # eval, logging, checkpoints, samples
     eval_interval: int = 100            # steps between evals (and one before the first step and after the last)
     eval_iters: int = 10                # global batches of val.bin per eval (capped at the whole split)
@@ -121,6 +126,7 @@ def data_names(names):
 # The valid values of every key, checked before anything is built (config.check_valid); None, where a key allows
 # it, is always valid, and a bool needs no range. Lists of choices are declared beside the code that implements them.
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 VALID = {
     # run
     "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0),
@@ -141,7 +147,8 @@ VALID = {
     "beta1": between(0, 1, high_included=False), "beta2": between(0, 1, high_included=False), "eps": positive,
     "grad_clip": at_least(0), "divergence_factor": at_least(0),
     # precision and speed
-    "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
+    "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES), "compile_mode": one_of(*COMPILE_MODES),
+    "peak_flops": positive,
     # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
@@ -249,6 +256,8 @@ class Run:
     autocast: typing.Any
     tokenizer: typing.Any
     tokens_per_step: int
+    flops_per_token: float              # training FLOPs of the model per token (flops.py)
+    peak_flops: float | None            # one device's peak FLOP/s; None: unknown, no mfu
     log_file: typing.Any = None
     tensorboard: typing.Any = None
     # ---
@@ -310,7 +319,8 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     run = Run(cfg, rank, world_size, device, Path(cfg.out_dir) / cfg.run_name,
               dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
               training_data, model_config, raw_model, raw_model, optimizer, autocast,
-              prepare.load_tokenizer(training_data.tokenizer), tokens_per_step, schedule=schedule)
+              prepare.load_tokenizer(training_data.tokenizer), tokens_per_step,
+              flops.flops_per_token(model_config, cfg.seq_len), None, schedule=schedule)
     resume(run)
     run.schedule = make_schedule(cfg, world_size, run.annealing_start)
     if run.master:
@@ -325,10 +335,12 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         run.say(model_lib.format_summary(model_config).replace("\n", " | "))
         run.say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
                 f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
+        run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else flops.peak_flops(device)
+        run.say(f"{run.flops_per_token:.3g} FLOPs/token; peak {run.peak_flops or 0:.3g} FLOP/s a device ({source})")
         run.log_file = open(run.run_dir / "log.jsonl", "a")
         run.tensorboard = tensorboard_writer(run.run_dir)
     if cfg.compile:
-        run.model = torch.compile(raw_model)
+        run.model = torch.compile(raw_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     if world_size > 1:
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     return run
@@ -574,12 +586,15 @@ def training_loop(run):
             steps_timed += run.step - last_step
             eta = (now - start_time) / steps_timed * (run_steps - run.step)
             last_time, last_step = now, run.step
+            # model FLOPs per second over what the devices could do (flops.py)
+            mfu = run.flops_per_token * tok_per_s / (run.peak_flops * run.world_size) if run.peak_flops else None
             run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f}"
-                    f" | {tok_per_s:,.0f} tok/s | eta {format_duration(eta)}")
+                    f" | {tok_per_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                    + f" | eta {format_duration(eta)}")
             drawn = run.training_data.drawn() if len(run.training_data.names) > 1 else {}  # a curriculum's progress
             run.log({"step": run.step, "tokens": run.step * run.tokens_per_step, "loss": loss, "lr": lr,
                      "grad_norm": grad_norm.item(), "tok_per_s": tok_per_s, "time": now}
-                    | {f"drawn/{name}": n for name, n in drawn.items()})
+                    | ({"mfu": mfu} if mfu is not None else {}) | {f"drawn/{name}": n for name, n in drawn.items()})
 
         # ---- run control
         pause_start = time.time()

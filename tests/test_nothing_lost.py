@@ -237,7 +237,7 @@ BAD_VALUES = {  # key: (a value outside its range, a word the error must hold be
     "optimizer_state": ("fp8", "not one of"), "weight_decay": (-0.1, "at least"), "beta1": (1.0, "[0, 1)"),
     "beta2": (-0.5, "[0, 1)"), "eps": (0, "greater than 0"), "grad_clip": (-1, "at least"),
     "divergence_factor": (-3, "at least"), "device": ("tpu", "not one of"), "dtype": ("fp16", "not one of"),
-    "compile": (1, "bool"), "eval_interval": (0, "at least"), "eval_iters": (0, "at least"),
+    "compile": (1, "bool"), "compile_mode": ("fastest", "not one of"), "peak_flops": (0, "greater than 0"), "eval_interval": (0, "at least"), "eval_iters": (0, "at least"),
     "log_interval": (0, "at least"), "checkpoint_interval": (0, "at least"), "keep_checkpoints": (0, "at least"),
     "sample_interval": (-1, "at least"), "sample_prompts": ([], "empty"), "sample_tokens": (-1, "at least"),
     "sample_temperature": (-0.5, "at least"), "sample_top_k": (0, "at least"),
