@@ -14,7 +14,7 @@ plus 5% either side. An early spike such as the loss at step 0 (about ln(vocabul
 then no longer flattens the rest of the curve.
 
 `summary` prints one line per run: the best eval loss, its perplexity, the step and tokens where
-it was reached, the final train loss and the median tokens/s.
+it was reached, the final train loss, the median tokens/s and the median MFU.
 
 `lr` draws the learning rate of each config over its whole budget, without training: the
 schedule is a pure function of the step (sched.py), laid out exactly as train.py would lay it
@@ -45,7 +45,7 @@ from config import ArgumentParser, UserError  # UserError: one line on stderr, e
 TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value is a finite number (train.py logs)
 DEFAULT_METRICS = ["loss", "eval_loss"]
 NAMES = {"loss": "train loss", "eval_loss": "eval loss", "grad_norm": "grad norm", "lr": "learning rate",
-         "tok_per_s": "tokens/s", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
+         "tok_per_s": "tokens/s", "mfu": "MFU", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
 LINE_STYLES = ["-", "--", ":", "-."]  # one per train metric of a run, so two metrics of one colour stay apart
 EVAL_MARKERS = ["o", "s", "^", "D"]  # one per eval metric of a run
 
@@ -368,27 +368,32 @@ def plot_runs(argv):
 
 # ----------------------------------------------------------------------------- summary
 
-SUMMARY_COLUMNS = ["run", "best eval loss", "ppl", "at step", "at tokens", "final train loss", "median tok/s"]
+SUMMARY_COLUMNS = ["run", "best eval loss", "ppl", "at step", "at tokens", "final train loss", "median tok/s",
+                   "median mfu"]
 
 
 def summarize(records):
-    """Best eval loss (its perplexity, step, tokens), final train loss, median tokens/s of one run (None: absent)."""
+    """Best eval loss (its perplexity, step, tokens), final train loss, median tokens/s and MFU of one run (None:
+    absent; a log from before mfu was logged has none)."""
     evals = [r for r in records if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
     train_lines = [r for r in records if "loss" in r]
     best = min(evals, key=lambda r: r["eval_loss"]) if evals else {}
     speeds = [r["tok_per_s"] for r in train_lines if "tok_per_s" in r]
+    mfus = [r["mfu"] for r in train_lines if "mfu" in r]
     return {"best_eval_loss": best.get("eval_loss"),
             "best_eval_ppl": math.exp(best["eval_loss"]) if best else None,
             "best_step": best.get("step"), "best_tokens": best.get("tokens"),
             "final_loss": train_lines[-1]["loss"] if train_lines else None,
-            "median_tok_per_s": statistics.median(speeds) if speeds else None}
+            "median_tok_per_s": statistics.median(speeds) if speeds else None,
+            "median_mfu": statistics.median(mfus) if mfus else None}
 
 
 def summary_row(name, s):
     def cell(value, spec):
         return "-" if value is None else format(value, spec)
     return [name, cell(s["best_eval_loss"], ".4f"), cell(s["best_eval_ppl"], ".2f"), cell(s["best_step"], ","),
-            cell(s["best_tokens"], ","), cell(s["final_loss"], ".4f"), cell(s["median_tok_per_s"], ",.0f")]
+            cell(s["best_tokens"], ","), cell(s["final_loss"], ".4f"), cell(s["median_tok_per_s"], ",.0f"),
+            cell(s["median_mfu"], ".1%")]
 
 
 def format_table(rows, markdown=False):

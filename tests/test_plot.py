@@ -188,11 +188,11 @@ def test_perplexity_and_metrics(tmp_path):
 
 def summary_records():
     return [{"step": 0, "tokens": 0, "eval_loss": 10.0},
-            {"step": 10, "tokens": 40960, "loss": 3.0, "tok_per_s": 100.0, "time": 1.0},
+            {"step": 10, "tokens": 40960, "loss": 3.0, "tok_per_s": 100.0, "mfu": 0.1, "time": 1.0},
             {"step": 10, "tokens": 40960, "eval_loss": 2.5},
-            {"step": 20, "tokens": 81920, "loss": 2.6, "tok_per_s": 300.0, "time": 2.0},
+            {"step": 20, "tokens": 81920, "loss": 2.6, "tok_per_s": 300.0, "mfu": 0.3, "time": 2.0},
             {"step": 20, "tokens": 81920, "eval_loss": 2.75},
-            {"step": 30, "tokens": 122880, "loss": 2.4, "tok_per_s": 200.0, "time": 3.0}]
+            {"step": 30, "tokens": 122880, "loss": 2.4, "tok_per_s": 200.0, "mfu": 0.2, "time": 3.0}]
 
 
 def test_summary_numbers_in_both_formats(tmp_path, capsys):
@@ -201,25 +201,25 @@ def test_summary_numbers_in_both_formats(tmp_path, capsys):
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary_records()))
     assert plot.summarize(summary_records()) == {"best_eval_loss": 2.5, "best_eval_ppl": pytest.approx(math.exp(2.5)),
                                                  "best_step": 10, "best_tokens": 40960, "final_loss": 2.4,
-                                                 "median_tok_per_s": 200.0}
+                                                 "median_tok_per_s": 200.0, "median_mfu": 0.2}
     (tmp_path / "empty").mkdir()
     assert plot.main(["summary", str(run), str(tmp_path / "empty")]) == 0
     out, err = capsys.readouterr()
     assert err == f"note: skipping {tmp_path / 'empty'}: no log.jsonl\n"
     header, line = out.splitlines()
-    assert line.split() == ["best", "2.5000", "12.18", "10", "40,960", "2.4000", "200"]
+    assert line.split() == ["best", "2.5000", "12.18", "10", "40,960", "2.4000", "200", "20.0%"]
     assert header.startswith("run") and "best eval loss" in header
     assert plot.main(["summary", str(run), "--format", "md"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "| run | best eval loss | ppl | at step | at tokens | final train loss | median tok/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        "| best | 2.5000 | 12.18 | 10 | 40,960 | 2.4000 | 200 |"]
+        "| run | best eval loss | ppl | at step | at tokens | final train loss | median tok/s | median mfu |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| best | 2.5000 | 12.18 | 10 | 40,960 | 2.4000 | 200 | 20.0% |"]
 
 
 def test_summary_of_a_run_without_evals(tmp_path, capsys):
     assert plot.summarize([{"step": 5, "tokens": 5, "loss": 3.0}]) == {
         "best_eval_loss": None, "best_eval_ppl": None, "best_step": None, "best_tokens": None,
-        "final_loss": 3.0, "median_tok_per_s": None}
+        "final_loss": 3.0, "median_tok_per_s": None, "median_mfu": None}
 
 
 @pytest.mark.parametrize("case", ["missing", "metric", "malformed", "no_step", "labels", "option", "summary_malformed"])
