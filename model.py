@@ -522,9 +522,13 @@ class Transformer(nn.Module):
     def rope(self, positions, max_positions):
         """cos and sin (B or 1, 1, T, head_dim) for positions (B or 1, T), all below max_positions."""
         cos, sin = self.rope_cache or (None, None)
-        if cos is None or cos.size(0) < max_positions or cos.device != positions.device:
+        # Under torch.compile the tables are made inside the graph (cheap, fused) and never cached: touching the
+        # cache there would guard on it, and the first call's graph (cache empty) would be compiled again.
+        compiling = torch.compiler.is_compiling()
+        if compiling or cos is None or cos.size(0) < max_positions or cos.device != positions.device:
             cos, sin = rope_tables(max_positions, self.config.head_dim, self.config.rope_theta, positions.device)
-            self.rope_cache = (cos, sin)
+            if not compiling:
+                self.rope_cache = (cos, sin)
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
     def position_inputs(self, positions, key_positions, max_positions, distances=True):

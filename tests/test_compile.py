@@ -1,0 +1,51 @@
+"""compile=True: train.py under torch.compile follows the eager run's trajectory, the model compiled whole.
+
+One compiled run at the tiny shape of test_train.py (~20 s on 2 cores with a cold inductor cache, most of it
+compiling; a few seconds when torch's on-disk cache already holds the kernels). The chunked loss is the default,
+so this also compiles model.ChunkedCrossEntropy (an autograd.Function with a loop over row chunks) and sdpa with a
+boolean document mask. The GPU side of compile (flex attention, bf16, max-autotune) is in test_gpu.py.
+"""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import train
+from test_train import read_log, run_args
+
+# inductor's CPU back-end imports torch.utils.mkldnn, which uses torch.jit.script_method and warns (torch 2.13)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches and counters empty before and after: this test counts its own graphs, and the compiled
+    frames of Transformer.forward it leaves behind do not count against another test's recompile limit."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+    counters.clear()
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_for_20_steps(tiny_data, tmp_path, fresh_dynamo):
+    common = run_args(tiny_data, tmp_path, "max_steps=20", "eval_interval=10", "sample_tokens=0")
+    assert train.main(common + ["run_name=eager"]) == 0
+    assert not fresh_dynamo["stats"]  # nothing compiled without compile=True
+    assert train.main(common + ["run_name=compiled", "compile=True"]) == 0
+
+    # Really compiled, and whole: a graph break (an unsupported op, the autograd.Function falling back) would
+    # leave parts of the model to eager Python and show up here
+    assert fresh_dynamo["stats"]["unique_graphs"] >= 2, dict(fresh_dynamo["stats"])  # training and eval
+    assert not fresh_dynamo["graph_break"], dict(fresh_dynamo["graph_break"])
+
+    eager, eager_evals = read_log(tmp_path / "eager")
+    compiled, compiled_evals = read_log(tmp_path / "compiled")
+    assert [r["step"] for r in compiled] == list(range(1, 21))
+    for a, b in zip(eager, compiled):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4, (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"]), a["step"]
+    assert compiled[-1]["loss"] < compiled[0]["loss"] - 1.0  # it learned: the comparison is not of two flat lines
+    assert [r["step"] for r in compiled_evals] == [0, 10, 20]
+    for a, b in zip(eager_evals, compiled_evals):  # eval runs the compiled model too, without gradients
+        assert abs(a["eval_loss"] - b["eval_loss"]) <= 1e-4, (a["step"], a["eval_loss"], b["eval_loss"])
