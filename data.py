@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import files
 import prepare
-from model import document_ids
+from attention import document_ids
 
 PACKINGS = ("blocks", "best_fit")
 MIXTURES = ("fixed", "balance_remaining", "soft_sequential")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import data
-from model import document_ids
+from attention import document_ids
 
 EOT = 9
 

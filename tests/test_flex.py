@@ -10,8 +10,9 @@ import torch
 from torch.nn.attention.flex_attention import flex_attention
 from torch.testing import assert_close
 
-import model as model_lib
-from model import Transformer, document_ids
+import attention
+from attention import document_ids
+from model import Transformer
 from test_model import EOT, VOCAB, assert_packed_matches_alone
 from test_variants import CANON, DEEPONE, tiny_model
 
@@ -46,7 +47,7 @@ def test_flex_matches_eager_and_sdpa_logits(overrides, packed, monkeypatch):
     # DeepNet's post-norms amplify fp32 rounding: sdpa's differs from eager's by up to ~1.6e-5 there
     sdpa_atol = 3e-5 if overrides == DEEPONE else 1e-5
     calls = []
-    monkeypatch.setattr(model_lib, "flex_attention", lambda *args, **kwargs: calls.append(kwargs) or
+    monkeypatch.setattr(attention, "flex_attention", lambda *args, **kwargs: calls.append(kwargs) or
                         flex_attention(*args, **kwargs))
     with torch.no_grad():
         logits = flex(idx, doc_ids)

@@ -35,7 +35,8 @@ import flops
 import optim
 import train
 from conftest import ROOT
-from model import PRESETS, ModelConfig, Transformer, document_ids
+from attention import document_ids
+from model import PRESETS, ModelConfig, Transformer
 from test_flex import same_model
 from test_model import EOT, VOCAB
 from test_train import read_log, run_args

@@ -16,8 +16,9 @@ import files
 from config import UserError
 from torch.testing import assert_close
 
-from model import (PRESETS, ModelConfig, Transformer, document_ids, document_positions, format_summary,
-                   human, load_model, main, parameter_summary, sample_next)
+from attention import document_ids, document_positions
+from model import (PRESETS, ModelConfig, Transformer, format_summary, human, load_model, main, parameter_summary,
+                   sample_next)
 
 ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
 
