@@ -1,17 +1,25 @@
-"""Side-by-side speed and memory benchmarks: ours beside torch's, in one run, on this machine.
+"""Side-by-side speed and memory benchmarks: ours beside a reference, in one run, on this machine.
 
     python bench.py optim [--model llama-small] [--steps 20] [--muon-steps 1]
     python bench.py prepare [--mb 32] [--workers 2] [--tokenizer cl100k_32k]
     python bench.py loader [--data shakespeare] [--model quickstart] [--seq-len 256] [--batch-size 16]
+    python bench.py loss [--tokens 16384] [--dim 768] [--vocab 32000] [--repeats 3]
+    python bench.py train [--shapes quickstart llama-small] [--compile] [--no-loop] [--peak-flops F]
 
 One sub-command per benchmark (a function bench_<name> below, and its parser in main). Run them on
-a quiet machine (check `uptime`): on a 2-core CPU any other work shows up in the timings.
+a quiet machine (check `uptime`): on a 2-core CPU any other work shows up in the timings, which is
+why ours and the reference take turns within one run and the tables report medians.
 """
 
 import argparse
+import contextlib
+import ctypes
+import dataclasses
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,10 +27,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+import export
+import flops
 import model as model_lib
 import optim
 import prepare
+from config import ArgumentParser, UserError
 
 # -----------------------------------------------------------------------------------------------
 # optim: step time and state memory of each optimizer of optim.py beside its torch counterpart
@@ -257,6 +269,292 @@ def bench_loader(args):
 
 
 # -----------------------------------------------------------------------------------------------
+# Measuring: a clock that waits for the device, a region's peak memory, and what else the machine was doing
+
+
+def timed(run, device):
+    """(run()'s result, its seconds), the device's queued work included."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    synchronize()
+    start = time.perf_counter()
+    result = run()
+    synchronize()
+    return result, time.perf_counter() - start
+
+
+def peak_memory(run, device):
+    """(run()'s result, its peak memory in bytes above that in use when it started): on CUDA the allocator's; on the
+    CPU the resident set's, whose high-water mark (VmHWM) Linux resets when "5" is written to /proc/self/clear_refs,
+    after malloc_trim has handed glibc's free pages back (so that pages run() reuses count). None off Linux/glibc."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        return timed(run, device)[0], torch.cuda.max_memory_allocated() - start
+
+    def kib(field):  # a figure of /proc/self/status: VmRSS (resident now), VmHWM (its high-water mark)
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        start = kib("VmRSS")
+    except (OSError, AttributeError):
+        return run(), None
+    return run(), 1024 * (kib("VmHWM") - start)
+
+
+def take_turns(runs, rounds, device):
+    """{name: [(result, seconds) of each round]} of runs {name: run()} taking turns, the order reversed every other
+    round, so that the machine's drift and other work hit them alike."""
+    out = {name: [] for name in runs}
+    for i in range(rounds):
+        for name in list(runs)[::1 if i % 2 == 0 else -1]:
+            out[name].append(timed(runs[name], device))
+    return out
+
+
+@contextlib.contextmanager
+def other_work_reported(threads):
+    """Prints how the run is set up, and after it the share of the machine's CPU that other processes took: it slows
+    ours and the reference alike, as they take turns, but on 2 cores it slows a 2-thread step many times over."""
+    def busy_seconds():  # the whole machine's CPU time (steal included) less this process's and its children's
+        with open("/proc/stat") as f:
+            ticks = [int(n) for n in f.readline().split()[1:]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK") - sum(os.times()[:4])
+    torch.set_num_threads(threads)
+    print(f"torch {torch.__version__}, {threads} threads (torch.set_num_threads) on {os.cpu_count()} cores, "
+          f"1-minute load average {os.getloadavg()[0]:.1f} before the run", flush=True)
+    start, busy = time.perf_counter(), busy_seconds()
+    yield
+    share = max(0.0, busy_seconds() - busy) / ((time.perf_counter() - start) * os.cpu_count())
+    print(f"other processes took {share:.0%} of the machine's CPU time during the run"
+          + (": the figures are not to be trusted, run again on a quiet machine" if share > 0.05 else ""))
+
+
+def mib(n_bytes):
+    return "-" if n_bytes is None else f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def rate(flop_s):
+    return f"{flop_s / 1e12:.1f} T" if flop_s >= 1e12 else f"{flop_s / 1e9:.1f} G"
+
+
+def pick_device(name):
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py does on CUDA
+    return torch.device(name)
+
+
+# -----------------------------------------------------------------------------------------------
+# loss: the chunked linear cross-entropy's forward and backward beside the plain one's (full logits)
+
+
+def plain_cross_entropy(hidden, weight, targets):
+    """The loss from the whole (rows, vocab) fp32 logits: the readable reference, and what the chunks avoid."""
+    return F.cross_entropy((hidden @ weight.t()).float(), targets, ignore_index=-1, reduction="sum")
+
+
+def loss_pass(loss_fn, hidden, weight, targets):
+    """Forward and backward from fresh leaves (no gradient is added to an earlier one); the loss."""
+    hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    loss = loss_fn(hidden, weight, targets)
+    loss.backward()
+    return loss.item()  # the gradients go with the leaves, after their memory has been counted
+
+
+def bench_loss(args):
+    device, generator = pick_device(args.device), torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.tokens, args.dim, generator=generator).to(device)
+    weight = (torch.randn(args.vocab, args.dim, generator=generator) * args.dim**-0.5).to(device)
+    targets = torch.randint(0, args.vocab, (args.tokens,), generator=generator).to(device)
+    losses = {"chunked": model_lib.chunked_cross_entropy, "plain": plain_cross_entropy}
+    print(f"loss forward + backward, fp32 on {device.type}: {args.tokens:,} tokens, dim {args.dim}, vocab "
+          f"{args.vocab:,}; chunked = model.chunked_cross_entropy ({model_lib.LOSS_CHUNK_ROWS} rows a chunk), plain "
+          f"= F.cross_entropy of hidden @ weight.T; memory = peak above the inputs, gradients included", flush=True)
+    for loss_fn in losses.values():  # warm-up on one chunk of rows: thread pool, kernels
+        loss_pass(loss_fn, hidden[:model_lib.LOSS_CHUNK_ROWS], weight, targets[:model_lib.LOSS_CHUNK_ROWS])
+    runs = take_turns({name: lambda f=f: peak_memory(lambda: loss_pass(f, hidden, weight, targets), device)
+                       for name, f in losses.items()}, args.repeats, device)
+    for name in losses:  # each run: ((loss, extra memory), seconds)
+        print(f"  {name:<8} " + "; ".join(f"{s:.2f} s, {mib(m)}, loss {loss:.8g}" for (loss, m), s in runs[name]))
+    c_time, p_time = (statistics.median(s for _, s in runs[name]) for name in losses)
+    c_memory, p_memory = (statistics.median(m or 0 for (_, m), _ in runs[name]) for name in losses)
+    print(f"\n| loss | seconds (median of {args.repeats}) | extra memory (median) |\n| --- | ---: | ---: |\n"
+          f"| chunked | {c_time:.2f} | {mib(c_memory)} |\n| plain | {p_time:.2f} | {mib(p_memory)} |\n"
+          f"| chunked / plain | {c_time / p_time:.2f}x (target <= 1.1x) | "
+          + (f"{c_memory / p_memory:.1%} (target <= 15%) |" if p_memory else "- |"))
+
+
+# -----------------------------------------------------------------------------------------------
+# train: a training step of ours beside transformers' LlamaForCausalLM of the same shape, and train.py's
+# loop beside the raw step
+
+# shape: (preset, vocab_size, seq_len, rows on the CPU, rows on CUDA, timed steps on the CPU). Rows on the CPU are
+# cut so that a step takes seconds on 2 cores; on CUDA llama-medium takes the reference's 16,384 tokens a step.
+TRAIN_SHAPES = {
+    "quickstart": ("quickstart", 257, 256, 16, 16, 20),  # configs/quickstart.py: bytes, 16 x 256
+    "llama-small": ("llama-small", 32000, 1024, 2, 16, 5),
+    "llama-medium": ("llama-medium", 32000, 4096, 1, 4, 3),
+}
+CPU_SKIPPED = {"llama-medium": "a step of 4,096 tokens takes ~40 s on 2 cores; --shapes llama-medium runs it"}
+WARMUP_STEPS = 1  # untimed steps first (allocation); a compiled model gets one more (its backward may recompile)
+LOOP_STEPS, LOOP_ROUNDS = 40, 2  # train.py steps a round, logged every 5; rounds of train.py, then the raw step
+
+
+def training_pair(config, device):
+    """{name: (model, loss_fn)}: ours and transformers' LlamaForCausalLM of config's shape, the same initial weights;
+    loss_fn(model, x, y, count) is each one's own training loss, summed and divided by count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    ours = model_lib.Transformer(config).to(device)
+    theirs = LlamaForCausalLM._from_config(LlamaConfig.from_dict(export.hf_config(config)),
+                                           attn_implementation="sdpa").to(device)
+    # our parameter names are LlamaForCausalLM's without the decoder's "model." (export.py)
+    theirs.load_state_dict({name if name == "lm_head.weight" else "model." + name: tensor
+                            for name, tensor in ours.state_dict().items()})
+    # theirs: transformers' own loss as its Trainer calls it: shift_labels as they are (y is already shifted), the
+    # sum divided by num_items_in_batch; use_cache=False, or training keeps a key/value cache
+    return {"ours": (ours, lambda model, x, y, count: model(x, None, y) / count),  # as train.py: the chunked loss
+            "transformers": (theirs, lambda model, x, y, count: model(
+                input_ids=x, labels=y, shift_labels=y, num_items_in_batch=count, use_cache=False).loss)}
+
+
+def step_function(model, loss_fn, optimizer, device, batch, clip=None):
+    """One training step on the same batch every time: loss (under bf16 autocast on CUDA, as train.py), backward,
+    gradient clipping if asked, the optimizer's step, gradients freed."""
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            loss = loss_fn(model, *batch)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))  # 0: the norm, no clipping
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
+
+
+def bench_shape(shape, args, device):
+    """[(shape, rows, seq_len, model name, median seconds a step, flops per token, step peak memory)], a row a model."""
+    preset, vocab, seq_len, cpu_rows, cuda_rows, cpu_steps = TRAIN_SHAPES[shape]
+    config = dataclasses.replace(model_lib.PRESETS[preset], vocab_size=vocab)
+    rows, n_steps = (cuda_rows, args.steps or 20) if device.type == "cuda" else (cpu_rows, args.steps or cpu_steps)
+    generator = torch.Generator().manual_seed(1)
+    x, y = (torch.randint(0, vocab, (rows, seq_len), generator=generator).to(device) for _ in range(2))
+    batch, pair, steps = (x, y, torch.tensor(float(y.numel()), device=device)), training_pair(config, device), {}
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+                  for name, (model, _) in pair.items()}
+    for suffix in ("", ", compiled")[:1 + args.compile]:  # compiled: the same model, weights and optimizer
+        for name, (model, loss_fn) in pair.items():
+            steps[name + suffix] = step_function(torch.compile(model) if suffix else model, loss_fn,
+                                                 optimizers[name], device, batch)
+    warmup = WARMUP_STEPS + args.compile
+    print(f"\n{shape}: {sum(p.numel() for p in pair['ours'][0].parameters()) / 1e6:.1f}M parameters, {rows} x "
+          f"{seq_len} tokens a step, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {warmup} warm-up + "
+          f"{n_steps} timed steps of each, taking turns", flush=True)
+    runs = take_turns(steps, warmup + n_steps, device)  # step by step
+    print(f"  first step's loss: ours {runs['ours'][0][0]:.6f}, transformers {runs['transformers'][0][0]:.6f}"
+          + "".join(f"; {name}: first step (compiling) {runs[name][0][1]:.0f} s" for name in steps if "," in name))
+    return [(shape, rows, seq_len, name, statistics.median(s for _, s in runs[name][warmup:]),
+             flops.flops_per_token(config, seq_len), peak_memory(step, device)[1]) for name, step in steps.items()]
+
+
+def print_train_table(rows, peak, source):
+    print("\n| shape | tokens | model | ms a step | tokens/s | FLOP/s | of peak | step peak memory |\n"
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    figures = {(shape, name): (seconds, memory) for shape, _, _, name, seconds, _, memory in rows}
+    for shape, n_rows, seq_len, name, seconds, flops_per_token, memory in rows:
+        flop_s = flops_per_token * n_rows * seq_len / seconds
+        print(f"| {shape} | {n_rows} x {seq_len} | {name} | {1e3 * seconds:,.0f} | {n_rows * seq_len / seconds:,.0f} | "
+              f"{rate(flop_s)} | {f'{flop_s / peak:.1%}' if peak else '-'} | {mib(memory)} |")
+        if name.startswith("transformers"):  # ours / theirs under each pair
+            ours, theirs = figures[shape, name.replace("transformers", "ours")], figures[shape, name]
+            print(f"| | | **ours / transformers** | {ours[0] / theirs[0]:.2f} | **{theirs[0] / ours[0]:.2f}** | | | "
+                  + (f"{ours[1] / theirs[1]:.2f} |" if ours[1] and theirs[1] else "- |"))
+    print(f"FLOP/s = flops.flops_per_token x tokens/s, the same model FLOPs for both; of peak = of {rate(peak or 0)}"
+          f"FLOP/s ({source}); step peak memory = above the weights and AdamW state, which both hold alike. Target: "
+          "ours / transformers >= 1.0 in tokens/s at every shape, compile off")
+
+
+def loop_and_raw_step(args, device):
+    """train.py's logged tok_per_s beside the raw step's tokens/s at the quickstart config, rounds of one then the
+    other. The raw step is train.py's train_step without the loop, for the config train.py resolved: the model and
+    optimizer built alike, a batch of its data read beforehand; forward, backward, clip, our AdamW. What train.py
+    adds is the data loading, the loss's syncs, logging and run control."""
+    import data
+    data_dir = Path(args.data_dir).resolve()
+    if not (data_dir / "shakespeare" / "meta.json").exists():
+        print(f"preparing {data_dir / 'shakespeare'} (bytes) for the loop", flush=True)
+        try:
+            prepare.prepare("shakespeare", "shakespeare", "bytes", out_dir=data_dir)
+        except (ValueError, OSError) as e:
+            raise UserError(f"preparing {data_dir / 'shakespeare'}: {e}")
+    logged, raw = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_loop_") as out:
+        for round_ in range(LOOP_ROUNDS):
+            command = [sys.executable, "train.py", "configs/quickstart.py", f"max_steps={LOOP_STEPS}", f"out_dir={out}",
+                       f"run_name=loop{round_}", f"data_dir={data_dir}", "log_interval=5", "eval_iters=1",
+                       "sample_tokens=0", f"device={device.type}"]
+            done = subprocess.run(command, cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                                  env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})  # torch's threads there
+            if done.returncode:
+                raise UserError(f"train.py failed: {(done.stderr.strip() or 'no message').splitlines()[-1]}")
+            with open(Path(out) / f"loop{round_}" / "log.jsonl") as f:
+                logged += [line["tok_per_s"] for line in map(json.loads, f) if "tok_per_s" in line]
+            if round_ == 0:
+                with open(Path(out) / "loop0" / "config.json") as f:
+                    cfg = json.load(f)
+                torch.manual_seed(cfg["seed"])
+                model = model_lib.Transformer(model_lib.ModelConfig(**{
+                    f.name: cfg[f.name] for f in dataclasses.fields(model_lib.ModelConfig)})).to(device)
+                optimizer = optim.build_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["weight_decay"],
+                                                  (cfg["beta1"], cfg["beta2"]), cfg["eps"], seed=cfg["seed"])
+                batch = data.TrainingData(data_dir, cfg["data"], cfg["seq_len"]).micro_batch(
+                    0, 0, 0, cfg["batch_size"], 1, 1, device)
+                raw_step = step_function(model, lambda model, x, y, doc_ids: model(x, doc_ids, y) / (y != -1).sum(),
+                                         optimizer, device, batch, clip=cfg["grad_clip"])
+            times = [timed(raw_step, device)[1] for _ in range(WARMUP_STEPS + LOOP_STEPS // 2)]
+            raw += [batch[0].numel() / seconds for seconds in times[WARMUP_STEPS:]]
+    logged, raw = statistics.median(logged), statistics.median(raw)
+    print(f"\ntrain.py's loop at the quickstart config (16 x 256, our AdamW, clip 1.0, document masks) beside its raw "
+          f"step, {LOOP_ROUNDS} rounds of each:\n\n| | tokens/s (median) | of raw |\n| --- | ---: | ---: |\n"
+          f"| raw step | {raw:,.0f} | |\n| train.py's log lines (5 steps each) | {logged:,.0f} | {logged / raw:.1%} "
+          "(target >= 97%) |")
+
+
+def bench_train(args):
+    try:
+        from transformers import __version__ as transformers_version
+    except ImportError:
+        raise UserError("bench.py train compares against transformers: pip install -r requirements-test.txt")
+    device = pick_device(args.device)
+    default = ("quickstart",) if args.compile else tuple(s for s in TRAIN_SHAPES if s not in CPU_SKIPPED)
+    peak, source = (args.peak_flops, "--peak-flops") if args.peak_flops else flops.peak_flops(device)
+    print(f"training step on {device.type}, ours vs transformers {transformers_version} LlamaForCausalLM (sdpa): the "
+          "same weights, batch and torch.optim.AdamW; ours with its chunked loss, theirs with its own loss", flush=True)
+    for shape, reason in CPU_SKIPPED.items() if device.type == "cpu" and not args.shapes else ():
+        print(f"{shape} skipped: {reason}")
+    rows = []
+    for shape in args.shapes or (default if device.type == "cpu" else TRAIN_SHAPES):
+        try:
+            rows += bench_shape(shape, args, device)
+        except torch.OutOfMemoryError:
+            print(f"{shape}: does not fit in this device's memory")
+            torch.cuda.empty_cache()
+    if not args.peak_flops and device.type == "cpu":  # the best of before and after: the machine drifts
+        peak = max(peak, flops.measured_cpu_peak())
+    print_train_table(rows, peak, source)
+    if not args.no_loop:
+        loop_and_raw_step(args, device)
+
+
+# -----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -267,8 +565,15 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
 def main(argv):
-    parser = argparse.ArgumentParser(description="Side-by-side speed and memory benchmarks.")
+    parser = ArgumentParser(description="Side-by-side speed and memory benchmarks.")
     commands = parser.add_subparsers(dest="command", required=True)
     optim_parser = commands.add_parser("optim", help="optimizer step time and state memory, ours vs torch")
     optim_parser.set_defaults(run=bench_optim)
@@ -297,12 +602,40 @@ def main(argv):
     loader_parser.add_argument("--seq-len", type=positive_int, default=256, help="tokens per row (default: 256)")
     loader_parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per batch (default: 16)")
     loader_parser.add_argument("--steps", type=positive_int, default=10, help="timed steps (default: 10)")
-    args = parser.parse_args(argv)
+    loss_parser = commands.add_parser("loss", help="chunked vs plain cross-entropy: time and peak memory")
+    loss_parser.set_defaults(run=bench_loss)
+    for flag, default, what in (("--tokens", 16384, "rows of the loss"), ("--dim", 768, "hidden size"),
+                                ("--vocab", 32000, "vocabulary size"), ("--repeats", 3, "timed runs of each")):
+        loss_parser.add_argument(flag, type=positive_int, default=default, help=f"{what} (default: {default})")
+    train_parser = commands.add_parser("train", help="a training step, ours vs transformers' Llama; train.py's loop")
+    train_parser.set_defaults(run=bench_train)
+    train_parser.add_argument("--shapes", nargs="+", choices=TRAIN_SHAPES, metavar="SHAPE",
+                              help=f"of {', '.join(TRAIN_SHAPES)} (default: all on CUDA; on the CPU all but "
+                                   f"{', '.join(CPU_SKIPPED)}, and with --compile quickstart only)")
+    train_parser.add_argument("--compile", action="store_true",
+                              help="also torch.compile both models (on the CPU ~20-60 s a model to compile)")
+    train_parser.add_argument("--steps", type=positive_int, help="timed steps of each model (default: 20 on CUDA; "
+                              + ", ".join(f"{s} {v[5]}" for s, v in TRAIN_SHAPES.items()) + " on the CPU)")
+    train_parser.add_argument("--peak-flops", type=positive_float,
+                              help="one device's peak FLOP/s (default: the card's bf16 peak; on the CPU measured)")
+    train_parser.add_argument("--no-loop", action="store_true", help="skip train.py's loop beside the raw step")
+    train_parser.add_argument("--data-dir", default="data", help="holds shakespeare, for the loop (default: data)")
+    for sub in (loss_parser, train_parser):
+        sub.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if there is one")
+        sub.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                         help="torch's CPU threads, ours and the reference's (default: all cores)")
     try:
-        args.run(args)
+        args = parser.parse_args(argv)  # a bad option: a UserError, one line
+        with other_work_reported(args.threads) if "threads" in args else contextlib.nullcontext():
+            args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        raise SystemExit("error: interrupted")
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

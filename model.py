@@ -341,14 +341,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.t()).float()  # fp32 softmax even when autocast runs the matmul in bf16
             ignored = (t == -1)[:, None]
             t = t.clamp(min=0)[:, None]
-            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            loss += (log_norm - logits.gather(1, t)).masked_fill(ignored, 0).sum()
-            # d loss / d logits = softmax - one_hot(target), and 0 on ignored rows; made in place of the logits
-            grad_logits = logits.sub_(log_norm).exp_()
-            grad_logits.scatter_add_(1, t, torch.full_like(log_norm, -1.0)).masked_fill_(ignored, 0)
+            top, target_logits = logits.amax(dim=-1, keepdim=True), logits.gather(1, t)
+            probs = logits.sub_(top).exp_()  # in place: one (rows, vocab) tensor per chunk, no logsumexp copy
+            total = probs.sum(dim=-1, keepdim=True)
+            loss += (total.log() + top - target_logits).masked_fill(ignored, 0).sum()
+            # d loss / d logits = softmax - one_hot(target), and 0 on ignored rows
+            grad_logits = probs.div_(total)
+            grad_logits.scatter_add_(1, t, torch.full_like(total, -1.0)).masked_fill_(ignored, 0)
             grad_logits = grad_logits.to(weight.dtype)
             grad_hidden[rows] = grad_logits @ weight
             grad_weight += grad_logits.t() @ h
+            del logits, probs, grad_logits  # before the next chunk's logits exist: one chunk alive at a time
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype  # the gradient is summed in fp32 and handed back in the weight's dtype
         return loss
