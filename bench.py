@@ -222,9 +222,9 @@ def run_prepare_bench(args, work):
             times[name].append(run())
     rows = [(name, min(t)) for name, t in times.items()]
     print(f"\n{'':<42} {'seconds':>8} {'M tokens/s':>11} {'MB/s':>6} {'vs raw':>7}")
-    for name, seconds in rows:
-        print(f"{name:<42} {seconds:>8.2f} {n_tokens / seconds / 1e6:>11.2f} {n_bytes / seconds / 1e6:>6.1f} "
-              f"{rows[0][1] / seconds:>6.0%}")
+    for name, elapsed in rows:
+        print(f"{name:<42} {elapsed:>8.2f} {n_tokens / elapsed / 1e6:>11.2f} {n_bytes / elapsed / 1e6:>6.1f} "
+              f"{rows[0][1] / elapsed:>6.0%}")
     print(f"tokens/s count the {n_tokens:,} text tokens (end-of-text tokens not included); "
           "vs raw = raw seconds / seconds (the target for prepare is >= 85%)")
 

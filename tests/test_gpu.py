@@ -21,8 +21,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -34,12 +32,11 @@ from torch._dynamo.utils import counters
 import flops
 import optim
 import train
-from conftest import ROOT
 from attention import document_ids
 from model import PRESETS, ModelConfig, Transformer
 from test_flex import same_model
 from test_model import EOT, VOCAB
-from test_train import read_log, run_args
+from test_train import read_log, run_args, run_torchrun
 from test_variants import tiny_model
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -229,10 +226,7 @@ def test_two_gpus_with_nccl_match_one_with_grad_accum(tiny_data, tmp_path):
     """2 processes x batch 4 on two GPUs and 1 process x batch 4 x grad_accum 2 on one: the same losses (fp32)."""
     common = run_args(tiny_data, tmp_path, "max_steps=8", "eval_interval=4", "device=cuda", "dtype=fp32")
     assert train.main(common + ["run_name=single", "grad_accum=2"]) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(ROOT / "train.py"), *common, "run_name=ddp"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_torchrun(common + ["run_name=ddp"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
     (single, single_evals), (ddp, ddp_evals) = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")

@@ -36,6 +36,13 @@ def two_corpora(tiny_data):
 MIXED = ["data=tiny_b,tiny", "mixture=soft_sequential", "packing=best_fit"]
 
 
+def run_torchrun(args, timeout=300):
+    """train.py with args under `torchrun --standalone --nproc_per_node=2`, one OpenMP thread a process."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "train.py"), *args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def read_log(run_dir):
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     return [r for r in lines if "loss" in r], [r for r in lines if "eval_loss" in r]
@@ -97,10 +104,7 @@ def test_torchrun_two_processes_match_one_with_grad_accum(two_corpora, tmp_path)
     here from a curriculum of two sources packed best-fit."""
     common = run_args(two_corpora, tmp_path, "max_steps=8", "eval_interval=4", "total_tokens=0.008", *MIXED)
     assert train.main(common + ["run_name=single", "grad_accum=2"]) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(ROOT / "train.py"), *common, "run_name=ddp"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_torchrun(common + ["run_name=ddp"])
     assert result.returncode == 0, result.stderr[-3000:]
     single, single_evals = read_log(tmp_path / "single")
     ddp, ddp_evals = read_log(tmp_path / "ddp")

@@ -15,9 +15,9 @@ from torch.testing import assert_close
 
 import train
 from export import export_hf, main as export_main
-from attention import alibi_slopes, document_ids, document_mask, document_positions, key_minus_query
+from attention import alibi_slopes, document_mask, document_positions, key_minus_query
 from model import PRESETS, Canon, KVCache, ModelConfig, Transformer, parameter_summary
-from test_model import (EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,  # the Llama tests' shape,
+from test_model import (VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,  # the Llama tests' shape,
                         check_trunc_normal, tiny)  # packing check and init statistics
 from test_train import read_log, run_args
 
