@@ -134,7 +134,8 @@ def read_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, empty or foreign: a zip-reader or unpickling error, in many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # the first sentence: torch's zip-reader message goes on for four more about what may have happened
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(state, dict) or not {"model", "model_config"} <= state.keys():
         raise UserError(f"{path} is not a small-lm checkpoint (no model and model_config)")
@@ -154,18 +155,17 @@ def load_checkpoint(path, map_location="cpu", warn=None):
     candidates = step_checkpoints(path)
     if not candidates:
         raise UserError(f"no checkpoint (ckpt_*.pt) in run directory {path}")
-    skipped = []
+    skipped = []  # "name: why", newest first
     for candidate in reversed(candidates):
         try:
             state = read_checkpoint(candidate, map_location)
         except UserError as e:
-            skipped.append(candidate.name)
-            warn(f"warning: {e}; trying an older one")
+            skipped.append(f"{candidate.name} ({str(e).split(': ', 1)[-1]})")
             continue
         if skipped:
-            warn(f"warning: using {candidate} (skipped damaged {', '.join(skipped)})")
+            warn(f"warning: using {candidate}, the newest that loads; skipped damaged {'; '.join(skipped)}")
         return candidate, state
-    raise UserError(f"no checkpoint in {path} loads ({', '.join(skipped)} are damaged)")
+    raise UserError(f"no checkpoint in {path} loads: {'; '.join(skipped)}")
 
 
 # ----------------------------------------------------------------------------- a run's log; starting over
