@@ -190,12 +190,8 @@ HF_FILES = {"config.json", "model.safetensors", "small_lm.json"}  # what export_
 
 
 def holds_a_run(directory):
-    """Whether directory is a training run (a log or a checkpoint in it), or holds one anywhere below it."""
-    for folder, _, names in os.walk(directory):
-        if "log.jsonl" in names or any(files.CHECKPOINT_NAME.fullmatch(n) or n == files.BEST_CHECKPOINT
-                                       for n in names):
-            return True
-    return False
+    """Whether directory is a training run, or holds one anywhere below it."""
+    return any(files.is_run_directory(folder) for folder, _, _ in os.walk(directory))
 
 
 def check_replaceable(output_dir):
@@ -205,9 +201,7 @@ def check_replaceable(output_dir):
         raise UserError(f"{output_dir} is or holds a training run: --force never replaces one; choose another --output")
     earlier_export = {p.name for p in output_dir.iterdir()} <= HF_FILES
     for parent in output_dir.resolve().parents:
-        is_run = (parent / "log.jsonl").is_file() or (parent / files.BEST_CHECKPOINT).is_file() \
-            or files.step_checkpoints(parent)
-        if is_run and not earlier_export:
+        if files.is_run_directory(parent) and not earlier_export:
             raise UserError(f"{output_dir} lies inside the run directory {parent}: --force replaces only an earlier "
                             f"export there ({', '.join(sorted(HF_FILES))}); choose another --output")
 

@@ -100,6 +100,13 @@ def step_checkpoints(run_dir):
     return [Path(run_dir) / m.group(0) for m in sorted((m for m in matches if m), key=lambda m: int(m.group(1)))]
 
 
+def is_run_directory(directory):
+    """Whether directory holds a training run: a log, a step checkpoint or ckpt_best.pt."""
+    directory = Path(directory)
+    return (directory / "log.jsonl").is_file() or (directory / BEST_CHECKPOINT).is_file() \
+        or bool(step_checkpoints(directory))
+
+
 def non_finite_tensors(state_dict):
     """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
     import torch
