@@ -452,6 +452,13 @@ class Transformer(nn.Module):
         """Logits (B, T, vocab) for token ids (B, T); or, given targets (B, T), the summed cross-entropy.
         doc_ids (B, T), from document_ids(), packs several documents per row; None = one per row. Targets
         equal to -1 are ignored. The loss is a sum: the trainer divides by the global batch's target count."""
+        cos, sin, distance, mask, positions = self.block_inputs(idx, doc_ids)
+        hidden = self.trunk(idx, cos, sin, distance, mask, positions)
+        return self.lm_head(hidden) if targets is None else self.loss(hidden, targets)
+
+    def block_inputs(self, idx, doc_ids):
+        """(cos, sin, distance, mask, positions): what every block needs besides its input, for the (B, T) rows
+        of idx whose documents doc_ids gives (None: one per row)."""
         T = idx.size(1)
         positions = torch.arange(T, device=idx.device)[None] if doc_ids is None else document_positions(doc_ids)
         flex = self.config.attn == "flex"
@@ -460,9 +467,10 @@ class Transformer(nn.Module):
         else:
             mask = None if doc_ids is None else document_mask(doc_ids)
         cos, sin, distance = self.position_inputs(positions, positions, max_positions=T, distances=not flex)
-        hidden = self.trunk(idx, cos, sin, distance, mask, positions)
-        if targets is None:
-            return self.lm_head(hidden)
+        return cos, sin, distance, mask, positions
+
+    def loss(self, hidden, targets):
+        """The summed cross-entropy of the final norm's output (B, T, dim) against targets (B, T), -1 ignored."""
         hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
         if self.config.loss == "chunked":
             return chunked_cross_entropy(hidden, self.lm_head.weight, targets)

@@ -22,6 +22,7 @@ uninterrupted one would have.
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 # -----------------------------------------------------------------------------------------------
 # Stochastic rounding
@@ -40,6 +41,14 @@ def stochastic_round(x, generator):
     random_bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
     rounded = (bits - low_bits) + (random_bits < low_bits).int() * 0x10000
     return rounded.view(torch.float32).bfloat16()  # exact: the low 16 bits are now zero
+
+
+def local(t):
+    """The part of t this process holds: a DTensor's local shard (FSDP2, parallel.py), which shares the
+    DTensor's storage, or t itself. The AdamW rule is elementwise, so each process updates its shard alone;
+    its stochastic rounding draws the bits of its shard (the same generator on every rank: different
+    weights, so the draws are not shared by any one weight)."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 # -----------------------------------------------------------------------------------------------
@@ -151,10 +160,10 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
                 state["step"] += 1
             states = [self.state[p] for p in batch]
             n = len(batch)
-            stored = batch + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]
+            stored = [local(t) for t in batch + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]]
             working = [t.float() for t in stored]  # p, m, v in fp32: the tensors themselves when fp32
             p32, m32, v32 = working[:n], working[n:2 * n], working[2 * n:]
-            g32 = [p.grad.float() for p in batch]
+            g32 = [local(p.grad).float() for p in batch]
             if weight_decay:
                 torch._foreach_mul_(p32, 1 - lr * weight_decay)
             torch._foreach_lerp_(m32, g32, 1 - beta1)

@@ -3,6 +3,7 @@
     python train.py configs/quickstart.py                          # one process
     python train.py configs/quickstart.py lr=1e-3 max_steps=100    # key=value overrides come last
     torchrun --standalone --nproc_per_node=4 train.py configs/X.py # DDP (nccl on CUDA, gloo on CPU)
+    torchrun --standalone --nproc_per_node=4 train.py configs/X.py parallel=fsdp   # or pp (parallel.py)
 
 Every key and its default is declared once, in TrainConfig below. A config file is plain Python
 that assigns some of those names (it may start with `from configs.other import *`). The model
@@ -33,6 +34,7 @@ import files
 import flops
 import model as model_lib
 import optim
+import parallel
 import prepare
 import sched
 from config import UserError, at_least, between, one_of, positive
@@ -99,6 +101,11 @@ class TrainConfig:
                                         # reference's; slow to compile) | "max-autotune-no-cudagraphs"
     peak_flops: float | None = None     # one device's peak FLOP/s, for mfu; None: the card's bf16 peak from
                                         # flops.GPU_PEAK_FLOPS, or on the CPU its fp32 matmul rate, measured at start
+    # several processes (torchrun; parallel.py says what each mode does and what it refuses)
+    parallel: str = "ddp"               # "ddp" (each process holds everything) | "fsdp" (FSDP2: each holds 1/N) |
+                                        # "pp" (the blocks cut into pipeline stages)
+    pp_stages: int | None = None        # pp: stages per pipeline; None: one per process (more: DDP across pipelines)
+    pp_schedule: str = "1f1b"           # pp: "1f1b" | "gpipe"; a step's grad_accum micro-batches fill the pipeline
     # eval, logging, checkpoints, samples
     eval_interval: int = 100            # steps between evals (and one before the first step and after the last)
     eval_iters: int = 10                # global batches of val.bin per eval (capped at the whole split)
@@ -148,7 +155,8 @@ VALID = {
     "grad_clip": at_least(0), "divergence_factor": at_least(0),
     # precision and speed
     "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES), "compile_mode": one_of(*COMPILE_MODES),
-    "peak_flops": positive,
+    "peak_flops": positive, "parallel": one_of(*parallel.PARALLEL), "pp_stages": at_least(1),
+    "pp_schedule": one_of(*parallel.PP_SCHEDULES),
     # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
@@ -191,9 +199,10 @@ def load_config(argv):
     return cfg, model_overrides
 
 
-def make_schedule(cfg, world_size, annealing_start=None):
-    """The run's sched.Schedule; annealing_start is the step where an annealing was requested, if one was."""
-    return sched.plan(cfg.schedule, sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size),
+def make_schedule(cfg, dp_size, annealing_start=None):
+    """The run's sched.Schedule (dp_size: data-parallel replicas); annealing_start is the step where an annealing
+    was requested, if one was."""
+    return sched.plan(cfg.schedule, sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, dp_size),
                       cfg.total_tokens, cfg.lr, warmup_tokens=cfg.warmup_tokens, base_batch_tokens=cfg.base_batch_tokens,
                       lr_alpha=cfg.lr_alpha, min_lr=cfg.min_lr, constant_lr=cfg.constant_lr, cooldown_p=cfg.cooldown_p,
                       min_cooldown_tokens=cfg.min_cooldown_tokens, decay_tokens=cfg.annealing_tokens,
@@ -246,11 +255,12 @@ class Run:
     rank: int
     world_size: int
     device: torch.device
+    layout: parallel.Layout             # what this process holds and which rows it reads (parallel.py)
     run_dir: Path
     resolved: dict                      # the config as written to config.json
     training_data: data.TrainingData
     model_config: model_lib.ModelConfig
-    raw_model: torch.nn.Module          # the model itself: its weights are what checkpoints hold
+    raw_model: torch.nn.Module          # this process's part of the model (all of it, but under fsdp and pp)
     model: torch.nn.Module              # what the loop calls: raw_model, compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     autocast: typing.Any
@@ -260,6 +270,7 @@ class Run:
     peak_flops: float | None            # one device's peak FLOP/s; None: unknown, no mfu
     log_file: typing.Any = None
     tensorboard: typing.Any = None
+    pipeline: parallel.Pipeline = None  # pp: the stage and its schedule
     # ---
     schedule: sched.Schedule = None
     step: int = 0
@@ -302,8 +313,10 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
     training_data = open_data(cfg, model_overrides)
     model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
-    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, world_size)
-    schedule = make_schedule(cfg, world_size)  # laid out over total_tokens even when max_steps stops earlier
+    parallel.check(cfg, model_config, world_size)
+    layout = parallel.plan(cfg, rank, world_size, device)
+    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, layout.dp_size)
+    schedule = make_schedule(cfg, layout.dp_size)  # laid out over total_tokens even when max_steps stops earlier
     if schedule.total_steps < 1:
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
@@ -314,15 +327,16 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    raw_model = parallel.shard(raw_model, layout, cfg)  # fsdp: 1/N of each weight; pp: this stage's blocks
     optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                                       seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
-    run = Run(cfg, rank, world_size, device, Path(cfg.out_dir) / cfg.run_name,
+    run = Run(cfg, rank, world_size, device, layout, Path(cfg.out_dir) / cfg.run_name,
               dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
               training_data, model_config, raw_model, raw_model, optimizer, autocast,
               prepare.load_tokenizer(training_data.tokenizer), tokens_per_step,
               flops.flops_per_token(model_config, cfg.seq_len), None, schedule=schedule)
     resume(run)
-    run.schedule = make_schedule(cfg, world_size, run.annealing_start)
+    run.schedule = make_schedule(cfg, layout.dp_size, run.annealing_start)
     if run.master:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         files.remove_stale_temps(run.run_dir)  # a write that a kill -9 cut short
@@ -333,15 +347,19 @@ def start_run(cfg, model_overrides, rank, world_size, device):
             print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
         run.say("config: " + json.dumps(run.resolved))
         run.say(model_lib.format_summary(model_config).replace("\n", " | "))
-        run.say(f"{world_size} process(es) on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
+        layout_words = (f" ({layout.mode}" + (f": {layout.n_stages} stages x {layout.dp_size} replicas, "
+                                              f"{cfg.pp_schedule}" if layout.pipelined else "") + ")") if world_size > 1 else ""
+        run.say(f"{world_size} process(es){layout_words} on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
                 f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
         run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else flops.peak_flops(device)
         run.say(f"{run.flops_per_token:.3g} FLOPs/token; peak {run.peak_flops or 0:.3g} FLOP/s a device ({source})")
         run.log_file = open(run.run_dir / "log.jsonl", "a")
         run.tensorboard = tensorboard_writer(run.run_dir)
-    if cfg.compile:
+    if cfg.compile and layout.mode == "ddp":  # fsdp and pp compile block by block (parallel.shard)
         run.model = torch.compile(raw_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    if world_size > 1:
+    if layout.pipelined:
+        run.pipeline = parallel.build_pipeline(raw_model, layout, cfg, device)
+    elif world_size > 1 and layout.mode == "ddp":
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     return run
 
@@ -349,11 +367,15 @@ def start_run(cfg, model_overrides, rank, world_size, device):
 def resume(run):
     """Load the newest step checkpoint that loads into run; from scratch only where nothing would be lost."""
     cfg, run_dir = run.cfg, run.run_dir
-    if not files.step_checkpoints(run_dir):
-        files.check_fresh_start(run_dir)
+
+    def read():  # on rank 0 only: out/ need not be shared between nodes
+        if not files.step_checkpoints(run_dir):
+            files.check_fresh_start(run_dir)
+            return None, None
+        return files.load_checkpoint(run_dir, map_location="cpu")
+    checkpoint_path, checkpoint = parallel.from_rank0(run.layout, read)
+    if checkpoint is None:
         return
-    checkpoint_path, checkpoint = files.load_checkpoint(run_dir, map_location=run.device,
-                                                           warn=None if run.master else lambda message: None)
     model_config = dataclasses.asdict(run.model_config)
     if {k: v for k, v in checkpoint["model_config"].items() if k not in model_lib.BACKEND_FIELDS} != \
             {k: v for k, v in model_config.items() if k not in model_lib.BACKEND_FIELDS}:
@@ -361,8 +383,7 @@ def resume(run):
     if checkpoint["config"]["optimizer"] != cfg.optimizer:
         raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
                         f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
-    run.raw_model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    parallel.load_state(run.raw_model, run.optimizer, checkpoint["model"], checkpoint["optimizer"], run.layout)
     run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
     run.best_eval_loss = checkpoint["best_eval_loss"]
     torch.set_rng_state(checkpoint["rng"].cpu())
@@ -381,10 +402,12 @@ def resume(run):
 # ----------------------------------------------------------------------------- checkpoints, logs, samples
 
 def save(run, best=False):
-    """A checkpoint of everything the run needs to go on exactly (rank 0 writes it; non-finite weights refused)."""
+    """A checkpoint of everything the run needs to go on exactly: whole tensors, whatever the layout (every rank
+    calls this; rank 0 writes it; non-finite weights refused)."""
+    model_state, optimizer_state = parallel.gather_state(run.raw_model, run.optimizer, run.layout)
     if run.master:
-        state = {"model": run.raw_model.state_dict(), "model_config": dataclasses.asdict(run.model_config),
-                 "optimizer": run.optimizer.state_dict(), "step": run.step, "tokens": run.step * run.tokens_per_step,
+        state = {"model": model_state, "model_config": dataclasses.asdict(run.model_config),
+                 "optimizer": optimizer_state, "step": run.step, "tokens": run.step * run.tokens_per_step,
                  "annealing_start": run.annealing_start, "best_eval_loss": run.best_eval_loss,
                  "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
                  "tokenizer": run.training_data.tokenizer, "config": run.resolved}
@@ -393,16 +416,19 @@ def save(run, best=False):
 
 def write_samples(run):
     """The run's samples at this step into samples.txt (once: a rerun after a kill before they were written
-    writes them, one that finds them there does not)."""
+    writes them, one that finds them there does not). Every rank calls this: a sharded model is gathered."""
     heading = f"sample at step {run.step}"
     path = run.run_dir / "samples.txt"
-    before = path.read_text(errors="replace") if path.exists() else ""
-    if f"----- {heading} 1/" in before:
+    before = path.read_text(errors="replace") if run.master and path.exists() else ""
+    if parallel.from_rank0(run.layout, lambda: f"----- {heading} 1/" in before):
         return
-    run.raw_model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-    text = sample_texts(run.raw_model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
+    model = parallel.whole_model(run.raw_model, run.layout, run.model_config, run.device)
+    if not run.master:
+        return
+    model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
+    text = sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
                         run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step, heading=heading)
-    run.raw_model.train()
+    model.train()
     files.write_text_atomic(path, before + text)
     run.say(text + "-----")
 
@@ -447,7 +473,7 @@ def act_on(run, command):
             run.event("anneal ignored: it needs schedule='infinite' or 'wsd', annealing_tokens > 0 and no annealing "
                       "yet")
         else:
-            run.annealing_start, run.schedule = run.step, make_schedule(cfg, run.world_size, run.step)
+            run.annealing_start, run.schedule = run.step, make_schedule(cfg, run.layout.dp_size, run.step)
             run.event(f"annealing started on request; the run now ends at step {run.steps_to_run()}")
             save(run)  # so that every later resume keeps this start
 
@@ -457,27 +483,34 @@ def act_on(run, command):
 def train_step(run, lr):
     """One optimizer step: micro-batches, loss, backward, clip, update. Returns (summed loss, target count, grad
     norm). A non-finite gradient norm stops the run before the update, so the weights stay as they were."""
-    cfg = run.cfg
+    cfg, layout = run.cfg, run.layout
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    micro_batches = [run.training_data.micro_batch(run.step, m, run.rank, cfg.batch_size, cfg.grad_accum,
-                                                   run.world_size, run.device) for m in range(cfg.grad_accum)]
+    micro_batches = [run.training_data.micro_batch(run.step, m, layout.dp_rank, cfg.batch_size, cfg.grad_accum,
+                                                   layout.dp_size, run.device) for m in range(cfg.grad_accum)]
     # Normalise by the number of target tokens in the whole global batch, so the gradient is
     # that of the mean loss over the step whatever the split into processes and micro-steps.
     target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=run.device)
-    if run.world_size > 1:
-        dist.all_reduce(target_count)
-    step_loss = torch.zeros((), device=run.device)
-    for m, (x, y, doc_ids) in enumerate(micro_batches):
-        last_micro = m == cfg.grad_accum - 1
-        with run.model.no_sync() if run.world_size > 1 and not last_micro else nullcontext():
-            with run.autocast:
-                loss_sum = run.model(x, doc_ids, y)
-            # DDP averages gradients over ranks; scaling by world_size turns that into the sum.
-            (loss_sum * (run.world_size / target_count)).backward()
-        step_loss += loss_sum.detach()
+    if layout.dp_size > 1:
+        dist.all_reduce(target_count, group=layout.dp_group)
+    # DDP and FSDP average gradients over the replicas; scaling by dp_size turns that into the sum.
+    scale = layout.dp_size / target_count
+    if layout.pipelined:
+        with run.autocast:
+            step_loss = parallel.pipeline_step(run.pipeline, layout, micro_batches, scale)
+    else:
+        step_loss = torch.zeros((), device=run.device)
+        for m, (x, y, doc_ids) in enumerate(micro_batches):
+            last_micro = m == cfg.grad_accum - 1
+            if layout.sharded:  # reduce-scatter the gradients once, after the last micro-batch
+                run.model.set_requires_gradient_sync(last_micro)
+            with run.model.no_sync() if isinstance(run.model, DistributedDataParallel) and not last_micro else nullcontext():
+                with run.autocast:
+                    loss_sum = run.model(x, doc_ids, y)
+                (loss_sum * scale).backward()
+            step_loss += loss_sum.detach()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm)
+    grad_norm = parallel.gradient_norm(run.raw_model.parameters(), max_norm, layout)
     if not torch.isfinite(grad_norm):  # the same on every rank: the gradients were all-reduced
         newest = files.step_checkpoints(run.run_dir)
         raise UserError(f"loss diverged at step {run.step + 1}: the gradient norm is {grad_norm.item()} (loss "
@@ -491,16 +524,20 @@ def train_step(run, lr):
 @torch.no_grad()
 def evaluate(run):
     """{name: (loss sum, target count)} over a fixed set of val blocks of every eval source, summed over ranks."""
-    cfg, training_data = run.cfg, run.training_data
+    cfg, training_data, layout = run.cfg, run.training_data, run.layout
     run.model.eval()
-    n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * run.world_size
+    n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * layout.dp_size
     totals = torch.zeros(len(training_data.eval_names), 2, dtype=torch.float64, device=run.device)
     for i, name in enumerate(training_data.eval_names):
-        for x, y, doc_ids in training_data.eval_batches(name, n_rows, run.rank, run.world_size, cfg.batch_size,
+        for x, y, doc_ids in training_data.eval_batches(name, n_rows, layout.dp_rank, layout.dp_size, cfg.batch_size,
                                                         run.device):
             with run.autocast:
-                totals[i, 0] += run.model(x, doc_ids, y).double()
-            totals[i, 1] += (y != -1).sum()
+                if layout.pipelined:
+                    totals[i, 0] += parallel.pipeline_eval_loss(run.pipeline, layout, x, y, doc_ids).double()
+                else:
+                    totals[i, 0] += run.model(x, doc_ids, y).double()
+            if layout.last_stage:  # one count per replica
+                totals[i, 1] += (y != -1).sum()
     if run.world_size > 1:
         dist.all_reduce(totals)
     run.model.train()
@@ -555,8 +592,7 @@ def training_loop(run):
     run_steps = run.steps_to_run()
     if run.step >= run_steps:
         run.say(f"already trained to step {run.step} of {run_steps}; nothing to do")
-        if run.master:
-            write_samples(run)  # the final samples, if a kill came between the last checkpoint and them
+        write_samples(run)  # the final samples, if a kill came between the last checkpoint and them
         return 0
     if run.step == 0:
         run_eval(run)
@@ -569,6 +605,8 @@ def training_loop(run):
         step_loss, target_count, grad_norm = train_step(run, lr)
         run.step += 1
         loss, signalled, command = agree(run, step_loss, target_count, stop_signal)
+        if losses_seen == 0:  # the optimizer state exists now
+            run.say(parallel.memory_line(run.raw_model, run.optimizer, run.layout, run.device))
 
         # ---- the divergence guard: nothing is saved after a bad step
         if not math.isfinite(loss) or (cfg.divergence_factor and losses_seen >= 20 and
@@ -613,7 +651,7 @@ def training_loop(run):
             run_eval(run)
         if run.step % cfg.checkpoint_interval == 0 or run.step == run_steps:
             save(run)
-        if run.master and ((cfg.sample_interval and run.step % cfg.sample_interval == 0) or run.step == run_steps):
+        if (cfg.sample_interval and run.step % cfg.sample_interval == 0) or run.step == run_steps:
             write_samples(run)
         paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
         start_time, last_time = start_time + paused, last_time + paused

@@ -1,0 +1,364 @@
+"""How a training step is spread over the processes of torchrun: the `parallel` key of train.py.
+
+- "ddp": every process holds the whole model and optimizer and trains on its own rows; DDP all-reduces the
+  gradients. The default, and the fastest while the model, its gradients and AdamW's two moments fit a device.
+- "fsdp": FSDP2 (`fully_shard` on each block and on the root): each process holds 1/N of every weight,
+  gradient and AdamW moment; a block's weights are gathered just before it runs and freed after. With
+  dtype=bf16-mixed on CUDA, the gathered weights are bf16 and gradients are reduced in fp32.
+- "pp": the blocks cut into `pp_stages` consecutive stages (the embedding goes with the first, the final norm,
+  lm_head and the loss with the last), run by torch.distributed.pipelining with a "1f1b" or "gpipe" schedule over
+  grad_accum micro-batches. With more processes than stages, DDP across the pipelines' replicas.
+
+Every mode trains on the same rows in the same order (data.py deals a step's rows to data-parallel replicas, and
+a pipeline's stages read the same rows), so a run's losses do not depend on the mode or the number of processes.
+Checkpoints hold whole tensors keyed by parameter name, whatever the mode, so a run resumes under any other mode
+and `load_model`, `sample.py` and `export.py` read it. Only rank 0 reads and writes the run directory.
+
+Top to bottom: Layout and plan (who does what), check (the combinations refused, and why), shard (a rank's
+part of the model), the pipeline (StageModel, Pipeline, its step and eval), gradient_norm, the whole state
+(gather for checkpoints, load into any layout), from_rank0, memory_line.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+import model as model_lib
+from config import UserError
+
+PARALLEL = ("ddp", "fsdp", "pp")
+PP_SCHEDULES = ("1f1b", "gpipe")
+WHOLE_MATRIX_OPTIMIZERS = ("adafactor", "muon")  # their update needs each weight matrix whole
+
+
+@dataclass
+class Layout:
+    """Who does what. Processes are laid out replica by replica: rank = dp_rank * n_stages + stage."""
+    mode: str                # one of PARALLEL
+    rank: int = 0
+    world_size: int = 1
+    dp_rank: int = 0         # which data-parallel replica: replicas train on different rows of each step
+    dp_size: int = 1
+    stage: int = 0           # pipeline stage (pp); 0 otherwise
+    n_stages: int = 1
+    dp_group: object = None  # the processes that hold this one's part of the model (pp: this stage's replicas)
+    pp_group: object = None  # the stages of this process's pipeline (pp)
+
+    @property
+    def pipelined(self):
+        return self.n_stages > 1
+
+    @property
+    def sharded(self):
+        return self.mode == "fsdp" and self.world_size > 1
+
+    @property
+    def first_stage(self):
+        return self.stage == 0
+
+    @property
+    def last_stage(self):
+        return self.stage == self.n_stages - 1
+
+
+def check(cfg, model_config, world_size):
+    """The combinations this project does not train, each refused with one line that says why."""
+    if cfg.pp_stages is not None and cfg.parallel != "pp":
+        raise UserError(f"pp_stages is for parallel='pp', not parallel={cfg.parallel!r}")
+    if cfg.parallel == "fsdp" and cfg.optimizer in WHOLE_MATRIX_OPTIMIZERS:
+        why = "Newton-Schulz orthogonalises" if cfg.optimizer == "muon" else "row and column statistics need"
+        raise UserError(f"optimizer={cfg.optimizer!r} does not train with parallel='fsdp': its {why} whole weight "
+                        f"matrices, and FSDP holds a slice of each on every process; use parallel='ddp' or 'pp'")
+    if cfg.parallel != "pp":
+        return
+    stages = cfg.pp_stages or world_size
+    if stages > 1 and model_config.tie_embeddings:
+        raise UserError("tie_embeddings=True does not train with parallel='pp': the embedding is on the first stage "
+                        "and lm_head on the last, so they cannot share one matrix")
+    if stages > model_config.n_layers:
+        raise UserError(f"pp_stages={stages} is more stages than the model's {model_config.n_layers} blocks")
+    if world_size % stages:
+        raise UserError(f"pp_stages={stages} does not divide the {world_size} processes into whole pipelines")
+
+
+def plan(cfg, rank, world_size, device):
+    """This process's Layout (process groups made here: every rank calls this, in the same order)."""
+    if world_size == 1:
+        return Layout(cfg.parallel)
+    if cfg.parallel != "pp":
+        return Layout(cfg.parallel, rank, world_size, dp_rank=rank, dp_size=world_size, dp_group=dist.group.WORLD)
+    stages = cfg.pp_stages or world_size
+    mesh = dist.init_device_mesh(device.type, (world_size // stages, stages), mesh_dim_names=("dp", "pp"))
+    return Layout("pp", rank, world_size, dp_rank=rank // stages, dp_size=world_size // stages, stage=rank % stages,
+                  n_stages=stages, dp_group=mesh["dp"].get_group(), pp_group=mesh["pp"].get_group())
+
+
+def shard(model, layout, cfg):
+    """This rank's part of a whole model (built from the seed, the same on every rank): the model itself (ddp),
+    sharded in place (fsdp) or its stage (pp). Blocks are compiled one by one here under fsdp and pp (train.py
+    compiles the whole model under ddp), before sharding, as torchtitan does."""
+    if layout.pipelined:
+        model = StageModel(model, layout.stage, layout.n_stages)
+    if cfg.compile and layout.mode != "ddp":
+        for block in model.layers.values() if layout.pipelined else model.layers:
+            block.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    if layout.sharded:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if on_cuda and cfg.dtype in ("auto",
+                                                                                                "bf16-mixed") else MixedPrecisionPolicy()
+        for block in model.layers:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    return model
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+class StageModel(model_lib.Transformer):
+    """The part of a Transformer that one pipeline stage holds: consecutive blocks, with the embedding on the first
+    stage and the final norm and lm_head on the last, under the whole model's parameter names ("layers.5.mlp...":
+    the blocks sit in a ModuleDict keyed by their index), so its state dict is a slice of the whole model's. It
+    takes the parts of a whole model (the same on every rank, from the seed); the rest is freed with that model.
+    It borrows Transformer's block_inputs and loss; it trains and evaluates, it does not generate."""
+
+    def __init__(self, model, stage, n_stages):
+        nn.Module.__init__(self)  # not Transformer.__init__: the parts come from `model`, already initialised
+        self.config, self.rope_cache = model.config, None
+        n_layers = model.config.n_layers
+        first, end = stage * n_layers // n_stages, (stage + 1) * n_layers // n_stages
+        self.first, self.last = stage == 0, stage == n_stages - 1
+        self.embed_tokens = model.embed_tokens if self.first else None
+        self.layers = nn.ModuleDict({str(i): model.layers[i] for i in range(first, end)})
+        self.norm, self.lm_head = (model.norm, model.lm_head) if self.last else (None, None)
+
+    def forward(self, h, doc_ids):
+        """h: token ids (B, T) on the first stage, the previous stage's output (B, T, dim) on the others; doc_ids
+        (B, T) travels along the pipeline (all zeros: one document a row). Returns the next stage's inputs, or on
+        the last stage the final norm's output."""
+        one_document = not bool(doc_ids.any())
+        cos, sin, distance, mask, positions = self.block_inputs(h, None if one_document else doc_ids)
+        if self.first:
+            h = self.embed_tokens(h)
+        for block in self.layers.values():
+            h = block(h, cos, sin, mask, distance, positions)
+        return self.norm(h) if self.last else (h, doc_ids)
+
+
+@dataclass
+class Pipeline:
+    """A pipeline stage and its schedule; the loss function's scale and sums change every step."""
+    stage_model: StageModel
+    schedule: object
+    loss_scale: float = 1.0
+    loss_sums: list = None
+
+
+def build_pipeline(stage_model, layout, cfg, device):
+    """The schedule that runs this stage (wrapped in DDP across replicas when there are several)."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from torch.nn.parallel import DistributedDataParallel
+    module = stage_model
+    if layout.dp_size > 1:
+        module = DistributedDataParallel(stage_model, process_group=layout.dp_group,
+                                         device_ids=[device.index] if device.type == "cuda" else None)
+    stage = PipelineStage(module, layout.stage, layout.n_stages, device, group=layout.pp_group)
+    pipeline = Pipeline(stage_model, None, loss_sums=[])
+
+    def loss_fn(hidden, targets):  # on the last stage, once a micro-batch: scaled as train.train_step does
+        loss_sum = stage_model.loss(hidden, targets)
+        pipeline.loss_sums.append(loss_sum.detach())
+        return loss_sum * pipeline.loss_scale
+
+    schedule_class = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[cfg.pp_schedule]
+    # scale_grads=False: the loss is already divided by the step's target count, as without a pipeline
+    pipeline.schedule = schedule_class(stage, n_microbatches=cfg.grad_accum, loss_fn=loss_fn, scale_grads=False)
+    return pipeline
+
+
+def pipeline_step(pipeline, layout, micro_batches, scale):
+    """Forward and backward of a step's micro-batches through the pipeline; the summed loss (the last stage's,
+    0 on the others). The schedule cuts the concatenated rows back into the same micro-batches."""
+    x = torch.cat([x for x, _, _ in micro_batches])
+    y = torch.cat([y for _, y, _ in micro_batches])
+    doc_ids = torch.cat([torch.zeros_like(x) if d is None else d for x, _, d in micro_batches])
+    pipeline.loss_scale, pipeline.loss_sums = scale, []
+    if layout.first_stage:
+        pipeline.schedule.step(x, doc_ids)
+    elif layout.last_stage:
+        pipeline.schedule.step(target=y)
+    else:
+        pipeline.schedule.step()
+    # the micro-batches' losses are the last grad_accum calls (the first step may call loss_fn once more, on
+    # the batch that sets the shapes of what the stages send each other)
+    loss_sums = pipeline.loss_sums[-len(micro_batches):]
+    return torch.stack(loss_sums).sum() if loss_sums else torch.zeros((), device=x.device)
+
+
+@torch.no_grad()
+def pipeline_eval_loss(pipeline, layout, x, y, doc_ids):
+    """The summed loss of one eval batch (on the last stage; 0 on the others): each stage's output handed to the
+    next, forward only, whatever the batch's shape (the schedule is built for the training micro-batch)."""
+    model = pipeline.stage_model
+    doc_ids = torch.zeros_like(x) if doc_ids is None else doc_ids
+    h = x
+    if not layout.first_stage:
+        dtype = next(model.parameters()).dtype
+        h = torch.empty(*x.shape, model.config.dim, dtype=dtype, device=x.device)
+        dist.recv(h, src=layout.rank - 1)
+    out = model(h, doc_ids)
+    if not layout.last_stage:
+        dist.send(out[0].contiguous(), dst=layout.rank + 1)
+        return torch.zeros((), device=x.device)
+    return model.loss(out, y)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def gradient_norm(params, max_norm, layout):
+    """Clip the gradients to max_norm, as one vector over the whole model; returns the norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    if layout.sharded:  # torch's clip reduces the shards' norms itself
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if layout.pipelined:  # each stage holds some of the gradients: the sum of their squares over the stages
+        squared = norm.square()
+        dist.all_reduce(squared, group=layout.pp_group)
+        norm = squared.sqrt()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
+# ----------------------------------------------------------------------------- the whole state
+
+def whole(t, keep):
+    """A tensor's whole value on the CPU where `keep` (None elsewhere): a DTensor's shards gathered (every rank
+    that holds one must call this), one tensor at a time, so no rank ever holds the whole model twice."""
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().cpu() if keep else None
+
+
+def part_of(saved, own):
+    """The part of a whole saved tensor that this process holds in place of `own` (its shard, for a DTensor)."""
+    if isinstance(own, DTensor):
+        return distribute_tensor(saved.to(own.device, own.dtype), own.device_mesh, own.placements, src_data_rank=None)
+    return saved
+
+
+def gather_state(model, optimizer, layout):
+    """(model state, optimizer state) of the whole model, with whole tensors keyed by parameter name, on rank 0;
+    (None, None) elsewhere. A collective: every rank calls it."""
+    keep = layout.rank == 0 if not layout.pipelined else layout.dp_rank == 0  # each stage's first replica
+    if layout.sharded:  # after an eval (no backward) FSDP leaves the root's weights gathered; shard them again
+        model.reshard()
+    names = {p: name for name, p in model.named_parameters()}
+    model_state = {name: whole(t, keep) for name, t in model.state_dict().items()}
+    saved = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer_state = {key: value for key, value in saved.items() if key not in ("state", "param_groups")}
+    optimizer_state["state"] = {names[params[i]]: {k: whole(v, keep) if torch.is_tensor(v) else v for k, v in s.items()}
+                                for i, s in saved["state"].items()}
+    optimizer_state["param_groups"] = [group | {"params": [names[params[i]] for i in group["params"]]}
+                                       for group in saved["param_groups"]]
+    if not layout.pipelined:
+        return (model_state, optimizer_state) if keep else (None, None)
+    if not keep:
+        return None, None
+    parts = [None] * layout.n_stages if layout.rank == 0 else None  # rank 0 collects the stages, in order
+    dist.gather_object((model_state, optimizer_state), parts, group_dst=0, group=layout.pp_group)
+    if layout.rank != 0:
+        return None, None
+    model_state = {name: t for part, _ in parts for name, t in part.items()}
+    optimizer_state = parts[0][1] | {"state": {name: s for _, part in parts for name, s in part["state"].items()}}
+    optimizer_state["param_groups"] = [group | {"params": [name for _, part in parts
+                                                           for name in part["param_groups"][g]["params"]]}
+                                       for g, group in enumerate(optimizer_state["param_groups"])]
+    return model_state, optimizer_state
+
+
+def load_state(model, optimizer, model_state, optimizer_state, layout):
+    """Put a checkpoint's whole tensors into this process's part of the model and of the optimizer."""
+    own = model.state_dict()
+    model.load_state_dict({name: part_of(model_state[name], t) for name, t in own.items()})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_groups = optimizer_state["param_groups"]
+    if saved_groups and saved_groups[0]["params"] and isinstance(saved_groups[0]["params"][0], int):
+        if layout.pipelined:  # a checkpoint from before names: its indices count the whole model's parameters
+            raise UserError("this checkpoint was saved before parallel='pp' existed; resume it once under "
+                            "parallel='ddp' to save it in the form a pipeline reads")
+        optimizer.load_state_dict(optimizer_state)  # its indices are this optimizer's, the whole model's
+        return
+    names = {p: name for name, p in model.named_parameters()}
+    index = {names[p]: i for i, p in enumerate(params)}
+    by_param = dict(zip(index.values(), params))
+    state = {index[name]: {k: part_of(v, by_param[index[name]]) if torch.is_tensor(v) and v.dim() else v
+                           for k, v in s.items()}
+             for name, s in optimizer_state["state"].items() if name in index}
+    groups, start = [], 0
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        groups.append({k: v for k, v in saved.items() if k != "params"} | {"params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    rest = {key: value for key, value in optimizer_state.items() if key not in ("state", "param_groups")}
+    optimizer.load_state_dict(rest | {"state": state, "param_groups": groups})
+
+
+def whole_model(model, layout, model_config, device):
+    """The whole model on rank 0 (None elsewhere), for samples: the model itself unless it is sharded or cut
+    into stages; then gathered into a fresh one (a collective: every rank calls it)."""
+    if not (layout.sharded or layout.pipelined):
+        return model if layout.rank == 0 else None
+    if layout.sharded:
+        model.reshard()
+        state = {name: whole(t, layout.rank == 0) for name, t in model.state_dict().items()}
+    else:
+        parts = [None] * layout.n_stages if layout.rank == 0 else None
+        if layout.dp_rank == 0:
+            dist.gather_object({name: t.cpu() for name, t in model.state_dict().items()}, parts, group_dst=0,
+                               group=layout.pp_group)
+        state = {name: t for part in parts for name, t in part.items()} if layout.rank == 0 else None
+    if layout.rank != 0:
+        return None
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    whole_one = model_lib.Transformer(model_config).to(device, dtype)
+    whole_one.load_state_dict(state)
+    return whole_one
+
+
+# ----------------------------------------------------------------------------- rank 0's reads, and memory
+
+def from_rank0(layout, compute):
+    """compute() on rank 0, its result on every rank (pickled through the process group): only rank 0 reads the
+    run directory, so out/ need not be shared between nodes. A UserError or OSError there is raised everywhere."""
+    if layout.world_size == 1:
+        return compute()
+    result = [None]
+    if layout.rank == 0:
+        try:
+            result[0] = ("ok", compute())
+        except UserError as e:
+            result[0] = ("error", str(e))
+        except OSError as e:
+            result[0] = ("error", f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}")
+    dist.broadcast_object_list(result, src=0)
+    kind, value = result[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def memory_line(model, optimizer, layout, device):
+    """What this process holds of the weights and the optimizer state, the most any process holds and the sum
+    over processes (a collective)."""
+    tensors = list(model.parameters()) + [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    local = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+    if layout.world_size == 1:
+        return f"weights and optimizer state: {local / 2**20:,.1f} MiB"
+    most, total = torch.tensor([float(local)], device=device), torch.tensor([float(local)], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    dist.all_reduce(total)
+    return (f"weights and optimizer state: {most.item() / 2**20:,.1f} MiB on the fullest of {layout.world_size} "
+            f"processes ({layout.mode}), {total.item() / 2**20:,.1f} MiB on all")

@@ -1,0 +1,188 @@
+"""parallel.py under torchrun on the CPU (gloo): FSDP2 and pipelines against one process, checkpoints that move
+between layouts, two nodes on one machine, what each process holds, and the combinations refused."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import export
+import files
+import model as model_lib
+import train
+from conftest import ROOT
+from test_control import last_step, wait_for
+from test_train import read_log, run_args, run_torchrun
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TEN_STEPS = ["max_steps=10", "eval_interval=5", "total_tokens=0.008"]
+
+
+def losses(run_dir):
+    train_lines, eval_lines = read_log(run_dir)
+    return [r["loss"] for r in train_lines], [r["eval_loss"] for r in eval_lines]
+
+
+def assert_same_losses(expected_dir, run_dir, steps=10):
+    (expected, expected_evals), (got, got_evals) = losses(expected_dir), losses(run_dir)
+    assert len(got) == len(expected) == steps
+    for step, (a, b) in enumerate(zip(expected, got), 1):
+        assert abs(a - b) <= 1e-5, (step, a, b)
+    assert len(got_evals) == len(expected_evals)
+    for a, b in zip(expected_evals, got_evals):
+        assert abs(a - b) <= 1e-5, (a, b)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_data, tmp_path_factory):
+    """One process, batch 4 x grad_accum 2, for 10 steps: what every 2-process layout must reproduce, with our AdamW
+    and with torch's."""
+    out = tmp_path_factory.mktemp("single")
+    for optimizer in ("adamw", "torch_adamw"):
+        args = run_args(tiny_data, out, *TEN_STEPS, "grad_accum=2", f"optimizer={optimizer}", f"run_name={optimizer}")
+        assert train.main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "torch_adamw"])
+def test_fsdp_on_two_processes_matches_one_with_grad_accum(tiny_data, tmp_path, single, optimizer):
+    result = run_torchrun(run_args(tiny_data, tmp_path, *TEN_STEPS, "parallel=fsdp", f"optimizer={optimizer}",
+                                   "run_name=fsdp"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) (fsdp)" in result.stdout
+    assert_same_losses(single / optimizer, tmp_path / "fsdp")
+    # the samples come from the whole model, gathered: the same text as the single process wrote
+    assert (tmp_path / "fsdp" / "samples.txt").read_text() == (single / optimizer / "samples.txt").read_text()
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_a_two_stage_pipeline_matches_one_process(tiny_data, tmp_path, single, schedule):
+    """pp on 2 processes: 2 stages of the 2 blocks, the step's 2 micro-batches through the schedule."""
+    result = run_torchrun(run_args(tiny_data, tmp_path, *TEN_STEPS, "grad_accum=2", "parallel=pp",
+                                   f"pp_schedule={schedule}", "run_name=pp"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"(pp: 2 stages x 1 replicas, {schedule})" in result.stdout
+    assert_same_losses(single / "adamw", tmp_path / "pp")
+    assert (tmp_path / "pp" / "samples.txt").read_text() == (single / "adamw" / "samples.txt").read_text()
+
+
+def test_a_run_moves_between_layouts(tiny_data, tmp_path, single):
+    """Saved under one layout, resumed under another, a run reaches step 10 with the losses of an unstopped one:
+    fsdp -> ddp, one process -> fsdp, pp -> one process. Every checkpoint holds whole tensors."""
+    def run(name, steps, layout, processes=2):
+        args = run_args(tiny_data, tmp_path, *TEN_STEPS, f"max_steps={steps}", f"run_name={name}", *layout)
+        if processes == 1:
+            assert train.main(args + ["grad_accum=2"]) == 0
+        else:
+            result = run_torchrun(args)
+            assert result.returncode == 0, result.stderr[-3000:]
+
+    run("a", 5, ["parallel=fsdp"])
+    run("a", 10, ["parallel=ddp"])
+    run("b", 5, [], processes=1)
+    run("b", 10, ["parallel=fsdp"])
+    run("c", 5, ["parallel=pp", "grad_accum=2"])
+    run("c", 10, [], processes=1)
+    for name in "abc":
+        assert_same_losses(single / "adamw", tmp_path / name)
+    # a pipeline's and an fsdp run's checkpoints are whole models: load_model and export read them
+    expected = model_lib.load_model(single / "adamw").state_dict()
+    for name in ("c", "b"):
+        loaded = model_lib.load_model(tmp_path / name)
+        for key, tensor in loaded.state_dict().items():
+            torch.testing.assert_close(tensor, expected[key], atol=1e-5, rtol=0)
+    run("d", 5, ["parallel=pp", "grad_accum=2"])
+    export.main([str(tmp_path / "d"), "--output", str(tmp_path / "d_hf")])
+    assert (tmp_path / "d_hf" / "model.safetensors").exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_match_one_process(tiny_data, tmp_path, single):
+    """The multi-node path: two torchrun invocations, --nnodes=2, one process each, rendezvous on 127.0.0.1."""
+    port = free_port()
+    args = run_args(tiny_data, tmp_path, *TEN_STEPS, "run_name=nodes")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        results = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert_same_losses(single / "adamw", tmp_path / "nodes")
+
+
+def held_mib(output):
+    return float(re.search(r"weights and optimizer state: ([\d,.]+) MiB on the fullest", output)[1].replace(",", ""))
+
+
+def test_fsdp_holds_half_of_what_ddp_holds_per_process(tiny_data, tmp_path):
+    """At llama-small's shape (dim 512, 8 blocks; the data's 257-token vocabulary): weights and AdamW state."""
+    shape = ["dim=512", "n_layers=8", "n_heads=8", "ffn_dim=1408", "vocab_size=257", "seq_len=16", "batch_size=1", "max_steps=1", "eval_iters=1",
+             "sample_tokens=0"]
+    held = {}
+    for mode in ("ddp", "fsdp"):
+        result = run_torchrun(run_args(tiny_data, tmp_path, f"parallel={mode}", f"run_name={mode}") + shape)
+        assert result.returncode == 0, result.stderr[-3000:]
+        held[mode] = held_mib(result.stdout)
+    print(f"per process: ddp {held['ddp']:.1f} MiB, fsdp {held['fsdp']:.1f} MiB")
+    assert held["ddp"] > 250  # 3 x 4 bytes x ~25M parameters
+    assert 0.49 <= held["fsdp"] / held["ddp"] <= 0.51
+
+
+@pytest.mark.parametrize("mode", [["parallel=fsdp"], ["parallel=pp", "grad_accum=2"]])
+def test_sigterm_saves_and_resumes_under_fsdp_and_pp(tiny_data, tmp_path, mode):
+    args = run_args(tiny_data, tmp_path, "total_tokens=1.0", "checkpoint_interval=100000", "eval_interval=100000",
+                    "run_name=t", *mode)
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "t"
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, what="3 steps")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert "stopped by a signal: saved" in out, err[-3000:]
+    step = torch.load(files.step_checkpoints(run_dir)[-1], weights_only=True)["step"]
+    assert step == last_step(run_dir)
+    result = run_torchrun(args + [f"max_steps={step + 2}"])
+    assert result.returncode == 0 and "resuming from" in result.stdout, result.stderr[-3000:]
+    assert last_step(run_dir) == step + 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["parallel=fsdp", "optimizer=muon"], "optimizer='muon' does not train with parallel='fsdp'"),
+    (["parallel=fsdp", "optimizer=adafactor"], "optimizer='adafactor' does not train with parallel='fsdp'"),
+    (["parallel=pp", "pp_stages=2", "tie_embeddings=True"], "tie_embeddings=True does not train with parallel='pp'"),
+    (["parallel=pp", "pp_stages=3"], "pp_stages=3 is more stages than the model's 2 blocks"),
+    (["parallel=pp", "pp_stages=2"], "pp_stages=2 does not divide the 1 processes into whole pipelines"),
+    (["pp_stages=2"], "pp_stages is for parallel='pp', not parallel='ddp'"),
+    (["parallel=tp"], "parallel='tp' is not one of ddp, fsdp, pp"),
+    (["parallel=pp", "pp_schedule=zb"], "pp_schedule='zb' is not one of 1f1b, gpipe"),
+])
+def test_combinations_refused_with_one_line(tiny_data, tmp_path, capsys, extra, message):
+    assert train.main(run_args(tiny_data, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_a_refused_combination_under_torchrun_is_one_line_a_process(tiny_data, tmp_path):
+    result = run_torchrun(run_args(tiny_data, tmp_path, "parallel=fsdp", "optimizer=muon"))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and "does not train with parallel='fsdp'" in lines[0]
+    assert 'train.py", line' not in result.stderr and 'parallel.py", line' not in result.stderr  # no traceback
