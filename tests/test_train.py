@@ -229,7 +229,7 @@ def test_annealing_started_on_resume_is_kept_by_later_resumes(tiny_data, tmp_pat
     lines, _ = read_log(tmp_path / "a")
     assert [r["step"] for r in lines] == list(range(1, 23))  # the run ends when the annealing does: 12 + 10
     cfg, _ = train.load_config(command)
-    expected = train.make_schedule(cfg, world_size=1, annealing_start=12)
+    expected = train.make_schedule(cfg, dp_size=1, annealing_start=12)
     for r in lines:  # a train line's lr is the one its update used: that of step r["step"] - 1
         assert r["lr"] == pytest.approx(sched.lr_at(r["step"] - 1, expected), rel=1e-12)
     assert lines[-1]["lr"] == pytest.approx(1 / (0.9 / 1e-4 + 0.1 / 1e-3))  # rsqrt at t = 9/10: step 21
@@ -288,5 +288,5 @@ def test_every_config_loads_and_plans(path):
     cfg, model_overrides = train.load_config([str(path)])
     assert cfg.run_name == path.stem
     train.build_model_config(cfg, model_overrides, vocab_size=32000)
-    assert train.make_schedule(cfg, world_size=4).total_steps > 0
+    assert train.make_schedule(cfg, dp_size=4).total_steps > 0
     data.parse_entries(cfg.data)
