@@ -18,6 +18,7 @@ Top to bottom: Layout and plan (who does what), check (the combinations refused,
 part of the model), the pipeline (StageModel, Pipeline, its step and eval), gradient_norm, the whole state
 (gather for checkpoints, load into any layout), from_rank0, memory_line.
 """
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+import files
 import model as model_lib
 from config import UserError
 
@@ -348,6 +350,21 @@ def from_rank0(layout, compute):
     if kind == "error":
         raise UserError(value)
     return value
+
+
+def check_rank0_holds_the_run(layout, run_dir):
+    """Refuse to start over when rank 0's out/ holds no checkpoint of the run but another node's does: out/ is not
+    shared between the nodes and rank 0 is now on another node (c10d rendezvous numbers nodes as they arrive)."""
+    if layout.world_size == 1:
+        return
+    newest = files.step_checkpoints(run_dir)
+    seen = [None] * layout.world_size
+    dist.all_gather_object(seen, (socket.gethostname(), newest[-1].name if newest else ""))
+    holders = sorted({host for host, name in seen[1:] if name})
+    if not seen[0][1] and holders:
+        raise UserError(f"rank 0 (on {seen[0][0]}) finds no checkpoint in {run_dir}, but {', '.join(holders)} holds "
+                        f"one: only rank 0 reads and writes the run directory; start the node that holds it as "
+                        f"--node_rank=0 (or share out/ between the nodes)")
 
 
 def memory_line(model, optimizer, layout, device):

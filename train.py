@@ -9,12 +9,11 @@ Every key and its default is declared once, in TrainConfig below. A config file 
 that assigns some of those names (it may start with `from configs.other import *`). The model
 shape comes from a preset in model.PRESETS, and any ModelConfig field can be overridden the same
 way (`n_layers=2`). The run lives in out/<run_name>/: config.json, log.jsonl, checkpoints and
-samples.txt. Running the same command again resumes from the newest checkpoint.
+samples.txt. Running the same command again resumes from the newest checkpoint. runs.py sets a run up
+(and saves it); parallel.py spreads it over processes; this file holds the keys and the loop.
 """
 import dataclasses
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -31,14 +30,13 @@ import config
 import control
 import data
 import files
-import flops
 import model as model_lib
 import optim
 import parallel
 import prepare
 import sched
 from config import UserError, at_least, between, one_of, positive
-from sample import sample_texts
+from runs import build_model_config, make_schedule, save, setup_distributed, start_run, write_samples
 
 
 @dataclass
@@ -197,249 +195,6 @@ def load_config(argv):
     preset_vocab = model_lib.PRESETS[cfg.model].vocab_size
     build_model_config(cfg, model_overrides, model_overrides.get("vocab_size", preset_vocab))
     return cfg, model_overrides
-
-
-def make_schedule(cfg, dp_size, annealing_start=None):
-    """The run's sched.Schedule (dp_size: data-parallel replicas); annealing_start is the step where an annealing
-    was requested, if one was."""
-    return sched.plan(cfg.schedule, sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, dp_size),
-                      cfg.total_tokens, cfg.lr, warmup_tokens=cfg.warmup_tokens, base_batch_tokens=cfg.base_batch_tokens,
-                      lr_alpha=cfg.lr_alpha, min_lr=cfg.min_lr, constant_lr=cfg.constant_lr, cooldown_p=cfg.cooldown_p,
-                      min_cooldown_tokens=cfg.min_cooldown_tokens, decay_tokens=cfg.annealing_tokens,
-                      decay_start=annealing_start, decay_shape=cfg.decay_shape)
-
-
-# ----------------------------------------------------------------------------- set-up
-
-def setup_distributed(cfg):
-    """(rank, world_size, device). Under torchrun: one process per device, nccl on CUDA, gloo on CPU."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available")
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
-    rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world_size, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-
-
-def open_data(cfg, model_overrides):
-    """The run's data.TrainingData, checked against what the config asks of it."""
-    try:
-        training_data = data.TrainingData(cfg.data_dir, cfg.data, cfg.seq_len, cfg.seed, cfg.packing, cfg.mixture,
-                                          cfg.mixture_weights, cfg.eval_data, cfg.tokenizer)
-    except (ValueError, OSError) as e:  # missing, truncated or too short for one block; mismatched tokenizers
-        raise UserError(str(e))
-    vocab = model_overrides.get("vocab_size")
-    if vocab is not None and vocab != training_data.vocab_size:
-        raise UserError(f"vocab_size={vocab} but data {training_data.names[0]!r} was prepared with "
-                        f"{training_data.tokenizer!r}, a {training_data.vocab_size}-token vocabulary")
-    return training_data
-
-
-def build_model_config(cfg, model_overrides, vocab_size):
-    values = dataclasses.asdict(model_lib.PRESETS[cfg.model])
-    values.update(model_overrides, vocab_size=vocab_size, **{k: getattr(cfg, k) for k in model_lib.BACKEND_FIELDS})
-    try:
-        return model_lib.ModelConfig(**values)
-    except (ValueError, AssertionError) as e:
-        raise UserError(f"model {cfg.model} with {model_overrides}: {e}")
-
-
-@dataclass
-class Run:
-    """What the loop works on. Set up once by start_run; the loop changes only the fields below the line."""
-    cfg: TrainConfig
-    rank: int
-    world_size: int
-    device: torch.device
-    layout: parallel.Layout             # what this process holds and which rows it reads (parallel.py)
-    run_dir: Path
-    resolved: dict                      # the config as written to config.json
-    training_data: data.TrainingData
-    model_config: model_lib.ModelConfig
-    raw_model: torch.nn.Module          # this process's part of the model (all of it, but under fsdp and pp)
-    model: torch.nn.Module              # what the loop calls: raw_model, compiled and/or wrapped in DDP
-    optimizer: torch.optim.Optimizer
-    autocast: typing.Any
-    tokenizer: typing.Any
-    tokens_per_step: int
-    flops_per_token: float              # training FLOPs of the model per token (flops.py)
-    peak_flops: float | None            # one device's peak FLOP/s; None: unknown, no mfu
-    log_file: typing.Any = None
-    tensorboard: typing.Any = None
-    pipeline: parallel.Pipeline = None  # pp: the stage and its schedule
-    # ---
-    schedule: sched.Schedule = None
-    step: int = 0
-    annealing_start: int | None = None  # the step where the final decay was requested, if it was
-    best_eval_loss: float = float("inf")
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    def say(self, message):
-        if self.master:
-            print(message, flush=True)
-
-    def log(self, record):
-        if self.master:
-            try:
-                self.log_file.write(json.dumps(record) + "\n")
-                self.log_file.flush()
-            except OSError as e:  # a full disk: one line (the log is trimmed back to the checkpoint on resume)
-                raise UserError(f"could not write {self.run_dir / 'log.jsonl'}: {e.strerror}; the checkpoints are "
-                                f"left as they were") from None
-        if self.tensorboard:
-            for key, value in record.items():
-                if isinstance(value, float) and key != "time":
-                    self.tensorboard.add_scalar(key, value, record["step"])
-
-    def event(self, message):  # something that happened to the run: printed, and logged at its step
-        self.say(f"step {self.step:>6} | {message}")
-        self.log({"step": self.step, "tokens": self.step * self.tokens_per_step, "event": message})
-
-    def steps_to_run(self):  # the schedule's end (an annealing request moves it), capped by max_steps
-        end = self.schedule.end_step
-        return min(end, self.cfg.max_steps) if self.cfg.max_steps else end
-
-
-def start_run(cfg, model_overrides, rank, world_size, device):
-    """Everything the loop needs, from the newest checkpoint that loads or from scratch; config.json written."""
-    if cfg.attn == "flex" and device.type != "cuda":
-        raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
-    training_data = open_data(cfg, model_overrides)
-    model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
-    parallel.check(cfg, model_config, world_size)
-    layout = parallel.plan(cfg, rank, world_size, device)
-    tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, layout.dp_size)
-    schedule = make_schedule(cfg, layout.dp_size)  # laid out over total_tokens even when max_steps stops earlier
-    if schedule.total_steps < 1:
-        raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
-
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    raw_model = parallel.shard(raw_model, layout, cfg)  # fsdp: 1/N of each weight; pp: this stage's blocks
-    optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
-                                      seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
-    run = Run(cfg, rank, world_size, device, layout, Path(cfg.out_dir) / cfg.run_name,
-              dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
-              training_data, model_config, raw_model, raw_model, optimizer, autocast,
-              prepare.load_tokenizer(training_data.tokenizer), tokens_per_step,
-              flops.flops_per_token(model_config, cfg.seq_len), None, schedule=schedule)
-    resume(run)
-    run.schedule = make_schedule(cfg, layout.dp_size, run.annealing_start)
-    if run.master:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        files.remove_stale_temps(run.run_dir)  # a write that a kill -9 cut short
-        files.write_json_atomic(run.run_dir / "config.json", run.resolved)
-        files.trim_log(run.run_dir / "log.jsonl", run.step)
-        stale = control.read(run.run_dir)
-        if stale:
-            print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
-        run.say("config: " + json.dumps(run.resolved))
-        run.say(model_lib.format_summary(model_config).replace("\n", " | "))
-        layout_words = (f" ({layout.mode}" + (f": {layout.n_stages} stages x {layout.dp_size} replicas, "
-                                              f"{cfg.pp_schedule}" if layout.pipelined else "") + ")") if world_size > 1 else ""
-        run.say(f"{world_size} process(es){layout_words} on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
-                f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
-        run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else flops.peak_flops(device)
-        run.say(f"{run.flops_per_token:.3g} FLOPs/token; peak {run.peak_flops or 0:.3g} FLOP/s a device ({source})")
-        run.log_file = open(run.run_dir / "log.jsonl", "a")
-        run.tensorboard = tensorboard_writer(run.run_dir)
-    if cfg.compile and layout.mode == "ddp":  # fsdp and pp compile block by block (parallel.shard)
-        run.model = torch.compile(raw_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    if layout.pipelined:
-        run.pipeline = parallel.build_pipeline(raw_model, layout, cfg, device)
-    elif world_size > 1 and layout.mode == "ddp":
-        run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
-    return run
-
-
-def resume(run):
-    """Load the newest step checkpoint that loads into run; from scratch only where nothing would be lost."""
-    cfg, run_dir = run.cfg, run.run_dir
-
-    def read():  # on rank 0 only: out/ need not be shared between nodes
-        if not files.step_checkpoints(run_dir):
-            files.check_fresh_start(run_dir)
-            return None, None
-        return files.load_checkpoint(run_dir, map_location="cpu")
-    checkpoint_path, checkpoint = parallel.from_rank0(run.layout, read)
-    if checkpoint is None:
-        return
-    model_config = dataclasses.asdict(run.model_config)
-    if {k: v for k, v in checkpoint["model_config"].items() if k not in model_lib.BACKEND_FIELDS} != \
-            {k: v for k, v in model_config.items() if k not in model_lib.BACKEND_FIELDS}:
-        raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
-    if checkpoint["config"]["optimizer"] != cfg.optimizer:
-        raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
-                        f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
-    parallel.load_state(run.raw_model, run.optimizer, checkpoint["model"], checkpoint["optimizer"], run.layout)
-    run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
-    run.best_eval_loss = checkpoint["best_eval_loss"]
-    torch.set_rng_state(checkpoint["rng"].cpu())
-    if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
-        try:
-            run.training_data.mixture.load_state_dict(checkpoint["data"])
-        except ValueError as e:
-            raise UserError(f"{checkpoint_path}: {e}; use another run_name")
-    if cfg.start_annealing and run.annealing_start is None:
-        run.annealing_start = run.step
-        run.say(f"annealing starts at step {run.step} (start_annealing=True)")
-    changed = {k: v for k, v in run.resolved.items() if checkpoint["config"].get(k) != v}
-    run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
-
-
-# ----------------------------------------------------------------------------- checkpoints, logs, samples
-
-def save(run, best=False):
-    """A checkpoint of everything the run needs to go on exactly: whole tensors, whatever the layout (every rank
-    calls this; rank 0 writes it; non-finite weights refused)."""
-    model_state, optimizer_state = parallel.gather_state(run.raw_model, run.optimizer, run.layout)
-    if run.master:
-        state = {"model": model_state, "model_config": dataclasses.asdict(run.model_config),
-                 "optimizer": optimizer_state, "step": run.step, "tokens": run.step * run.tokens_per_step,
-                 "annealing_start": run.annealing_start, "best_eval_loss": run.best_eval_loss,
-                 "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
-                 "tokenizer": run.training_data.tokenizer, "config": run.resolved}
-        files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
-
-
-def write_samples(run):
-    """The run's samples at this step into samples.txt (once: a rerun after a kill before they were written
-    writes them, one that finds them there does not). Every rank calls this: a sharded model is gathered."""
-    heading = f"sample at step {run.step}"
-    path = run.run_dir / "samples.txt"
-    before = path.read_text(errors="replace") if run.master and path.exists() else ""
-    if parallel.from_rank0(run.layout, lambda: f"----- {heading} 1/" in before):
-        return
-    model = parallel.whole_model(run.raw_model, run.layout, run.model_config, run.device)
-    if not run.master:
-        return
-    model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-    text = sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
-                        run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step, heading=heading)
-    model.train()
-    files.write_text_atomic(path, before + text)
-    run.say(text + "-----")
-
-
-def tensorboard_writer(run_dir):
-    """TensorBoard event files in <run dir>/tensorboard when the tensorboard package is installed; never required."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def format_duration(seconds):

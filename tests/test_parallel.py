@@ -107,21 +107,44 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_one_machine_match_one_process(tiny_data, tmp_path, single):
-    """The multi-node path: two torchrun invocations, --nnodes=2, one process each, rendezvous on 127.0.0.1."""
+def two_nodes(args_of_node):
+    """Two torchrun invocations, --nnodes=2, one process each, node ranks 0 and 1 on 127.0.0.1; their
+    (return code, stdout, stderr)."""
     port = free_port()
-    args = run_args(tiny_data, tmp_path, *TEN_STEPS, "run_name=nodes")
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                               str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+                               str(ROOT / "train.py"), *args_of_node(rank)], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     try:
         results = [node.communicate(timeout=300) for node in nodes]
     finally:
         for node in nodes:
             node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    return [(node.returncode, out, err) for node, (out, err) in zip(nodes, results)]
+
+
+def test_two_nodes_on_one_machine_match_one_process(tiny_data, tmp_path, single):
+    """The multi-node path, on one machine, with a shared out/."""
+    results = two_nodes(lambda rank: run_args(tiny_data, tmp_path, *TEN_STEPS, "run_name=nodes"))
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-2000:] + results[1][2][-2000:]
     assert_same_losses(single / "adamw", tmp_path / "nodes")
+
+
+def test_two_nodes_resume_when_out_is_only_on_node_0(tiny_data, tmp_path, single):
+    """out/ not shared: each node has its own (here out_dir differs by node). Node 0's holds the run, which both
+    nodes resume from; when only node 1's holds it, the run is refused rather than started over on node 0."""
+    def args(out_of_node, steps):
+        return lambda rank: run_args(tiny_data, out_of_node[rank], *TEN_STEPS, f"max_steps={steps}", "run_name=r")
+
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    assert [code for code, _, _ in two_nodes(args([node0, node1], 5))] == [0, 0]
+    assert not (node1 / "r").exists()  # only rank 0 writes the run directory
+    assert [code for code, _, _ in two_nodes(args([node0, node1], 10))] == [0, 0]
+    assert_same_losses(single / "adamw", node0 / "r")
+    results = two_nodes(args([tmp_path / "elsewhere", node0], 10))
+    assert all(code != 0 for code, _, _ in results)
+    assert "finds no checkpoint" in results[0][2] and "start the node that holds it as --node_rank=0" in results[0][2]
+    assert not (tmp_path / "elsewhere" / "r").exists()
 
 
 def held_mib(output):
