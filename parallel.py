@@ -7,7 +7,8 @@
   dtype=bf16-mixed on CUDA, the gathered weights are bf16 and gradients are reduced in fp32.
 - "pp": the blocks cut into `pp_stages` consecutive stages (the embedding goes with the first, the final norm,
   lm_head and the loss with the last), run by torch.distributed.pipelining with a "1f1b" or "gpipe" schedule over
-  grad_accum micro-batches. With more processes than stages, DDP across the pipelines' replicas.
+  grad_accum micro-batches. With more processes than stages, the pipelines' replicas of a stage sum their
+  gradients after each step, as DDP would.
 
 Every mode trains on the same rows in the same order (data.py deals a step's rows to data-parallel replicas, and
 a pipeline's stages read the same rows), so a run's losses do not depend on the mode or the number of processes.
@@ -159,14 +160,9 @@ class Pipeline:
 
 
 def build_pipeline(stage_model, layout, cfg, device):
-    """The schedule that runs this stage (wrapped in DDP across replicas when there are several)."""
+    """The schedule that runs this stage."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-    from torch.nn.parallel import DistributedDataParallel
-    module = stage_model
-    if layout.dp_size > 1:
-        module = DistributedDataParallel(stage_model, process_group=layout.dp_group,
-                                         device_ids=[device.index] if device.type == "cuda" else None)
-    stage = PipelineStage(module, layout.stage, layout.n_stages, device, group=layout.pp_group)
+    stage = PipelineStage(stage_model, layout.stage, layout.n_stages, device, group=layout.pp_group)
     pipeline = Pipeline(stage_model, None, loss_sums=[])
 
     def loss_fn(hidden, targets):  # on the last stage, once a micro-batch: scaled as train.train_step does
@@ -181,8 +177,9 @@ def build_pipeline(stage_model, layout, cfg, device):
 
 
 def pipeline_step(pipeline, layout, micro_batches, scale):
-    """Forward and backward of a step's micro-batches through the pipeline; the summed loss (the last stage's,
-    0 on the others). The schedule cuts the concatenated rows back into the same micro-batches."""
+    """Forward and backward of a step's micro-batches through the pipeline, then the gradients summed over the
+    stage's replicas; returns the summed loss (the last stage's, 0 on the others). The schedule cuts the
+    concatenated rows back into the same micro-batches."""
     x = torch.cat([x for x, _, _ in micro_batches])
     y = torch.cat([y for _, y, _ in micro_batches])
     doc_ids = torch.cat([torch.zeros_like(x) if d is None else d for x, _, d in micro_batches])
@@ -193,6 +190,13 @@ def pipeline_step(pipeline, layout, micro_batches, scale):
         pipeline.schedule.step(target=y)
     else:
         pipeline.schedule.step()
+    if layout.dp_size > 1:  # what DDP does, once a step: one flat all-reduce (DDP inside a pipeline stage trips
+        # over the schedule's several backward passes a step)
+        grads = [p.grad for p in pipeline.stage_model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=layout.dp_group)
+        for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(summed.view_as(g))
     # the micro-batches' losses are the last grad_accum calls (the first step may call loss_fn once more, on
     # the batch that sets the shapes of what the stages send each other)
     loss_sums = pipeline.loss_sums[-len(micro_batches):]

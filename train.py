@@ -248,8 +248,9 @@ def train_step(run, lr):
     target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=run.device)
     if layout.dp_size > 1:
         dist.all_reduce(target_count, group=layout.dp_group)
-    # DDP and FSDP average gradients over the replicas; scaling by dp_size turns that into the sum.
-    scale = layout.dp_size / target_count
+    # DDP and FSDP average gradients over the replicas; scaling by dp_size turns that into the sum (pipelines'
+    # replicas sum them: parallel.pipeline_step).
+    scale = (1 if layout.pipelined else layout.dp_size) / target_count
     if layout.pipelined:
         with run.autocast:
             step_loss = parallel.pipeline_step(run.pipeline, layout, micro_batches, scale)

@@ -71,34 +71,38 @@ def test_a_two_stage_pipeline_matches_one_process(tiny_data, tmp_path, single, s
     assert (tmp_path / "pp" / "samples.txt").read_text() == (single / "adamw" / "samples.txt").read_text()
 
 
-def test_a_run_moves_between_layouts(tiny_data, tmp_path, single):
-    """Saved under one layout, resumed under another, a run reaches step 10 with the losses of an unstopped one:
-    fsdp -> ddp, one process -> fsdp, pp -> one process. Every checkpoint holds whole tensors."""
-    def run(name, steps, layout, processes=2):
-        args = run_args(tiny_data, tmp_path, *TEN_STEPS, f"max_steps={steps}", f"run_name={name}", *layout)
-        if processes == 1:
+def test_two_pipelines_of_two_stages_match_one_process(tiny_data, tmp_path):
+    """4 processes, pp_stages=2: two pipelines whose stage replicas sum their gradients, against one process with
+    the same global batch (4 rows x grad_accum 2 x 2 pipelines = 4 rows x grad_accum 4)."""
+    common = run_args(tiny_data, tmp_path, *TEN_STEPS, "total_tokens=0.016")
+    assert train.main(common + ["grad_accum=4", "run_name=single"]) == 0
+    result = run_torchrun(common + ["grad_accum=2", "parallel=pp", "pp_stages=2", "run_name=pp"], processes=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(pp: 2 stages x 2 replicas, 1f1b)" in result.stdout
+    assert_same_losses(tmp_path / "single", tmp_path / "pp")
+
+
+LAYOUTS = {"one": None, "ddp": ["parallel=ddp"], "fsdp": ["parallel=fsdp"], "pp": ["parallel=pp", "grad_accum=2"]}
+
+
+@pytest.mark.parametrize("first, then", [("fsdp", "ddp"), ("fsdp", "one"), ("ddp", "fsdp"), ("one", "fsdp"),
+                                         ("pp", "one"), ("one", "pp")])
+def test_a_run_moves_between_layouts(tiny_data, tmp_path, single, first, then):
+    """Saved at step 5 under one layout, resumed under another, a run reaches step 10 with the losses of an
+    unstopped one; its checkpoints are whole models, which load_model and export.py read."""
+    for layout, steps in ((first, 5), (then, 10)):
+        args = run_args(tiny_data, tmp_path, *TEN_STEPS, f"max_steps={steps}", "run_name=r")
+        if layout == "one":
             assert train.main(args + ["grad_accum=2"]) == 0
         else:
-            result = run_torchrun(args)
+            result = run_torchrun(args + LAYOUTS[layout])
             assert result.returncode == 0, result.stderr[-3000:]
-
-    run("a", 5, ["parallel=fsdp"])
-    run("a", 10, ["parallel=ddp"])
-    run("b", 5, [], processes=1)
-    run("b", 10, ["parallel=fsdp"])
-    run("c", 5, ["parallel=pp", "grad_accum=2"])
-    run("c", 10, [], processes=1)
-    for name in "abc":
-        assert_same_losses(single / "adamw", tmp_path / name)
-    # a pipeline's and an fsdp run's checkpoints are whole models: load_model and export read them
+    assert_same_losses(single / "adamw", tmp_path / "r")
     expected = model_lib.load_model(single / "adamw").state_dict()
-    for name in ("c", "b"):
-        loaded = model_lib.load_model(tmp_path / name)
-        for key, tensor in loaded.state_dict().items():
-            torch.testing.assert_close(tensor, expected[key], atol=1e-5, rtol=0)
-    run("d", 5, ["parallel=pp", "grad_accum=2"])
-    export.main([str(tmp_path / "d"), "--output", str(tmp_path / "d_hf")])
-    assert (tmp_path / "d_hf" / "model.safetensors").exists()
+    for key, tensor in model_lib.load_model(tmp_path / "r").state_dict().items():
+        torch.testing.assert_close(tensor, expected[key], atol=1e-5, rtol=0)
+    export.main([str(tmp_path / "r"), "--output", str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "model.safetensors").exists()
 
 
 def free_port():

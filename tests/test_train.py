@@ -36,9 +36,9 @@ def two_corpora(tiny_data):
 MIXED = ["data=tiny_b,tiny", "mixture=soft_sequential", "packing=best_fit"]
 
 
-def run_torchrun(args, timeout=300):
+def run_torchrun(args, timeout=300, processes=2):
     """train.py with args under `torchrun --standalone --nproc_per_node=2`, one OpenMP thread a process."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                            str(ROOT / "train.py"), *args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=timeout)
 
