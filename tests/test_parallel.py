@@ -213,3 +213,23 @@ def test_a_refused_combination_under_torchrun_is_one_line_a_process(tiny_data, t
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 2 and "does not train with parallel='fsdp'" in lines[0]
     assert 'train.py", line' not in result.stderr and 'parallel.py", line' not in result.stderr  # no traceback
+
+
+def test_a_checkpoint_from_before_names_resumes_and_a_pipeline_refuses_it(tiny_data, tmp_path, single):
+    """Checkpoints written before parallel.py keyed the optimizer state by position, as torch does: they resume
+    under one process (and ddp, fsdp) as before; a pipeline, which holds part of the model, says what to do."""
+    args = run_args(tiny_data, tmp_path, *TEN_STEPS, "grad_accum=2", "run_name=old")
+    assert train.main(args + ["max_steps=5"]) == 0
+    path = files.step_checkpoints(tmp_path / "old")[-1]
+    checkpoint = torch.load(path, weights_only=False)
+    optimizer = checkpoint["optimizer"]
+    index = {name: i for i, name in enumerate(n for group in optimizer["param_groups"] for n in group["params"])}
+    optimizer["state"] = {index[name]: state for name, state in optimizer["state"].items()}
+    optimizer["param_groups"] = [group | {"params": [index[n] for n in group["params"]]}
+                                 for group in optimizer["param_groups"]]
+    torch.save(checkpoint, path)
+    result = run_torchrun(args + ["parallel=pp"])
+    assert result.returncode != 0
+    assert "saved before parallel='pp' existed; resume it once under parallel='ddp'" in result.stderr
+    assert train.main(args) == 0
+    assert_same_losses(single / "adamw", tmp_path / "old")
