@@ -96,7 +96,7 @@ def test_a_run_moves_between_layouts(tiny_data, tmp_path, single, first, then):
             assert train.main(args + ["grad_accum=2"]) == 0
         else:
             result = run_torchrun(args + LAYOUTS[layout])
-            assert result.returncode == 0, result.stderr[-3000:]
+            assert result.returncode == 0, (layout, result.stdout[-1500:], result.stderr[-3000:])
     assert_same_losses(single / "adamw", tmp_path / "r")
     expected = model_lib.load_model(single / "adamw").state_dict()
     for key, tensor in model_lib.load_model(tmp_path / "r").state_dict().items():
