@@ -3,13 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test clean
+.PHONY: quickstart test minis clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
 	rm -rf out/quickstart   # the quickstart always trains from scratch (other runs resume)
 	$(PY) train.py configs/quickstart.py
 	$(PY) sample.py out/quickstart --prompt "ROMEO:" --tokens 300
+
+# The reference experiments in miniature (configs/mini/, README "The reference experiments in miniature"): every
+# run that is not finished trains (a finished one is skipped), then the plots and tables are drawn again.
+MINIS_1X := default high_lr bf16 bf16_adafactor muon deepone canon pp
+MINIS_10X := ten_chinchilla long_cooldown wsd tiny_x_small_lm final
+minis: $(VENV)/.installed
+	$(PY) prepare.py shakespeare --tokenizer bytes
+	$(PY) -c "import json, pydoc_data.topics as t; print('\n'.join(json.dumps({'text': v}) for v in t.topics.values()))" > data/.pydocs.jsonl
+	$(PY) prepare.py data/.pydocs.jsonl --name pydocs --tokenizer bytes
+	for name in $(MINIS_1X) $(MINIS_10X); do \
+	  if [ $$name = pp ]; then OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc_per_node=2 train.py configs/mini/pp.py || exit 1; \
+	  else $(PY) train.py configs/mini/$$name.py || exit 1; fi; done
+	$(PY) plot.py $(addprefix out/mini/1x_,$(MINIS_1X)) --smooth 20 --output out/mini/1x.png
+	$(PY) plot.py $(addprefix out/mini/10x_,$(MINIS_10X)) --smooth 20 --output out/mini/10x.png
+	$(PY) plot.py summary $(addprefix out/mini/1x_,$(MINIS_1X)) --format md > out/mini/1x.md
+	$(PY) plot.py summary $(addprefix out/mini/10x_,$(MINIS_10X)) --format md > out/mini/10x.md
+	@echo "the miniatures' plots and tables: out/mini/1x.png, out/mini/10x.png, out/mini/1x.md, out/mini/10x.md"
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
