@@ -10,6 +10,8 @@ quickstart: $(VENV)/.installed
 	rm -rf out/quickstart   # the quickstart always trains from scratch (other runs resume)
 	$(PY) train.py configs/quickstart.py
 	$(PY) sample.py out/quickstart --prompt "ROMEO:" --tokens 300
+	$(PY) plot.py out/quickstart
+	@echo "the loss curve: out/quickstart/loss.png"
 
 # The reference experiments in miniature (configs/mini/, README "The reference experiments in miniature"): every
 # run that is not finished trains (a finished one is skipped), then the plots and tables are drawn again.
