@@ -187,7 +187,8 @@ def test_config_files_build_on_each_other(tmp_path):
     child = tmp_path / "child.py"
     child.write_text("from configs.quickstart import *\nlr = 0.25\nn_layers = 7\n")
     cfg, model_overrides = train.load_config([str(child), "batch_size=5"])
-    assert (cfg.run_name, cfg.lr, cfg.batch_size, model_overrides) == ("quickstart", 0.25, 5, {"n_layers": 7})
+    assert (cfg.run_name, cfg.lr, cfg.batch_size) == ("quickstart", 0.25, 5)
+    assert model_overrides == {"dim": 64, "ffn_dim": 176, "n_layers": 7}  # the quickstart's own, then the child's
 
 
 def test_a_different_model_in_the_run_directory_is_refused(tiny_data, tmp_path, capsys):
