@@ -44,4 +44,4 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) out data/shakespeare
+	rm -rf $(VENV) out data/shakespeare data/pydocs data/.pydocs.jsonl
