@@ -194,7 +194,7 @@ def one_line(error):
 def repo_file_documents(path, rel, text_field):
     """(key, text) of each document of a dataset repo file, keyed '<rel>:<row>', read a bounded piece at a time:
     the rows of a .parquet file's text_field column, the lines of a .jsonl file, or the stories of a .txt file
-    in which a line '<|endoftext|>' follows each story."""
+    in which a line '<|endoftext|>' follows each story (each story trimmed of the blank lines around it)."""
     if path.suffix == ".parquet":
         return parquet_documents(path, rel, text_field)
     if path.suffix == ".jsonl":
@@ -231,11 +231,12 @@ def separated_documents(path, rel):
     try:
         with open(path, encoding="utf-8", newline="") as f:  # newline="": \r\n stays as written
             for line in itertools.chain(f, [EOT]):  # the last story may lack its separator
-                if line.rstrip("\r\n") != EOT:
+                if line.strip() != EOT:  # a separator may have spaces around it
                     lines.append(line)
                     continue
-                text, lines = "".join(lines), []
-                if text.strip():  # the blank lines around a separator are no story
+                # trimmed: the GPT-4 file puts 0-2 blank lines after each separator, and they are no story's text
+                text, lines = "".join(lines).strip(), []
+                if text:
                     yield f"{rel}:{row}", text
                 row += 1
     except UnicodeDecodeError as e:

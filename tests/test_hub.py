@@ -134,8 +134,12 @@ def test_tinystories_layouts(tmp_path):
     for rel, texts in parquet.items():
         write_parquet(mirror / rel, {"text": texts})
     write_parquet(mirror / "data/validation-00000-of-00001-9b1.parquet", {"text": ["the official validation"] * 5})
-    stories = [t + "\n" for t in random_texts(rng, 30) if t]
-    (mirror / "TinyStoriesV2-GPT4-train.txt").write_text("".join(s + "<|endoftext|>\n" for s in stories))
+    stories = [t for t in random_texts(rng, 30) if t]
+    # as the GPT-4 file: 0-2 blank lines after a separator, and here spaces around some separators too
+    separators = ["<|endoftext|>\n", "<|endoftext|>\n\n", "\n<|endoftext|>\n\n\n", "  <|endoftext|> \n", "<|endoftext|>\r\n"]
+    (mirror / "TinyStoriesV2-GPT4-train.txt").write_bytes("".join(
+        f"{s}\n{separators[i % len(separators)]}" for i, s in enumerate(stories)).encode())
+    stories = [s.strip() for s in stories]  # what prepare keeps: each story, trimmed
     (mirror / "TinyStories-train.txt").write_text("the first version, not read\n<|endoftext|>\n")
     enc = prepare.load_tokenizer("bytes")
 
@@ -163,7 +167,7 @@ def test_repo_file_readers(tmp_path):
                     "two <|endoftext|> inline\n<|endoftext|>\nlast".encode())
     # the blank story between two separators is dropped but keeps its row number
     assert list(prepare.repo_file_documents(txt, "s.txt", "text")) == [
-        ("s.txt:0", "one\r\nstory 🙂\r\n"), ("s.txt:2", "two <|endoftext|> inline\n"), ("s.txt:3", "last")]
+        ("s.txt:0", "one\r\nstory 🙂"), ("s.txt:2", "two <|endoftext|> inline"), ("s.txt:3", "last")]  # trimmed
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": "b", "x": 1}\n')
     assert list(prepare.repo_file_documents(jsonl, "r.jsonl", "text")) == [("r.jsonl:1", "a"), ("r.jsonl:4", "b")]
