@@ -36,16 +36,25 @@ def write_parquet(path, columns, row_group_size=50):
     pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
 
 
+COSMOPEDIA_FILE = "cosmopedia-v2/train-00000-of-00104.parquet"
+
+
 def fake_smollm(root, n_files=2, docs_per_file=120, seed=0):
-    """A directory laid out like HuggingFaceTB/smollm-corpus; returns {repo path: texts} of fineweb-edu-dedup."""
+    """A directory laid out like HuggingFaceTB/smollm-corpus, with its file names and extra columns; returns
+    {repo path: texts} of fineweb-edu-dedup."""
     rng = random.Random(seed)
     fineweb = {}
     for i in range(n_files):
-        rel = f"fineweb-edu-dedup/000_{i:05d}.parquet"
+        rel = f"fineweb-edu-dedup/train-{i:05d}-of-00234.parquet"
         fineweb[rel] = random_texts(rng, docs_per_file)
-        write_parquet(root / rel, {"text": fineweb[rel], "id": [f"<urn:{i}:{j}>" for j in range(docs_per_file)]})
-    write_parquet(root / "cosmopedia-v2/000_00000.parquet",
-                  {"prompt": ["write a story"] * 30, "text": random_texts(rng, 30), "token_length": list(range(30))})
+        metadata = [{"dump": "CC-MAIN-2024-10", "url": f"https://example.org/{i}/{j}", "date": "2024-02-21",
+                     "file_path": "s3://commoncrawl/x.warc.gz", "language": "en", "language_score": 0.97,
+                     "token_count": 400 + j, "score": 3.1, "int_score": 3} for j in range(docs_per_file)]
+        write_parquet(root / rel, {"text": fineweb[rel], "id": [f"<urn:uuid:{i}-{j}>" for j in range(docs_per_file)],
+                                   "metadata": metadata})
+    write_parquet(root / COSMOPEDIA_FILE,
+                  {"prompt": ["write a story"] * 30, "text": random_texts(rng, 30), "token_length": list(range(30)),
+                   "audience": ["young children"] * 30, "format": ["story"] * 30, "seed_data": ["stories"] * 30})
     (root / "README.md").write_text("a dataset card, not data\n")
     return fineweb
 
@@ -123,17 +132,19 @@ def test_smollm_mirror_shards_meta_and_split(tmp_path):
     # the cosmopedia subset reads its own directory of the same repo, with its extra columns ignored
     cosmo = prepare.read_meta(prepare.prepare("smollm-cosmopedia", None, "bytes", 0.3, 1, tmp_path / "data",
                                               mirror=tmp_path / "mirror"))
-    assert cosmo["files"] == ["cosmopedia-v2/000_00000.parquet"]
+    assert cosmo["files"] == [COSMOPEDIA_FILE]
     assert cosmo["train"]["documents"] + cosmo["val"]["documents"] == 28
 
 
 def test_tinystories_layouts(tmp_path):
     rng = random.Random(1)
     mirror = tmp_path / "mirror"
-    parquet = {f"data/train-0000{i}-of-00002-{i}a7f.parquet": random_texts(rng, 40) for i in range(2)}
+    parquet = {f"data/train-0000{i}-of-00004-{h}.parquet": random_texts(rng, 40)  # 2 of the real 4 files
+               for i, h in enumerate(["2d5a1467fff1081b", "5852b56a2bd28fd9"])}
     for rel, texts in parquet.items():
         write_parquet(mirror / rel, {"text": texts})
-    write_parquet(mirror / "data/validation-00000-of-00001-9b1.parquet", {"text": ["the official validation"] * 5})
+    write_parquet(mirror / "data/validation-00000-of-00001-869c898b519ad725.parquet",
+                  {"text": ["the official validation"] * 5})
     stories = [t for t in random_texts(rng, 30) if t]
     # as the GPT-4 file: 0-2 blank lines after a separator, and here spaces around some separators too
     separators = ["<|endoftext|>\n", "<|endoftext|>\n\n", "\n<|endoftext|>\n\n\n", "  <|endoftext|> \n", "<|endoftext|>\r\n"]
@@ -251,7 +262,7 @@ def test_killed_run_resumes_to_the_same_files(tmp_path):
     mirror = tmp_path / "mirror"
     texts = [" ".join(rng.choice(WORDS) for _ in range(300)) for _ in range(400)]  # ~0.6 MB a file
     for i in range(5):
-        write_parquet(mirror / f"fineweb-edu-dedup/{i:03d}.parquet", {"text": texts[i * 80:] + texts[:i * 80]})
+        write_parquet(mirror / f"fineweb-edu-dedup/train-{i:05d}-of-00234.parquet", {"text": texts[i * 80:] + texts[:i * 80]})
     args = ["smollm-fineweb-edu", "--mirror", str(mirror), "--val-fraction", "0.2", "--workers", "1"]
     shards = tmp_path / "data/smollm-fineweb-edu/shards"
     process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), *args], cwd=tmp_path,
@@ -340,7 +351,7 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
     (["smollm-nope"], "no such file or directory: smollm-nope; named datasets: shakespeare, smollm-fineweb-edu"),
     (["tinystories", "--mirror", "nowhere"], "--mirror"),
     (["smollm-cosmopedia", "--mirror", "mirror"],
-     "cosmopedia-v2/000_00000.parquet: no column 'text' (columns: prompt)"),
+     f"{COSMOPEDIA_FILE}: no column 'text' (columns: prompt)"),
     (["smollm-fineweb-edu", "--mirror", "mirror"], "no files matching fineweb-edu-dedup/*.parquet"),
     (["tinystories", "--mirror", "mirror", "--max-tokens", "2.5"], "--max-tokens must be a whole number"),
     (["tinystories", "--mirror", "mirror", "--max-files", "0"], "--max-files must be at least 1"),
@@ -348,8 +359,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
     (["shakespeare", "--max-files", "1"], "are for smollm-fineweb-edu"),
 ])
 def test_cli_bad_input(tmp_path, args, message):
-    write_parquet(tmp_path / "mirror/cosmopedia-v2/000_00000.parquet", {"prompt": ["p"]})
-    write_parquet(tmp_path / "mirror/data/train-00000-of-00001.parquet", {"text": ["a story"]})
+    write_parquet(tmp_path / "mirror" / COSMOPEDIA_FILE, {"prompt": ["p"]})
+    write_parquet(tmp_path / "mirror/data/train-00000-of-00004-2d5a1467fff1081b.parquet", {"text": ["a story"]})
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     # one line, no traceback; an error found while reading a file comes after the progress bars
