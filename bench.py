@@ -522,8 +522,8 @@ def loop_and_raw_step(args, device):
             times = [timed(raw_step, device)[1] for _ in range(WARMUP_STEPS + LOOP_STEPS // 2)]
             raw += [batch[0].numel() / seconds for seconds in times[WARMUP_STEPS:]]
     logged, raw = statistics.median(logged), statistics.median(raw)
-    print(f"\ntrain.py's loop at the quickstart config (16 x 256, our AdamW, clip 1.0, document masks) beside its raw "
-          f"step, {LOOP_ROUNDS} rounds of each:\n\n| | tokens/s (median) | of raw |\n| --- | ---: | ---: |\n"
+    print(f"\ntrain.py's loop at the quickstart config ({cfg['batch_size']} x {cfg['seq_len']}, {cfg['optimizer']}, clip "
+          f"{cfg['grad_clip']}, document masks) beside its raw step, {LOOP_ROUNDS} rounds of each:\n\n| | tokens/s (median) | of raw |\n| --- | ---: | ---: |\n"
           f"| raw step | {raw:,.0f} | |\n| train.py's log lines (5 steps each) | {logged:,.0f} | {logged / raw:.1%} "
           "(target >= 97%) |")
 
