@@ -98,10 +98,10 @@ def plan(cfg, rank, world_size, device):
                   n_stages=stages, dp_group=mesh["dp"].get_group(), pp_group=mesh["pp"].get_group())
 
 
-def shard(model, layout, cfg):
+def shard(model, layout, cfg, dtype):
     """This rank's part of a whole model (built from the seed, the same on every rank): the model itself (ddp),
     sharded in place (fsdp) or its stage (pp). Blocks are compiled one by one here under fsdp and pp (train.py
-    compiles the whole model under ddp), before sharding, as torchtitan does."""
+    compiles the whole model under ddp), before sharding, as torchtitan does. dtype: the run's, "auto" resolved."""
     if layout.pipelined:
         model = StageModel(model, layout.stage, layout.n_stages)
     if cfg.compile and layout.mode != "ddp":
@@ -110,8 +110,8 @@ def shard(model, layout, cfg):
     if layout.sharded:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         on_cuda = next(model.parameters()).device.type == "cuda"
-        policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if on_cuda and cfg.dtype in ("auto",
-                                                                                                "bf16-mixed") else MixedPrecisionPolicy()
+        bf16_compute = on_cuda and dtype == "bf16-mixed"  # gathered weights in bf16, gradients reduced in fp32
+        policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if bf16_compute else MixedPrecisionPolicy()
         for block in model.layers:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
@@ -255,14 +255,39 @@ def part_of(saved, own):
     return saved
 
 
+def keeps(layout):
+    """Whether this process keeps what it gathers: rank 0, or under pp each stage's first replica (rank 0 then
+    collects the stages' parts with gather_stages)."""
+    return layout.dp_rank == 0 if layout.pipelined else layout.rank == 0
+
+
+def gather_stages(part, layout):
+    """Each stage's part, from its first replica, in stage order on rank 0; None elsewhere (a collective)."""
+    if layout.dp_rank != 0:
+        return None
+    parts = [None] * layout.n_stages if layout.rank == 0 else None
+    dist.gather_object(part, parts, group_dst=0, group=layout.pp_group)
+    return parts
+
+
+def gather_model_state(model, layout):
+    """The whole model's state, whole tensors on the CPU keyed by parameter name, on rank 0 (None elsewhere).
+    A collective: every rank calls it."""
+    if layout.sharded:  # after an eval (no backward) FSDP leaves the root's weights gathered; shard them again
+        model.reshard()
+    state = {name: whole(t, keeps(layout)) for name, t in model.state_dict().items()}
+    if not layout.pipelined:
+        return state if layout.rank == 0 else None
+    parts = gather_stages(state, layout)
+    return {name: t for part in parts for name, t in part.items()} if parts else None
+
+
 def gather_state(model, optimizer, layout):
     """(model state, optimizer state) of the whole model, with whole tensors keyed by parameter name, on rank 0;
     (None, None) elsewhere. A collective: every rank calls it."""
-    keep = layout.rank == 0 if not layout.pipelined else layout.dp_rank == 0  # each stage's first replica
-    if layout.sharded:  # after an eval (no backward) FSDP leaves the root's weights gathered; shard them again
-        model.reshard()
+    keep = keeps(layout)
+    model_state = gather_model_state(model, layout)
     names = {p: name for name, p in model.named_parameters()}
-    model_state = {name: whole(t, keep) for name, t in model.state_dict().items()}
     saved = optimizer.state_dict()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer_state = {key: value for key, value in saved.items() if key not in ("state", "param_groups")}
@@ -272,15 +297,11 @@ def gather_state(model, optimizer, layout):
                                        for group in saved["param_groups"]]
     if not layout.pipelined:
         return (model_state, optimizer_state) if keep else (None, None)
-    if not keep:
+    parts = gather_stages(optimizer_state, layout)
+    if parts is None:
         return None, None
-    parts = [None] * layout.n_stages if layout.rank == 0 else None  # rank 0 collects the stages, in order
-    dist.gather_object((model_state, optimizer_state), parts, group_dst=0, group=layout.pp_group)
-    if layout.rank != 0:
-        return None, None
-    model_state = {name: t for part, _ in parts for name, t in part.items()}
-    optimizer_state = parts[0][1] | {"state": {name: s for _, part in parts for name, s in part["state"].items()}}
-    optimizer_state["param_groups"] = [group | {"params": [name for _, part in parts
+    optimizer_state = parts[0] | {"state": {name: s for part in parts for name, s in part["state"].items()}}
+    optimizer_state["param_groups"] = [group | {"params": [name for part in parts
                                                            for name in part["param_groups"][g]["params"]]}
                                        for g, group in enumerate(optimizer_state["param_groups"])]
     return model_state, optimizer_state
@@ -317,16 +338,8 @@ def whole_model(model, layout, model_config, device):
     into stages; then gathered into a fresh one (a collective: every rank calls it)."""
     if not (layout.sharded or layout.pipelined):
         return model if layout.rank == 0 else None
-    if layout.sharded:
-        model.reshard()
-        state = {name: whole(t, layout.rank == 0) for name, t in model.state_dict().items()}
-    else:
-        parts = [None] * layout.n_stages if layout.rank == 0 else None
-        if layout.dp_rank == 0:
-            dist.gather_object({name: t.cpu() for name, t in model.state_dict().items()}, parts, group_dst=0,
-                               group=layout.pp_group)
-        state = {name: t for part in parts for name, t in part.items()} if layout.rank == 0 else None
-    if layout.rank != 0:
+    state = gather_model_state(model, layout)
+    if state is None:
         return None
     dtype = next(iter(state.values())).dtype if state else torch.float32
     whole_one = model_lib.Transformer(model_config).to(device, dtype)

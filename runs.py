@@ -160,7 +160,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    raw_model = parallel.shard(raw_model, layout, cfg)  # fsdp: 1/N of each weight; pp: this stage's blocks
+    raw_model = parallel.shard(raw_model, layout, cfg, dtype)  # fsdp: 1/N of each weight; pp: this stage's blocks
     optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                                       seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
     run = Run(cfg, rank, world_size, device, layout, Path(cfg.out_dir) / cfg.run_name,
