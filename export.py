@@ -4,28 +4,33 @@
     python export.py out/RUN/ckpt_00001000.pt --output some/dir [--force]
     python export.py --import HF_DIR --output out/RUN_NAME   # -> out/RUN_NAME/ckpt_00000000.pt
 
-The Hugging Face folder holds config.json (a LlamaConfig), model.safetensors (the weights) and
-small_lm.json (our tokenizer name and end-of-text id). It loads with
-transformers.AutoModelForCausalLM.from_pretrained(folder). Our parameter names are
-LlamaForCausalLM's without the "model." prefix, so both directions are renaming and copying;
-this file does not need transformers.
+The Hugging Face folder holds config.json (a LlamaConfig), model.safetensors (the weights),
+tokenizer.json + tokenizer_config.json (the run's tokenizer) and small_lm.json (our tokenizer name
+and end-of-text id). It loads with transformers.AutoModelForCausalLM.from_pretrained(folder) and
+AutoTokenizer.from_pretrained(folder), so transformers' pipelines, lm-evaluation-harness and other
+tools read it as they read any Llama. Our parameter names are LlamaForCausalLM's without the
+"model." prefix, so both directions are renaming and copying; this file does not need transformers.
 
-Top to bottom: the Llama-compatibility check, export_hf, import_hf, atomic folder writing, the
-command line.
+Top to bottom: the Llama-compatibility check, the tokenizer files, export_hf, import_hf, atomic
+folder writing, the command line.
 """
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import tokenizers
 import torch
 from safetensors.torch import load_file, save
+from tokenizers import decoders, models, pre_tokenizers, processors
 
 import files
+import prepare
 from config import ArgumentParser, UserError
 from model import BACKEND_FIELDS, ModelConfig, Transformer
 
@@ -39,6 +44,7 @@ LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_d
 # End-of-text id of each of our tokenizers (prepare.py); the exported config uses it as BOS and EOS.
 # A table rather than loading the tokenizer: gpt2's needs a download.
 EOT_IDS = {"cl100k_32k": 31999, "cl100k_base": 100257, "bytes": 256, "gpt2": 50256}
+VOCAB_SIZES = {"cl100k_32k": 32000, "cl100k_base": 100277, "bytes": 257, "gpt2": 50257}  # enc.n_vocab of each
 
 DEFAULT_MAX_POSITIONS = 4096  # max_position_embeddings when the checkpoint has no training seq_len
 
@@ -58,7 +64,97 @@ def hf_incompatibility(model_config):
 
 
 # -----------------------------------------------------------------------------------------------
-# Export: our checkpoint -> {config.json, model.safetensors, small_lm.json}
+# Tokenizer files: each of our tiktoken tokenizers (prepare.load_tokenizer) rebuilt with the
+# `tokenizers` library as the byte-level BPE that tokenizer.json describes. Both are the same
+# algorithm: cut the text with one regex, then merge each piece's bytes pairwise, lowest rank first.
+
+
+def byte_characters():
+    """GPT-2's table from byte to character: tokenizer.json spells each token's bytes with these printable
+    characters (a printable Latin-1 byte stands for itself, the others are shifted past 255)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # '!'..'~', '¡'..'¬', '®'..'ÿ'
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
+BYTE_CHARACTERS = byte_characters()
+
+
+def spelled(piece):
+    return "".join(BYTE_CHARACTERS[b] for b in piece)
+
+
+def vocab_and_merges(ranks):
+    """tokenizer.json's vocabulary and merge list of tiktoken's {token bytes: rank}. tiktoken merges, anywhere in a
+    piece, the adjacent pair whose joined bytes have the lowest rank; the merge list says the same when every way of
+    cutting a token into two tokens is listed at that token's rank."""
+    vocab = {spelled(piece): rank for piece, rank in ranks.items()}
+    merges = []
+    for piece, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        halves = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in ranks and piece[i:] in ranks]
+        merges += [(spelled(left), spelled(right))
+                   for left, right in sorted(halves, key=lambda pair: (ranks[pair[0]], ranks[pair[1]]))]
+    return vocab, merges
+
+
+def oniguruma_pattern(pattern):
+    """tiktoken's regex in the dialect `tokenizers` compiles (Oniguruma), where `x{1,3}+` means (x{1,3})+ rather
+    than a possessive x{1,3}: cl100k's numbers would otherwise be cut '2', '000' instead of '200', '0'."""
+    return re.sub(r"(\\p\{\w+\}|\[[^\]]*\]|\\.)(\{\d+(?:,\d+)?\})\+", r"(?>\1\2)", pattern)
+
+
+def hf_tokenizer(enc):
+    """A tokenizers.Tokenizer that encodes text to exactly enc's ids and decodes them back to the same bytes, and puts
+    end-of-text first, as every training document starts (data.py), when asked for special tokens."""
+    vocab, merges = vocab_and_merges(enc._mergeable_ranks)
+    vocab.update(enc._special_tokens)  # in the vocabulary, so each keeps its id (cl100k_base leaves gaps)
+    # ignore_merges: a piece that is one token whole is that token, as tiktoken looks pieces up before merging
+    tokenizer = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(oniguruma_pattern(enc._pat_str)), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # bytes -> characters, no more cutting
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([tokenizers.AddedToken(token, special=True) for token in enc._special_tokens])
+    eot = (prepare.EOT, enc.eot_token)
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{prepare.EOT} $A", pair=f"{prepare.EOT} $A {prepare.EOT} $B",
+                                      special_tokens=[eot])])
+    return tokenizer
+
+
+def tokenizer_config(max_length):
+    """tokenizer_config.json: which transformers class reads tokenizer.json, and the special tokens' roles."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": prepare.EOT, "eos_token": prepare.EOT,
+            "model_max_length": max_length,
+            "clean_up_tokenization_spaces": False}  # decode must give back the text's bytes, spaces included
+
+
+def tokenizer_of_folder(hf_dir):
+    """The name of our tokenizer that hf_dir/tokenizer.json is, or None when it is none of ours. The vocabulary,
+    merges, regex and special tokens are compared; only a tokenizer of the same size is built to compare."""
+    spec = json.loads((Path(hf_dir) / "tokenizer.json").read_text())
+    try:
+        vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]  # both formats
+        added = {token["content"]: token["id"] for token in spec["added_tokens"]}
+        size = max([*vocab.values(), *added.values()]) + 1
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None  # not a BPE tokenizer.json
+    for name in prepare.TOKENIZERS:
+        if VOCAB_SIZES[name] != size:
+            continue
+        ours = json.loads(hf_tokenizer(prepare.load_tokenizer(name)).to_str())
+        our_merges = [tuple(m) for m in ours["model"]["merges"]]
+        our_added = {token["content"]: token["id"] for token in ours["added_tokens"]}
+        if (ours["model"]["vocab"], our_merges, our_added, ours["pre_tokenizer"]) == (
+                vocab, merges, added, spec.get("pre_tokenizer")):
+            return name
+    return None
+
+
+# -----------------------------------------------------------------------------------------------
+# Export: our checkpoint -> {config.json, model.safetensors, tokenizer files, small_lm.json}
 
 
 def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
@@ -92,7 +188,8 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
 
 
 def export_hf(checkpoint, output_dir, force=False):
-    """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically)."""
+    """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically). Returns a warning (one line)
+    when the folder has no tokenizer files, else None."""
     reason = hf_incompatibility(checkpoint["model_config"])
     if reason:
         raise ValueError(f"cannot export to Hugging Face Llama: {reason}")
@@ -109,12 +206,22 @@ def export_hf(checkpoint, output_dir, force=False):
         # fp32 as config.json says; contiguous and unshared, as safetensors requires
         weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
 
+    try:
+        enc = prepare.load_tokenizer(tokenizer) if tokenizer else None
+        warning = None if enc else "the checkpoint records no tokenizer, so the folder has no tokenizer files"
+    except (ValueError, OSError) as e:  # gpt2's one-time download failed; an unknown name
+        enc, warning = None, f"no tokenizer files written: {e}"
+
     def write(folder):
         files.write_json_atomic(folder / "config.json", hf_config(config, tokenizer, seq_len))
         files.write_atomic(folder / "model.safetensors", lambda f: f.write(save(weights, metadata={"format": "pt"})))
+        if enc:
+            files.write_text_atomic(folder / "tokenizer.json", hf_tokenizer(enc).to_str())
+            files.write_json_atomic(folder / "tokenizer_config.json", tokenizer_config(seq_len))
         files.write_json_atomic(folder / "small_lm.json", {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)})
 
     write_folder(output_dir, write, force)
+    return warning
 
 
 # -----------------------------------------------------------------------------------------------
@@ -172,21 +279,30 @@ def import_hf(hf_dir):
     return config, state
 
 
+def imported_tokenizer(hf_dir):
+    """Which of our tokenizers hf_dir's tokenizer.json is (None when it is none of ours); without one, what an
+    earlier export's small_lm.json says."""
+    if (hf_dir / "tokenizer.json").is_file():
+        return tokenizer_of_folder(hf_dir)
+    small_lm_path = hf_dir / "small_lm.json"
+    return json.loads(small_lm_path.read_text()).get("tokenizer") if small_lm_path.is_file() else None
+
+
 def import_checkpoint(hf_dir, output_dir, force=False):
     """Write hf_dir as a run directory output_dir holding ckpt_00000000.pt (atomically)."""
     config, state = import_hf(hf_dir)
-    small_lm_path = Path(hf_dir) / "small_lm.json"
-    tokenizer = json.loads(small_lm_path.read_text()).get("tokenizer") if small_lm_path.is_file() else None
+    tokenizer = imported_tokenizer(Path(hf_dir))
     checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "tokenizer": tokenizer, "step": 0}
     write_folder(output_dir, lambda folder: files.write_atomic(folder / "ckpt_00000000.pt",
                                                                lambda f: torch.save(checkpoint, f)), force)
+    return tokenizer
 
 
 # -----------------------------------------------------------------------------------------------
 # Writing a folder atomically: fill a temporary folder beside it (each file written by files.write_atomic),
 # then rename it into place, so an interrupted export leaves either nothing or a complete folder.
 
-HF_FILES = {"config.json", "model.safetensors", "small_lm.json"}  # what export_hf writes
+HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "small_lm.json"}  # export_hf's
 
 
 def holds_a_run(directory):
@@ -251,15 +367,18 @@ def main(argv):
                 raise ValueError("--import needs --output out/RUN_NAME")
             if not Path(args.hf_dir).is_dir():
                 raise ValueError(f"no such Hugging Face folder: {args.hf_dir}")
-            import_checkpoint(args.hf_dir, args.output, args.force)
-            print(f"wrote {Path(args.output) / 'ckpt_00000000.pt'}")
+            tokenizer = import_checkpoint(args.hf_dir, args.output, args.force)
+            print(f"wrote {Path(args.output) / 'ckpt_00000000.pt'} (tokenizer: "
+                  f"{tokenizer or 'none of ours; sample.py and train.py will need tokenizer= / --tokenizer'})")
         else:
             if not args.source:
                 raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")
             source = Path(args.source)
             output = Path(args.output) if args.output else (source if source.is_dir() else source.parent) / "hf"
-            export_hf(files.load_checkpoint(source)[1], output, args.force)
+            warning = export_hf(files.load_checkpoint(source)[1], output, args.force)
             print(f"wrote {output}")
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
     except (UserError, ValueError, KeyError, OSError) as e:  # a KeyError: config.json or a checkpoint lacks a field
         message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         print(f"error: {message.splitlines()[0]}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Tests for export.py: our checkpoints exported to a Hugging Face folder load in transformers with
-the same logits; a transformers Llama imported back gives the same logits in our model; the round
-trip keeps every tensor; non-Llama configs are refused; bad command lines end in one line.
-CPU, fp32, tiny models, nothing downloaded."""
+the same logits; the exported tokenizer encodes to prepare.py's ids and transformers' pipeline
+continues a prompt as sample.py does; a transformers Llama imported back gives the same logits in
+our model; the round trip keeps every tensor; non-Llama configs are refused; bad command lines end
+in one line. CPU, fp32, tiny models, nothing downloaded."""
 
 import dataclasses
 import json
@@ -10,12 +11,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tiktoken
 import torch
 from torch.testing import assert_close
 
 import export
-from export import EOT_IDS, export_hf, hf_incompatibility, import_hf, main
+import prepare
+import sample
+from export import EOT_IDS, VOCAB_SIZES, export_hf, hf_incompatibility, import_hf, main
 from model import ModelConfig, Transformer, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +74,8 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tie
     save_run(model, tmp_path / "run")
     main([str(tmp_path / "run")])  # default output: RUN/hf
     folder = tmp_path / "run" / "hf"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "small_lm.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "small_lm.json",
+                                                         "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["max_position_embeddings"] == 128  # the run's seq_len
     assert config["bos_token_id"] == config["eos_token_id"] == 256  # end-of-text of the bytes tokenizer
@@ -88,10 +94,119 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tie
     assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_eot_table_matches_the_tokenizers():
-    from prepare import load_tokenizer
+def test_eot_and_size_tables_match_the_tokenizers():
     for name in ("cl100k_32k", "cl100k_base", "bytes"):  # gpt2's would need a download
-        assert EOT_IDS[name] == load_tokenizer(name).eot_token, name
+        enc = prepare.load_tokenizer(name)
+        assert (EOT_IDS[name], VOCAB_SIZES[name]) == (enc.eot_token, enc.n_vocab), name
+
+
+# -----------------------------------------------------------------------------------------------
+# The tokenizer files: transformers' tokenizer gives prepare.py's ids, its pipeline sample.py's text
+
+
+def gpt2_encoding():
+    """tiktoken's gpt2 where it loads (its files are downloaded once); offline, a stand-in with gpt2's own regex and
+    special-token id over cl100k's first 50,256 ranks, so the conversion of gpt2's regex is still what is tested."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception:
+        from tiktoken_ext.openai_public import r50k_pat_str
+        ranks = {piece: rank for piece, rank in prepare.load_tokenizer("cl100k_base")._mergeable_ranks.items()
+                 if rank < 50256}
+        return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                 special_tokens={prepare.EOT: 50256})
+
+
+@pytest.fixture
+def every_tokenizer_offline(monkeypatch):
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", gpt2_encoding())
+    prepare.load_tokenizer.cache_clear()
+    yield
+    prepare.load_tokenizer.cache_clear()
+
+
+def exported_tokenizer(tmp_path, tokenizer):
+    """AutoTokenizer of a tiny model's export made with `tokenizer` (embedding rows for every token id)."""
+    from transformers import AutoTokenizer
+    model = tiny_model(vocab_size=VOCAB_SIZES[tokenizer], dim=16, n_heads=2, ffn_dim=32, tie_embeddings=True)
+    save_run(model, tmp_path / "run", tokenizer=tokenizer)
+    main([str(tmp_path / "run")])
+    return AutoTokenizer.from_pretrained(tmp_path / "run" / "hf")
+
+
+@pytest.mark.parametrize("tokenizer", prepare.TOKENIZERS)
+def test_the_exported_tokenizer_gives_the_ids_prepare_wrote(tmp_path, every_tokenizer_offline, tokenizer):
+    out = prepare.prepare("shakespeare", tokenizer=tokenizer, workers=2, out_dir=str(tmp_path / "data"))
+    meta = prepare.read_meta(out)
+    val = np.fromfile(out / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+    # val.bin is each val document's ids followed by end-of-text, in corpus order
+    ends = np.flatnonzero(val == meta["eot_id"])
+    written = [ids.tolist() for ids in np.split(val, ends + 1)[:-1]]
+    is_val = prepare.plan_split("shakespeare", "text", meta["val_fraction"])[0]
+    texts = [text for key, text in prepare.documents("shakespeare") if is_val(key)]
+    assert len(texts) == len(written) == meta["val"]["documents"] >= 2
+
+    hf = exported_tokenizer(tmp_path, tokenizer)
+    assert (hf.bos_token_id, hf.eos_token_id) == (meta["eot_id"], meta["eot_id"])
+    for text, ids in zip(texts, written):
+        assert hf(text, add_special_tokens=False).input_ids + [meta["eot_id"]] == ids
+        assert hf(text).input_ids == [meta["eot_id"]] + ids[:-1]  # a document as training reads it: end-of-text first
+        assert hf.decode(ids[:-1]).encode("utf-8") == text.encode("utf-8")
+
+
+def test_awkward_text_encodes_as_tiktoken_does(tmp_path, every_tokenizer_offline):
+    """Text the corpus lacks: digit runs, contractions, CRLF, trailing spaces, emoji, invalid-looking bytes."""
+    texts = ["12345 1234567 3.14159 2000.", "I'LL we've THEY'RE 'tis", "a\r\n\r\nb  \n  \t x   ", "  leading",
+             "naïve café 日本語 🙂🙂 \u200b", "trailing space ", "!!!???...,,,;;;"]
+    for tokenizer in prepare.TOKENIZERS:
+        hf = exported_tokenizer(tmp_path / tokenizer, tokenizer)
+        enc = prepare.load_tokenizer(tokenizer)
+        for text in texts:
+            assert hf(text, add_special_tokens=False).input_ids == enc.encode_ordinary(text), (tokenizer, text)
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "cl100k_32k"])
+def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokenizer):
+    from transformers import pipeline
+    model = tiny_model(vocab_size=VOCAB_SIZES[tokenizer])
+    save_run(model, tmp_path / "run", tokenizer=tokenizer)
+    main([str(tmp_path / "run")])
+    prompt, new_tokens = "ROMEO: what", 40
+    capsys.readouterr()
+    assert sample.main([str(tmp_path / "run"), "--prompt", prompt, "--tokens", str(new_tokens),
+                        "--temperature", "0"]) == 0
+    sample_text = capsys.readouterr().out.split("-----\n", 1)[1].removesuffix("\n")
+
+    generate = pipeline("text-generation", model=str(tmp_path / "run" / "hf"), device="cpu")
+    out = generate(prompt, max_new_tokens=new_tokens, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    enc = prepare.load_tokenizer(tokenizer)
+    prompt_ids = [enc.eot_token] + enc.encode_ordinary(prompt)
+    with torch.no_grad():
+        ours = model.generate(torch.tensor([prompt_ids]), new_tokens, temperature=0.0)[0].tolist()
+    new_ids = ours[len(prompt_ids):]
+    assert enc.eot_token not in new_ids[:-1]  # else both stop early, and the comparison would be short
+    assert out == ours[:len(out)] and len(out) == len(ours)  # the pipeline stops at end-of-text as sample.py does
+    assert generate(prompt, max_new_tokens=new_tokens, do_sample=False)[0]["generated_text"] == sample_text
+
+
+def test_import_reads_the_tokenizer_back(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    save_run(tiny_model(vocab_size=32000, dim=16, n_heads=2, ffn_dim=32), tmp_path / "run", tokenizer="cl100k_32k")
+    main([str(tmp_path / "run")])
+    # saved again by transformers (as a fine-tuning script would), without our small_lm.json
+    resaved = tmp_path / "resaved"
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf").save_pretrained(resaved)
+    AutoTokenizer.from_pretrained(tmp_path / "run" / "hf").save_pretrained(resaved)
+    assert not (resaved / "small_lm.json").exists()
+    main(["--import", str(resaved), "--output", str(tmp_path / "back")])
+    assert torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] == "cl100k_32k"
+
+    # a tokenizer that is not ours (one merge changed) is recorded as none, not as the nearest of ours
+    spec = json.loads((resaved / "tokenizer.json").read_text())
+    spec["model"]["merges"][100], spec["model"]["merges"][101] = spec["model"]["merges"][101], spec["model"]["merges"][100]
+    (resaved / "tokenizer.json").write_text(json.dumps(spec))
+    main(["--import", str(resaved), "--output", str(tmp_path / "foreign")])
+    assert torch.load(tmp_path / "foreign" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
 
 
 # -----------------------------------------------------------------------------------------------
