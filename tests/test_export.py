@@ -189,6 +189,22 @@ def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokeni
     assert generate(prompt, max_new_tokens=new_tokens, do_sample=False)[0]["generated_text"] == sample_text
 
 
+def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning(tmp_path, capsys, monkeypatch):
+    import tiktoken.load
+    monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    prepare.load_tokenizer.cache_clear()
+    save_run(tiny_model(), tmp_path / "run", tokenizer="gpt2")
+    main([str(tmp_path / "run")])
+    prepare.load_tokenizer.cache_clear()
+    out, err = capsys.readouterr()
+    assert out == f"wrote {tmp_path / 'run' / 'hf'}\n"
+    assert err.splitlines() == ["warning: no tokenizer files written: the gpt2 tokenizer needs a one-time download that "
+                                "failed (offline?); cl100k_32k, cl100k_base and bytes work offline"]
+    assert sorted(p.name for p in (tmp_path / "run" / "hf").iterdir()) == ["config.json", "model.safetensors",
+                                                                          "small_lm.json"]
+
+
 def test_import_reads_the_tokenizer_back(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     save_run(tiny_model(vocab_size=32000, dim=16, n_heads=2, ffn_dim=32), tmp_path / "run", tokenizer="cl100k_32k")
