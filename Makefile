@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test minis clean
+.PHONY: quickstart test minis lm-eval clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
@@ -30,6 +30,16 @@ minis: $(VENV)/.installed
 	$(PY) plot.py summary $(addprefix out/mini/10x_,$(MINIS_10X)) --format md > out/mini/10x.md
 	@echo "the miniatures' plots and tables: out/mini/1x.png, out/mini/10x.png, out/mini/1x.md, out/mini/10x.md"
 
+# lm-evaluation-harness on the quickstart's export, offline, on the two local tasks in lm_eval_tasks/ (README
+# "Evaluate with lm-evaluation-harness"); an optional install. Trains the quickstart first if it has not run.
+LM_EVAL := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/lm_eval --model hf --include_path lm_eval_tasks --device cpu --batch_size 8
+lm-eval: $(VENV)/.installed-eval
+	test -f out/quickstart/ckpt_best.pt || $(MAKE) quickstart
+	$(PY) export.py out/quickstart --force
+	$(PY) lm_eval_tasks/shakespeare.py
+	$(LM_EVAL) --model_args pretrained=out/quickstart/hf,add_bos_token=False --tasks shakespeare_passages
+	$(LM_EVAL) --model_args pretrained=out/quickstart/hf --tasks shakespeare_word_order
+
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
@@ -43,5 +53,9 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
+$(VENV)/.installed-eval: $(VENV)/.installed requirements-eval.txt
+	$(PY) -m pip install -q -r requirements-eval.txt -c requirements.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) out data/shakespeare data/pydocs data/.pydocs.jsonl
+	rm -rf $(VENV) out data/shakespeare data/pydocs data/.pydocs.jsonl data/lm_eval

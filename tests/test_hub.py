@@ -1,5 +1,6 @@
-"""Tests for prepare.py's Hub datasets: repo layouts read through --mirror (or the two network functions faked),
-the shard files and markers, the hash split, --max-files / --max-tokens, resuming after a kill, bad input."""
+"""Tests for prepare.py's Hub datasets and sources.py's repo files, read through --mirror: the repo layouts, the
+shard files and markers, the hash split, --max-files / --max-tokens, resuming after a kill, bad input. The Hub
+itself, served on localhost (downloads, the cache, the disk estimate, new commits): tests/test_hub_cache.py."""
 
 import hashlib
 import json
@@ -19,6 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
+import sources  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
 
 WORDS = ("once upon a time there was a little girl named Lily who loved the sun and the sea . "
          "she played with her dog in the park , and they were happy ! 🙂 naïve café").split()
@@ -91,6 +95,23 @@ def tree(directory):
 def run_cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
+
+
+def shards_written(monkeypatch):
+    """The repo paths that prepare tokenizes into a shard from now on, in order."""
+    written, write_shard = [], prepare.write_shard
+
+    def recording(paths, local_path, listed, *rest):
+        written.append(listed.path)
+        return write_shard(paths, local_path, listed, *rest)
+
+    monkeypatch.setattr(prepare, "write_shard", recording)
+    return written
+
+
+def file_versions(directory):
+    """{name: (inode, mtime)} of the files in a directory: a file written again, even with the same bytes, differs."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
 # -----------------------------------------------------------------------------
@@ -177,20 +198,20 @@ def test_repo_file_readers(tmp_path):
     txt.write_bytes("one\r\nstory 🙂\r\n<|endoftext|>\r\n\n<|endoftext|>\n"
                     "two <|endoftext|> inline\n<|endoftext|>\nlast".encode())
     # the blank story between two separators is dropped but keeps its row number
-    assert list(prepare.repo_file_documents(txt, "s.txt", "text")) == [
+    assert list(sources.repo_file_documents(txt, "s.txt", "text")) == [
         ("s.txt:0", "one\r\nstory 🙂"), ("s.txt:2", "two <|endoftext|> inline"), ("s.txt:3", "last")]  # trimmed
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": "b", "x": 1}\n')
-    assert list(prepare.repo_file_documents(jsonl, "r.jsonl", "text")) == [("r.jsonl:1", "a"), ("r.jsonl:4", "b")]
+    assert list(sources.repo_file_documents(jsonl, "r.jsonl", "text")) == [("r.jsonl:1", "a"), ("r.jsonl:4", "b")]
     with pytest.raises(ValueError, match="expected a .parquet, .jsonl or .txt file"):
-        prepare.repo_file_documents(tmp_path / "x.csv", "x.csv", "text")
+        sources.repo_file_documents(tmp_path / "x.csv", "x.csv", "text")
     bad = tmp_path / "numbers.parquet"
     write_parquet(bad, {"text": [1, 2, 3]})
     with pytest.raises(ValueError, match="column 'text' holds int64, not text"):
-        list(prepare.repo_file_documents(bad, "numbers.parquet", "text"))
+        list(sources.repo_file_documents(bad, "numbers.parquet", "text"))
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="not a readable parquet file"):
-        list(prepare.repo_file_documents(tmp_path / "broken.parquet", "broken.parquet", "text"))
+        list(sources.repo_file_documents(tmp_path / "broken.parquet", "broken.parquet", "text"))
 
 
 def test_max_files_and_max_tokens(tmp_path):
@@ -316,14 +337,14 @@ def test_hub_functions_are_the_only_network(tmp_path, monkeypatch):
 
     def fake_hub_files(repo, pattern, revision):
         listed.append((repo, pattern, revision))
-        return sha, prepare.mirror_files(tmp_path / "repo", pattern)
+        return sha, sources.mirror_files(tmp_path / "repo", pattern)
 
     def fake_hub_download(repo, path, sha):
         downloaded.append((repo, path, sha))
         return tmp_path / "repo" / path
 
-    monkeypatch.setattr(prepare, "hub_files", fake_hub_files)
-    monkeypatch.setattr(prepare, "hub_download", fake_hub_download)
+    monkeypatch.setattr(sources, "hub_files", fake_hub_files)
+    monkeypatch.setattr(sources, "hub_download", fake_hub_download)
     out = prepare.prepare("smollm-fineweb-edu", None, "bytes", 0.3, 1, tmp_path / "data", max_files=2, revision="v1.0")
     meta = prepare.read_meta(out)
     assert listed == [("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup/*.parquet", "v1.0")]
@@ -342,9 +363,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
     assert result.stderr.startswith("error: cannot list roneneldan/TinyStories@main on the Hugging Face Hub")
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(OSError, match="^cannot download data/x.parquet of roneneldan/TinyStories@abc: [^\n]*$"):
-        prepare.hub_download("roneneldan/TinyStories", "data/x.parquet", "abc")
+        sources.hub_download("roneneldan/TinyStories", "data/x.parquet", "abc")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -357,6 +377,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
     (["tinystories", "--mirror", "mirror", "--max-files", "0"], "--max-files must be at least 1"),
     (["tinystories", "--mirror", "mirror", "--revision", "main"], "--revision"),
     (["shakespeare", "--max-files", "1"], "are for smollm-fineweb-edu"),
+    (["shakespeare", "--keep-downloads"], "--keep-downloads are for smollm-fineweb-edu"),
+    (["tinystories", "--mirror", "mirror", "--keep-downloads"], "a --mirror's files are never removed"),
 ])
 def test_cli_bad_input(tmp_path, args, message):
     write_parquet(tmp_path / "mirror" / COSMOPEDIA_FILE, {"prompt": ["p"]})

