@@ -133,7 +133,11 @@ def tokenizer_config(max_length):
 def tokenizer_of_folder(hf_dir):
     """The name of our tokenizer that hf_dir/tokenizer.json is, or None when it is none of ours. The vocabulary,
     merges, regex and special tokens are compared; only a tokenizer of the same size is built to compare."""
-    spec = json.loads((Path(hf_dir) / "tokenizer.json").read_text())
+    path = Path(hf_dir) / "tokenizer.json"
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # a damaged file: say so, rather than import without it unasked
+        raise ValueError(f"{path} is not valid JSON ({e}); remove it to import the weights without a tokenizer") from None
     try:
         vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
         merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]  # both formats

@@ -226,6 +226,17 @@ def test_import_reads_the_tokenizer_back(tmp_path):
     assert torch.load(tmp_path / "foreign" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
 
 
+def test_a_damaged_tokenizer_file_is_one_line_and_imports_nothing(tmp_path, capsys):
+    save_run(tiny_model(), tmp_path / "run")
+    main([str(tmp_path / "run")])
+    tokenizer_json = tmp_path / "run" / "hf" / "tokenizer.json"
+    tokenizer_json.write_bytes(tokenizer_json.read_bytes()[:1000])  # cut short, as by a full disk
+    line = run_main_error(["--import", str(tmp_path / "run" / "hf"), "--output", str(tmp_path / "back")], capsys)
+    assert line.startswith(f"error: {tokenizer_json} is not valid JSON (")
+    assert line.endswith("); remove it to import the weights without a tokenizer")
+    assert not (tmp_path / "back").exists()
+
+
 # -----------------------------------------------------------------------------------------------
 # Import: a transformers Llama becomes our checkpoint, and back
 
