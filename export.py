@@ -148,7 +148,11 @@ def tokenizer_of_folder(hf_dir):
     for name in prepare.TOKENIZERS:
         if VOCAB_SIZES[name] != size:
             continue
-        ours = json.loads(hf_tokenizer(prepare.load_tokenizer(name)).to_str())
+        try:
+            enc = prepare.load_tokenizer(name)
+        except OSError:  # gpt2's one-time download failed: it cannot be compared, so it is not recognised
+            continue
+        ours = json.loads(hf_tokenizer(enc).to_str())
         our_merges = [tuple(m) for m in ours["model"]["merges"]]
         our_added = {token["content"]: token["id"] for token in ours["added_tokens"]}
         if (ours["model"]["vocab"], our_merges, our_added, ours["pre_tokenizer"]) == (
@@ -373,7 +377,7 @@ def main(argv):
                 raise ValueError(f"no such Hugging Face folder: {args.hf_dir}")
             tokenizer = import_checkpoint(args.hf_dir, args.output, args.force)
             print(f"wrote {Path(args.output) / 'ckpt_00000000.pt'} (tokenizer: "
-                  f"{tokenizer or 'none of ours; sample.py and train.py will need tokenizer= / --tokenizer'})")
+                  f"{tokenizer or 'not recognised as one of ours; sample.py will need --tokenizer'})")
         else:
             if not args.source:
                 raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")

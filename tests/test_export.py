@@ -190,11 +190,16 @@ def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokeni
     assert generate(prompt, max_new_tokens=new_tokens, do_sample=False)[0]["generated_text"] == sample_text
 
 
-def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning(tmp_path, capsys, monkeypatch):
+def gpt2_offline(monkeypatch):
+    """tiktoken's gpt2 as on a machine that never downloaded it and cannot."""
     import tiktoken.load
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     prepare.load_tokenizer.cache_clear()
+
+
+def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning(tmp_path, capsys, monkeypatch):
+    gpt2_offline(monkeypatch)
     save_run(tiny_model(), tmp_path / "run", tokenizer="gpt2")
     main([str(tmp_path / "run")])
     prepare.load_tokenizer.cache_clear()
@@ -224,6 +229,14 @@ def test_import_reads_the_tokenizer_back(tmp_path):
     (resaved / "tokenizer.json").write_text(json.dumps(spec))
     main(["--import", str(resaved), "--output", str(tmp_path / "foreign")])
     assert torch.load(tmp_path / "foreign" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
+
+
+def test_import_of_a_gpt2_sized_tokenizer_offline_records_none(tmp_path, capsys, monkeypatch, every_tokenizer_offline):
+    exported_tokenizer(tmp_path, "gpt2")  # made while gpt2 loads (here: the offline stand-in)
+    gpt2_offline(monkeypatch)
+    main(["--import", str(tmp_path / "run" / "hf"), "--output", str(tmp_path / "back")])
+    assert torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
+    assert "tokenizer: not recognised as one of ours" in capsys.readouterr().out
 
 
 def test_a_damaged_tokenizer_file_is_one_line_and_imports_nothing(tmp_path, capsys):
