@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 import files
 import model as model_lib
+import optim
 from config import UserError
 
 PARALLEL = ("ddp", "fsdp", "pp")
@@ -388,7 +389,7 @@ def memory_line(model, optimizer, layout, device):
     """What this process holds of the weights and the optimizer state, the most any process holds and the sum
     over processes (a collective)."""
     tensors = list(model.parameters()) + [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    local = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+    local = sum(optim.local(t).nbytes for t in tensors)
     if layout.world_size == 1:
         return f"weights and optimizer state: {local / 2**20:,.1f} MiB"
     most, total = torch.tensor([float(local)], device=device), torch.tensor([float(local)], device=device)

@@ -1,6 +1,5 @@
 """parallel.py under torchrun on the CPU (gloo): FSDP2 and pipelines against one process, checkpoints that move
 between layouts, two nodes on one machine, what each process holds, and the combinations refused."""
-import json
 import os
 import re
 import signal
