@@ -10,10 +10,11 @@ import torch
 from torch._dynamo.utils import counters
 
 import train
-from test_train import read_log, run_args
+from conftest import read_log, run_args
 
 # inductor's CPU back-end imports torch.utils.mkldnn, which uses torch.jit.script_method and warns (torch 2.13)
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.integration,  # compiled training
+              pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -12,27 +11,9 @@ import torch
 import files
 import model as model_lib
 import train
-from conftest import ROOT
-from test_train import read_log, run_args
+from conftest import ROOT, last_step, read_log, run_args, wait_for
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def wait_for(condition, timeout=120, what="a condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def last_step(run_dir):
-    path = run_dir / "log.jsonl"
-    if not path.exists():
-        return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if '"loss"' in line]
-    return steps[-1] if steps else 0
 
 
 def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path):

@@ -24,6 +24,8 @@ import sources
 from export import EOT_IDS, VOCAB_SIZES, export_hf, hf_incompatibility, import_hf, main
 from model import ModelConfig, Transformer, load_model
 
+pytestmark = pytest.mark.integration  # exports load in transformers, tokenizers are built whole
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
 

@@ -3,7 +3,6 @@ only (torch 2.13: "FlexAttention does not support backward on CPU"), uncompiled:
 and sdpa back-ends, with and without packed documents, and generation (which decodes through sdpa).
 Gradients, the slopes' included, are compared on a CUDA device only, where flex is compiled."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +11,7 @@ from torch.testing import assert_close
 
 import attention
 from attention import document_ids
-from model import Transformer
-from test_model import EOT, VOCAB, assert_packed_matches_alone
-from test_variants import CANON, DEEPONE, tiny_model
+from conftest import CANON, DEEPONE, EOT, VOCAB, assert_packed_matches_alone, same_model, tiny_model
 
 # uncompiled flex (the CPU path) warns once that it materialises the scores: known, and what we want here
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -30,12 +27,6 @@ def batch(generator_seed=2):
     idx[0, [5, 17]] = EOT
     idx[1, [0, 11, 12]] = EOT
     return idx
-
-
-def same_model(model, attn):
-    other = Transformer(replace(model.config, attn=attn)).eval()
-    other.load_state_dict(model.state_dict())
-    return other
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "one_document"])

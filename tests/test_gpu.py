@@ -34,10 +34,7 @@ import optim
 import train
 from attention import document_ids
 from model import PRESETS, ModelConfig, Transformer
-from test_flex import same_model
-from test_model import EOT, VOCAB
-from test_train import read_log, run_args, run_torchrun
-from test_variants import tiny_model
+from conftest import EOT, VOCAB, read_log, run_args, run_torchrun, same_model, tiny_model
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -45,7 +42,8 @@ COMPILE_MODE = os.environ.get("GPU_CHECK_COMPILE_MODE", "max-autotune-no-cudagra
 
 # uncompiled flex (the CPU path) warns once that it materialises the scores: known, and what we want here; inductor's
 # CPU back-end imports torch.utils.mkldnn, which uses torch.jit.script_method and warns (torch 2.13): not ours
-pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+pytestmark = [pytest.mark.integration,  # compiled training
+              pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
               pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
 
 

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import train
 from conftest import ROOT
 
@@ -47,6 +49,7 @@ def test_the_config_module_imports_nothing_of_the_project():
     assert "train" not in project_imports(ROOT / "model.py")
 
 
+@pytest.mark.integration  # a script in its own process
 def test_help_prints_every_key_with_its_comment():
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
@@ -59,6 +62,7 @@ def test_help_prints_every_key_with_its_comment():
     assert '"a+b" (one entry drawn as a balance_remaining group)' in result.stdout  # a comment over two lines
 
 
+@pytest.mark.integration  # a script in its own process
 def test_list_prints_every_config_with_its_docstring():
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--list"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

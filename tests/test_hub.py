@@ -13,54 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 import sources  # noqa: E402
+from conftest import COSMOPEDIA_FILE, WORDS, fake_smollm, random_texts, tree, write_parquet
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
-
-WORDS = ("once upon a time there was a little girl named Lily who loved the sun and the sea . "
-         "she played with her dog in the park , and they were happy ! 🙂 naïve café").split()
-
-
-def random_texts(rng, n, max_words=120):
-    """Documents of random words, with an empty and a missing one (neither is a document)."""
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
-    texts[1], texts[2] = "", None
-    return texts
-
-
-def write_parquet(path, columns, row_group_size=50):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
-
-
-COSMOPEDIA_FILE = "cosmopedia-v2/train-00000-of-00104.parquet"
-
-
-def fake_smollm(root, n_files=2, docs_per_file=120, seed=0):
-    """A directory laid out like HuggingFaceTB/smollm-corpus, with its file names and extra columns; returns
-    {repo path: texts} of fineweb-edu-dedup."""
-    rng = random.Random(seed)
-    fineweb = {}
-    for i in range(n_files):
-        rel = f"fineweb-edu-dedup/train-{i:05d}-of-00234.parquet"
-        fineweb[rel] = random_texts(rng, docs_per_file)
-        metadata = [{"dump": "CC-MAIN-2024-10", "url": f"https://example.org/{i}/{j}", "date": "2024-02-21",
-                     "file_path": "s3://commoncrawl/x.warc.gz", "language": "en", "language_score": 0.97,
-                     "token_count": 400 + j, "score": 3.1, "int_score": 3} for j in range(docs_per_file)]
-        write_parquet(root / rel, {"text": fineweb[rel], "id": [f"<urn:uuid:{i}-{j}>" for j in range(docs_per_file)],
-                                   "metadata": metadata})
-    write_parquet(root / COSMOPEDIA_FILE,
-                  {"prompt": ["write a story"] * 30, "text": random_texts(rng, 30), "token_length": list(range(30)),
-                   "audience": ["young children"] * 30, "format": ["story"] * 30, "seed_data": ["stories"] * 30})
-    (root / "README.md").write_text("a dataset card, not data\n")
-    return fineweb
 
 
 def key_hash(key):
@@ -88,30 +49,9 @@ def read_shards(out, meta, enc):
             for split in ("train", "val") for i, (path, _) in enumerate(prepare.split_files(out, meta, split))}
 
 
-def tree(directory):
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def run_cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
-
-
-def shards_written(monkeypatch):
-    """The repo paths that prepare tokenizes into a shard from now on, in order."""
-    written, write_shard = [], prepare.write_shard
-
-    def recording(paths, local_path, listed, *rest):
-        written.append(listed.path)
-        return write_shard(paths, local_path, listed, *rest)
-
-    monkeypatch.setattr(prepare, "write_shard", recording)
-    return written
-
-
-def file_versions(directory):
-    """{name: (inode, mtime)} of the files in a directory: a file written again, even with the same bytes, differs."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
 # -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 
 import prepare
 import sources
-from test_hub import fake_smollm, file_versions, random_texts, shards_written, tree, write_parquet
+from conftest import fake_smollm, file_versions, random_texts, shards_written, tree, write_parquet
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
 

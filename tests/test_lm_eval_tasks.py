@@ -13,6 +13,8 @@ import prepare
 import sources
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration  # scripts in their own processes
+
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):

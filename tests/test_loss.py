@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import model as model_lib
 import train
 from model import ModelConfig, Transformer, chunked_cross_entropy
-from test_train import read_log, run_args
+from conftest import read_log, run_args
 
 
 def plain_loss(hidden, weight, targets):

@@ -19,36 +19,10 @@ from torch.testing import assert_close
 from attention import document_ids, document_positions
 from model import (PRESETS, ModelConfig, Transformer, format_summary, human, load_model, main, parameter_summary,
                    sample_next)
+from conftest import (EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager, check_trunc_normal,
+                      tiny, tiny_model)
 
 ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
-
-VOCAB = 97
-EOT = 0  # end-of-text id in these tests; ordinary tokens are drawn from 1..VOCAB-1
-
-
-
-def tiny(**overrides):
-    """A 2-layer model config small enough for exact comparisons in milliseconds."""
-    return ModelConfig(**{"vocab_size": VOCAB, "dim": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 160,
-                          **overrides})
-
-
-def tiny_model(seed=0, **overrides):
-    """A tiny model with random weights at a scale where attention is far from uniform, so that
-    positions, masks and cached keys visibly change the logits (at init scale they barely do)."""
-    torch.manual_seed(seed)
-    model = Transformer(tiny(**overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)  # not all ones, so a misplaced norm weight shows
-            elif name != "embed_tokens.weight":
-                p.normal_(0.0, 0.25)
-    return model
-
-
-def tokens(n, generator=None):
-    return torch.randint(1, VOCAB, (n,), generator=generator)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -88,6 +62,7 @@ def test_human_numbers():
         ["512", "1.23K", "49.2M", "1M", "2.27G"]
 
 
+@pytest.mark.integration  # a script in its own process
 def test_command_line():
     # two interpreters at once: each spends most of its time importing torch
     commands = [["llama-medium"], ["llama-medium", "n_layer=4"]]
@@ -140,31 +115,6 @@ def test_packed_documents_match_documents_alone(attn, n_kv_heads):
     assert_packed_matches_alone(tiny_model(attn=attn, n_kv_heads=n_kv_heads))
 
 
-@torch.no_grad()
-def assert_packed_matches_alone(model):
-    """Documents packed into rows (row 0 starts mid-document, row 1 packs them in another order) give the
-    logits of the same documents run alone, each after an EOT. Also used by test_variants.py."""
-    generator = torch.Generator().manual_seed(1)
-    a, b, c = tokens(7, generator), tokens(9, generator), tokens(5, generator)
-    eot = torch.tensor([EOT])
-    row0 = torch.cat([a, eot, b, eot, c])
-    row1 = torch.cat([eot, c, eot, b, eot, a[:6]])
-    idx = torch.stack([row0, row1])
-    packed = model(idx, doc_ids=document_ids(idx, EOT))
-
-    def alone(*parts):
-        return model(torch.cat(parts)[None])[0]
-
-    assert_close(packed[0, :7], alone(a), atol=1e-5, rtol=0)
-    assert_close(packed[0, 7:17], alone(eot, b), atol=1e-5, rtol=0)
-    assert_close(packed[0, 17:], alone(eot, c), atol=1e-5, rtol=0)
-    assert_close(packed[1, :6], alone(eot, c), atol=1e-5, rtol=0)
-    assert_close(packed[1, 6:16], alone(eot, b), atol=1e-5, rtol=0)
-    assert_close(packed[1, 16:], alone(eot, a)[:7], atol=1e-5, rtol=0)
-    # without document ids the same rows give different logits, so the comparison above has teeth
-    assert not torch.allclose(model(idx)[0, 7:17], alone(eot, b), atol=1e-3)
-
-
 # -----------------------------------------------------------------------------------------------
 # 3. The sdpa back-end against the eager one
 
@@ -173,30 +123,6 @@ def assert_packed_matches_alone(model):
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
 def test_sdpa_matches_eager_logits_and_gradients(packed, n_kv_heads):
     assert_sdpa_matches_eager(tiny_model(attn="sdpa", n_kv_heads=n_kv_heads), packed, logits_atol=3e-5)  # logits ~10
-
-
-def assert_sdpa_matches_eager(sdpa, packed, logits_atol):
-    """An eager copy of the sdpa model gives its logits and, to 2e-5 of each tensor's largest value, every
-    gradient of a summed loss (which reaches ~10). Returns the sdpa model, gradients in place.
-    Also used by test_variants.py."""
-    eager = Transformer(replace(sdpa.config, attn="eager"))
-    eager.load_state_dict(sdpa.state_dict())
-    generator = torch.Generator().manual_seed(2)
-    idx = torch.randint(1, VOCAB, (2, 32), generator=generator)
-    idx[0, [5, 17]] = EOT
-    idx[1, [0, 11, 12]] = EOT  # includes a one-token document
-    targets = torch.randint(0, VOCAB, (2, 32), generator=generator)
-    targets[:, ::7] = -1
-    doc_ids = document_ids(idx, EOT) if packed else None
-
-    assert_close(sdpa(idx, doc_ids), eager(idx, doc_ids), atol=logits_atol, rtol=1e-5)
-    for model in (sdpa, eager):
-        model(idx, doc_ids, targets).backward()
-    for (name, p_sdpa), (_, p_eager) in zip(sdpa.named_parameters(), eager.named_parameters()):
-        scale = p_eager.grad.abs().max().item()
-        assert scale > 0, name
-        assert (p_sdpa.grad - p_eager.grad).abs().max().item() <= 2e-5 * scale, name
-    return sdpa
 
 
 def test_eager_backend_runs_without_sdpa(monkeypatch):
@@ -363,15 +289,6 @@ def test_load_model_missing(tmp_path):
 
 # -----------------------------------------------------------------------------------------------
 # 8. Initialisation
-
-# A normal cut at +-3 sigma has standard deviation sigma * sqrt(1 - 2*3*pdf(3) / (cdf(3) - cdf(-3))).
-TRUNCATED_STD = math.sqrt(1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2)))
-
-
-def check_trunc_normal(weight, std):
-    assert abs(weight.mean().item()) < 0.05 * std  # the mean of >= 65k samples is within ~0.01 sigma
-    assert weight.std().item() == pytest.approx(std * TRUNCATED_STD, rel=0.02)
-    assert weight.abs().max().item() <= 3 * std * (1 + 1e-6)
 
 
 def test_init_statistics():

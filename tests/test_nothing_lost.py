@@ -17,8 +17,7 @@ import files
 import sample
 import train
 from config import UserError
-from conftest import ROOT
-from test_train import read_log, run_args
+from conftest import ROOT, read_log, run_args
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

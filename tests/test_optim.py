@@ -395,6 +395,7 @@ def run_ddp_worker(*flags):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # a script in its own process
 @pytest.mark.slow
 def test_ddp_bf16_weights_stay_identical_across_ranks():
     result = run_ddp_worker()

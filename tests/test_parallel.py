@@ -14,9 +14,7 @@ import export
 import files
 import model as model_lib
 import train
-from conftest import ROOT
-from test_control import last_step, wait_for
-from test_train import read_log, run_args, run_torchrun
+from conftest import ROOT, last_step, read_log, run_args, run_torchrun, wait_for
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TEN_STEPS = ["max_steps=10", "eval_interval=5", "total_tokens=0.008"]

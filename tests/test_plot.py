@@ -19,6 +19,7 @@ def test_lr_plot_of_configs(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+@pytest.mark.integration  # a script in its own process
 def test_plot_imports_no_training_code():
     """plot.py reads logs without importing train.py (and torch with it); only `plot.py lr` needs its defaults."""
     code = "import sys, plot; assert 'train' not in sys.modules, 'train imported'; print(plot.UserError.__module__)"

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 import sources  # noqa: E402
 
+
 SAMPLES = [
     "Hello, world! It's a fine day.",
     "naïve café — Ünïcödé, 日本語のテキスト, emoji 🙂🚀, Ελληνικά",
@@ -446,6 +447,7 @@ def run_cli(*args, cwd):
     (["shakespeare", "--val-fraction", "1.5"], "val-fraction"),
     (["emptydir"], "no .txt or .jsonl files"),
 ])
+@pytest.mark.integration  # a script in its own process
 def test_cli_errors(tmp_path, args, message):
     (tmp_path / "emptydir").mkdir()
     result = run_cli(*args, cwd=tmp_path)
@@ -455,6 +457,7 @@ def test_cli_errors(tmp_path, args, message):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.integration  # a script in its own process
 def test_cli_success(tmp_path):
     make_corpus(tmp_path / "corpus")
     result = run_cli("corpus", "--tokenizer", "bytes", "--name", "mine", "--workers", "2", cwd=tmp_path)
@@ -463,6 +466,7 @@ def test_cli_success(tmp_path):
     assert f"{meta['train']['tokens']:,} tokens" in result.stdout and "tokens/byte" in result.stdout
 
 
+@pytest.mark.integration  # a script in its own process
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     """Ctrl-C while prepare writes: one line saying what is left, exit status 130, no temp file, and the
     earlier preparation of the directory intact. The corpus is a pipe, so the signal lands mid-write every time."""

@@ -1,7 +1,6 @@
 """train.py end to end on a tiny byte-level corpus: outputs, resume, torchrun, bad input."""
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -10,16 +9,7 @@ import torch
 
 import control
 import train
-from conftest import ROOT
-
-# A model small enough that a step takes milliseconds; log every step so runs can be compared.
-TINY = ["model=quickstart", "dim=32", "n_layers=2", "n_heads=2", "ffn_dim=64", "seq_len=32", "batch_size=4",
-        "total_tokens=0.004", "warmup_tokens=0.0005", "lr=3e-3", "log_interval=1", "eval_interval=5", "eval_iters=2",
-        "sample_tokens=20", "data=tiny", "device=cpu"]
-
-
-def run_args(tiny_data, out_dir, *extra):
-    return TINY + [f"data_dir={tiny_data}", f"out_dir={out_dir}", *extra]
+from conftest import ROOT, read_log, run_args, run_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +24,6 @@ def two_corpora(tiny_data):
 
 
 MIXED = ["data=tiny_b,tiny", "mixture=soft_sequential", "packing=best_fit"]
-
-
-def run_torchrun(args, timeout=300, processes=2):
-    """train.py with args under `torchrun --standalone --nproc_per_node=2`, one OpenMP thread a process."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                           str(ROOT / "train.py"), *args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def read_log(run_dir):
-    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [r for r in lines if "loss" in r], [r for r in lines if "eval_loss" in r]
 
 
 def test_a_run_writes_its_directory_and_learns(tiny_data, tmp_path):
@@ -176,6 +154,7 @@ def test_resuming_with_other_data_is_refused(two_corpora, tmp_path, capsys):
     assert "the data is not the checkpoint's" in err and "use another run_name" in err and err.count("\n") == 1
 
 
+@pytest.mark.integration  # a script in its own process
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "configs/quickstart.py", "batch_sise=3",
                              f"out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -17,38 +17,12 @@ import train
 from export import export_hf, main as export_main
 from attention import alibi_slopes, document_mask, document_positions, key_minus_query
 from model import PRESETS, Canon, KVCache, ModelConfig, Transformer, parameter_summary
-from test_model import (VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,  # the Llama tests' shape,
-                        check_trunc_normal, tiny)  # packing check and init statistics
-from test_train import read_log, run_args
+from conftest import (CANON, DEEPONE, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager, check_trunc_normal,
+                      read_log, run_args, tiny, tiny_model)
 
 # (position, alibi_trainable): every position variant; qk_norm is crossed with these
 POSITIONS = [("rope", False), ("alibi", False), ("alibi", True), ("nope", False)]
 POSITION_IDS = ["rope", "alibi", "alibi_trainable", "nope"]
-# the two block variants of docs/reference.md ("DeepNet and DeepOne", "Canon layers"), as ModelConfig overrides
-DEEPONE = {"norm_placement": "deepnet", "ffn_act": "relu", "position": "alibi", "alibi_trainable": True}
-CANON = {"canon": "A", "position": "nope", "qk_norm": True}
-
-
-
-
-def tiny_model(seed=0, **overrides):
-    """A tiny model with weights scaled up so attention is far from uniform. ALiBi slopes (parameter
-    or buffer) are drawn in [0.1, 1): every head then has a bias that visibly changes the logits."""
-    torch.manual_seed(seed)
-    model = Transformer(tiny(**overrides)).eval()
-    with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            if name.endswith("norm.weight"):
-                tensor.uniform_(0.5, 1.5)
-            elif name.endswith("alibi_slopes"):
-                tensor.uniform_(0.1, 1.0)
-            elif name != "embed_tokens.weight":
-                tensor.normal_(0.0, 0.25)
-    return model
-
-
-def tokens(n, generator):
-    return torch.randint(1, VOCAB, (n,), generator=generator)
 
 
 # -----------------------------------------------------------------------------------------------
