@@ -12,11 +12,11 @@ legend lists the runs by colour and the metrics by style; past 3 runs or 6 entri
 the axes, off the curves. Control events (event lines: an annealing started, a stop, a save, an abort) are
 thin vertical lines in the run's colour, labelled at the top (anneal, stop, save, abort).
 
-The y range ignores outliers of the warm-up unless --no-ignore-outliers: a value drawn before the end of its
-run's warm-up (the first train line at the run's highest learning rate; in a log without one, its first x)
-is left out when it lies outside Tukey's fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR] of everything drawn in the x
-range (quartiles of log10(y) with --log-scale); every value from the end of the warm-up on is kept, so the
-first evals stay in sight. The range runs from the smallest to the largest value kept, plus 5% either side.
+The y range ignores outliers of the warm-up unless --no-ignore-outliers: a value drawn in its run's warm-up
+(up to the last train line before the first one at the run's highest learning rate, and always at the log's
+first x, the untrained model's) is left out when it lies outside Tukey's fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR]
+of everything drawn in the x range (quartiles of log10(y) with --log-scale); every value after the warm-up is
+kept, so the first evals stay in sight. The range runs from the smallest to the largest value kept, plus 5% either side.
 An early spike such as the loss at step 0 (about ln(vocabulary size)) then no longer flattens the rest of
 the curve.
 
@@ -149,13 +149,13 @@ def moving_average(values, n):
 
 
 def warmup_end(records, xs):
-    """The x from which a run is past its warm-up: that of its first train line at its highest learning rate
-    (every schedule of sched.py peaks where its warm-up ends), or in a log without a learning rate the first
-    x after the log's first one (inf: none)."""
-    if any("lr" in r for r in records):
-        rates = [r["lr"] if "lr" in r else -math.inf for r in records]
-        return xs[int(np.argmax(rates))]  # argmax: the first of equal maxima
-    return min((x for x in xs if x > xs[0]), default=math.inf)
+    """The x after which a run is surely past its warm-up: every schedule of sched.py peaks where its warm-up
+    ends, which lies after the last train line before the first one at the run's highest learning rate, so
+    that line's x; and at least the log's first x (step 0: the untrained model's eval)."""
+    rates = [r["lr"] if "lr" in r else -math.inf for r in records]
+    peak = int(np.argmax(rates))  # the first of equal maxima; 0 in a log without a learning rate
+    warming = [x for x, r in zip(xs[:peak], records[:peak]) if "lr" in r]
+    return max([xs[0], *warming[-1:]])
 
 
 def y_limits(values, ignore_outliers=True, log=False, kept=None):
@@ -245,7 +245,7 @@ def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=Non
                  args.smooth)
             drawn_x.append(x)
             drawn_y.append(y)
-            after_warmup.append(x >= end)
+            after_warmup.append(x > end)
     limits = None
     if drawn_y:
         x, y, kept = np.concatenate(drawn_x), np.concatenate(drawn_y), np.concatenate(after_warmup)

@@ -146,21 +146,24 @@ def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
 
 
 def test_first_evals_after_the_warmup_stay_in_range(tmp_path):
-    """Only the warm-up is trimmed: the evals and train losses from its end on (the eval at step 25 too, where
-    the learning rate peaks) stay in sight however far above the rest of the curve they lie, while the step-0
-    spike and the warm-up's own high losses still go."""
-    run = write_run(tmp_path, "a", steps=400, eval_every=25, warmup_steps=25)
+    """Only the warm-up is trimmed: the evals and train losses after it (the eval at step 25 too, where the
+    learning rate peaks; with train lines every 10 steps the warm-up is known to end after step 20 only) stay in
+    sight however far above the rest of the curve they lie, while the step-0 spike and the warm-up's own high
+    losses still go."""
+    run = write_run(tmp_path, "a", steps=400, eval_every=25, log_every=10, warmup_steps=25)
     records = plot.read_log(run)
-    after = [r[k] for r in records if r["step"] >= 25 for k in ("loss", "eval_loss") if k in r]
+    after = [r[k] for r in records if r["step"] > 20 for k in ("loss", "eval_loss") if k in r]
     first_evals = [r["eval_loss"] for r in records if 0 < r["step"] <= 75 and "eval_loss" in r]
     for x_axis in ("step", "tokens", "time"):
         low, high = figure([run, "--x-axis", x_axis]).axes[0].get_ylim()
         assert low <= min(after) and high >= max(after) >= max(first_evals)
-        assert high < records[1]["loss"] < math.log(32000)  # the warm-up's first train loss and the spike: out
-    assert plot.warmup_end(records, plot.x_positions(records, "step")) == 25
-    no_lr = [{"step": 0, "eval_loss": 9.0}, {"step": 0, "loss": 9.5}, {"step": 5, "loss": 3.0}]
-    assert plot.warmup_end(no_lr, [0, 0, 5]) == 5  # without a learning rate only the first x may be trimmed
-    assert plot.warmup_end(no_lr[:2], [0, 0]) == math.inf
+        first_loss = next(r["loss"] for r in records if "loss" in r)
+        assert high < first_loss < math.log(32000)  # the warm-up's first train loss and the step-0 spike: out
+    assert plot.warmup_end(records, plot.x_positions(records, "step")) == 20  # the peak is first logged at 30
+    constant = plot.read_log(write_run(tmp_path, "b"))
+    assert plot.warmup_end(constant, plot.x_positions(constant, "step")) == 0  # no warm-up: step 0 alone
+    no_lr = [{"step": 0, "eval_loss": 9.0}, {"step": 5, "loss": 3.0}]
+    assert plot.warmup_end(no_lr, [0, 5]) == 0  # without a learning rate, only the first x may be trimmed
 
 
 def the_legend(fig):
