@@ -13,8 +13,8 @@ quickstart: $(VENV)/.installed
 	$(PY) plot.py out/quickstart
 	@echo "the loss curve: out/quickstart/loss.png"
 
-# The reference experiments in miniature (configs/mini/, README "The reference experiments in miniature"): every
-# run that is not finished trains (a finished one is skipped), then the plots and tables are drawn again.
+# The reference experiments in miniature (configs/mini/; docs/experiments.md, "The reference experiments in miniature"):
+# every run that is not finished trains (a finished one is skipped), then the plots and tables are drawn again.
 MINIS_1X := default high_lr bf16 bf16_adafactor muon deepone canon pp
 MINIS_10X := ten_chinchilla long_cooldown wsd tiny_x_small_lm final
 minis: $(VENV)/.installed
@@ -30,7 +30,7 @@ minis: $(VENV)/.installed
 	$(PY) plot.py summary $(addprefix out/mini/10x_,$(MINIS_10X)) --format md > out/mini/10x.md
 	@echo "the miniatures' plots and tables: out/mini/1x.png, out/mini/10x.png, out/mini/1x.md, out/mini/10x.md"
 
-# lm-evaluation-harness on the quickstart's export, offline, on the two local tasks in lm_eval_tasks/ (README
+# lm-evaluation-harness on the quickstart's export, offline, on the two local tasks in lm_eval_tasks/ (docs/export.md,
 # "Evaluate with lm-evaluation-harness"); an optional install. Trains the quickstart first if it has not run.
 LM_EVAL := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/lm_eval --model hf --include_path lm_eval_tasks --device cpu --batch_size 8
 lm-eval: $(VENV)/.installed-eval

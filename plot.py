@@ -4,14 +4,21 @@
     python plot.py summary out/* [--format md]
     python plot.py lr configs/ten_chinchilla.py configs/wsd.py [key=value ...] [--world-size 4] [--output lr.png]
 
-A plot reads out/<run>/log.jsonl (its keys: README.md) and draws, by default, the train loss (a line) and
-the eval loss (markers) of each run in one colour per run, and for a single run the learning
-rate on a second y axis. Lines without the plotted metric (eval lines for `loss`, event lines)
-are skipped. The y range ignores outliers unless --no-ignore-outliers: values outside Tukey's
-fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR] of everything drawn in the x range (quartiles of log10(y)
-with --log-scale) are left out, and the range runs from the smallest to the largest value kept,
-plus 5% either side. An early spike such as the loss at step 0 (about ln(vocabulary size))
-then no longer flattens the rest of the curve.
+A plot reads out/<run>/log.jsonl (its keys: docs/training.md) and draws, by default, the train loss and the
+eval loss of each run: one colour per run, one line style per metric (the first train metric solid, other
+train metrics dotted, eval metrics dashed with markers), and for a single run the learning rate on a second y
+axis (grey, dotted). Lines without the plotted metric (eval lines for `loss`, event lines) are skipped. The
+legend lists the runs by colour and the metrics by style; past 3 runs or 6 entries it goes to the right of
+the axes, off the curves. Control events (event lines: an annealing started, a stop, a save, an abort) are
+thin vertical lines in the run's colour, labelled at the top (anneal, stop, save, abort).
+
+The y range ignores outliers of the warm-up unless --no-ignore-outliers: a value drawn in its run's warm-up
+(up to the last train line before the first one at the run's highest learning rate, and always at the log's
+first x, the untrained model's) is left out when it lies outside Tukey's fences [Q1 - 1.5 IQR, Q3 + 1.5 IQR]
+of everything drawn in the x range (quartiles of log10(y) with --log-scale); every value after the warm-up is
+kept, so the first evals stay in sight. The range runs from the smallest to the largest value kept, plus 5% either side.
+An early spike such as the loss at step 0 (about ln(vocabulary size)) then no longer flattens the rest of
+the curve.
 
 `summary` prints one line per run: the best eval loss, its perplexity, the step and tokens where
 it was reached, the final train loss, the median tokens/s and the median MFU.
@@ -36,6 +43,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
 import files
@@ -46,8 +54,10 @@ TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value 
 DEFAULT_METRICS = ["loss", "eval_loss"]
 NAMES = {"loss": "train loss", "eval_loss": "eval loss", "grad_norm": "grad norm", "lr": "learning rate",
          "tok_per_s": "tokens/s", "mfu": "MFU", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
-LINE_STYLES = ["-", "--", ":", "-."]  # one per train metric of a run, so two metrics of one colour stay apart
-EVAL_MARKERS = ["o", "s", "^", "D"]  # one per eval metric of a run
+TRAIN_STYLES = ["-", ":", "-."]  # the line style of each train metric: the first (the loss) solid, the others dotted
+EVAL_MARKERS = ["o", "s", "^", "D"]  # eval metrics are dashed, with one marker each
+EVENT_LABELS = {"annealing started": "anneal", "stopped": "stop", "saved": "save", "aborted": "abort"}  # by prefix
+LEGEND_INSIDE = (3, 6)  # at most this many runs and legend entries keep the legend inside the axes
 
 
 # ----------------------------------------------------------------------------- reading logs
@@ -138,17 +148,30 @@ def moving_average(values, n):
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-def y_limits(values, ignore_outliers=True, log=False):
-    """(low, high) of the y axis: Tukey's fences, then min..max of what is kept, padded 5% (module docstring)."""
+def warmup_end(records, xs):
+    """The x after which a run is surely past its warm-up: every schedule of sched.py peaks where its warm-up
+    ends, which lies after the last train line before the first one at the run's highest learning rate, so
+    that line's x; and at least the log's first x (step 0: the untrained model's eval)."""
+    rates = [r["lr"] if "lr" in r else -math.inf for r in records]
+    peak = int(np.argmax(rates))  # the first of equal maxima; 0 in a log without a learning rate
+    warming = [x for x, r in zip(xs[:peak], records[:peak]) if "lr" in r]
+    return max([xs[0], *warming[-1:]])
+
+
+def y_limits(values, ignore_outliers=True, log=False, kept=None):
+    """(low, high) of the y axis: Tukey's fences, then min..max of what is kept, padded 5% (module docstring).
+    kept: True for a value that stays whatever the fences say (one drawn after its run's warm-up)."""
     values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
+    kept = np.zeros(len(values), dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+    usable = np.isfinite(values) & (values > 0) if log else np.isfinite(values)
+    values, kept = values[usable], kept[usable]
     if len(values) == 0:
         return None
     if log:
         values = np.log10(values)
     if ignore_outliers:
         q1, q3 = np.percentile(values, [25, 75])
-        values = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1))]
+        values = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1)) | kept]
     low, high = values.min(), values.max()
     pad = 0.05 * (high - low) if high > low else (0.05 * abs(high) or 1.0)  # a flat curve still gets a range
     low, high = low - pad, high + pad
@@ -173,42 +196,61 @@ def metric_name(metric, perplexity):
     return NAMES.get(metric, metric)
 
 
+def run_color(i):
+    return f"C{i % 10}"
+
+
+def metric_style(metric, metrics):
+    """The line style and marker of `metric` in every run (module docstring): the colour says which run, this
+    says which metric."""
+    evals = [m for m in metrics if m.startswith("eval_")]
+    if metric in evals:
+        return {"linestyle": "--", "marker": EVAL_MARKERS[evals.index(metric) % len(EVAL_MARKERS)]}
+    trains = [m for m in metrics if m not in evals]
+    return {"linestyle": TRAIN_STYLES[trains.index(metric) % len(TRAIN_STYLES)], "marker": None}
+
+
 def draw(ax, x, y, color, label, style, smooth):
-    """One curve. style: a marker for eval curves, a line style for train curves, which are smoothed
-    over `smooth` points with the raw curve drawn faint behind."""
-    if style in EVAL_MARKERS:  # drawn on top, thicker, white-edged markers: the few points that matter most
-        ax.plot(x, y, color=color, marker=style, markersize=6, markeredgecolor="white", linewidth=2, label=label,
+    """One curve in style (metric_style). Train curves are smoothed over `smooth` points with the raw curve faint
+    behind; eval curves are drawn on top, thicker, with white-edged markers: the few points that matter most."""
+    if style["marker"]:
+        ax.plot(x, y, color=color, **style, markersize=6, markeredgecolor="white", linewidth=1.6, label=label,
                 zorder=3)
     elif smooth > 1:
-        ax.plot(x, y, color=color, linestyle=style, linewidth=0.8, alpha=0.25)
-        ax.plot(x, moving_average(y, smooth), color=color, linestyle=style, linewidth=1.2, label=label)
+        ax.plot(x, y, color=color, **style, linewidth=0.8, alpha=0.25)
+        ax.plot(x, moving_average(y, smooth), color=color, **style, linewidth=1.2, label=label)
     else:
-        ax.plot(x, y, color=color, linestyle=style, linewidth=1.2, label=label)
+        ax.plot(x, y, color=color, **style, linewidth=1.2, label=label)
+
+
+def in_x_range(x, args):
+    """Whether x lies within --x-min .. --x-max (True where no limit is set)."""
+    low = -np.inf if args.x_min is None else args.x_min
+    high = np.inf if args.x_max is None else args.x_max
+    return (x >= low) & (x <= high)
 
 
 def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=None):
-    """Draw `metrics` of every run on ax (one colour per run) and set its y range."""
-    drawn_x, drawn_y = [], []
-    train_metrics = [m for m in metrics if not m.startswith("eval_")]
-    eval_metrics = [m for m in metrics if m.startswith("eval_")]
+    """Draw `metrics` of every run on ax (one colour per run, one style per metric) and set its y range."""
+    drawn_x, drawn_y, after_warmup = [], [], []
     for i, (records, label) in enumerate(zip(runs, labels)):
         xs = x_positions(records, args.x_axis)
+        end = warmup_end(records, xs)
         for metric in metrics:
             x, y = curve(records, xs, metric, args.perplexity)
             if len(x) == 0:
                 continue
-            style = (EVAL_MARKERS[eval_metrics.index(metric) % len(EVAL_MARKERS)] if metric in eval_metrics
-                     else LINE_STYLES[train_metrics.index(metric) % len(LINE_STYLES)])
             name = metric_name(metric, args.perplexity)
-            draw(ax, x, y, f"C{i % 10}", name if len(runs) == 1 else f"{label}: {name}", style, args.smooth)
+            draw(ax, x, y, run_color(i), name if len(runs) == 1 else f"{label}: {name}", metric_style(metric, metrics),
+                 args.smooth)
             drawn_x.append(x)
             drawn_y.append(y)
+            after_warmup.append(x > end)
     limits = None
     if drawn_y:
-        x, y = np.concatenate(drawn_x), np.concatenate(drawn_y)
-        in_range = ((x >= (-np.inf if args.x_min is None else args.x_min))
-                    & (x <= (np.inf if args.x_max is None else args.x_max)))
-        limits = y_limits(y[in_range], args.ignore_outliers, log)
+        x, y, kept = np.concatenate(drawn_x), np.concatenate(drawn_y), np.concatenate(after_warmup)
+        in_range = in_x_range(x, args)
+        limits = y_limits(y[in_range], args.ignore_outliers, log, kept[in_range])
     if log and limits is None:
         raise UserError("--log-scale: no value above 0 to draw in the x range")
     if log:  # plain numbers (9, 10, 20) rather than 2x10^1, and minor ticks labelled over narrow ranges
@@ -224,14 +266,47 @@ def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=Non
 
 
 def draw_lr(ax, records, args):
-    """The learning rate of one run on a second y axis (grey, dashed); returns that axis."""
+    """The learning rate of one run on a second y axis (grey, dotted); returns that axis."""
     lr_axis = ax.twinx()
     x, y = curve(records, x_positions(records, args.x_axis), "lr")
-    lr_axis.plot(x, y, color="0.45", linestyle="--", linewidth=1.2, label="learning rate")
+    lr_axis.plot(x, y, color="0.45", linestyle=":", linewidth=1.2, label="learning rate")
     lr_axis.set_ylabel("learning rate")
     lr_axis.set_ylim(bottom=0)
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     return lr_axis
+
+
+def event_label(event):
+    """The short name of a control event (EVENT_LABELS), else its text up to the first ':' or ';'."""
+    for prefix, label in EVENT_LABELS.items():
+        if event.startswith(prefix):
+            return label
+    return event.split(":")[0].split(";")[0]
+
+
+def draw_events(axes, runs, args):
+    """Every event line of every run as a thin vertical line in the run's colour on each of axes, labelled at the
+    top of the first; events outside --x-min / --x-max are left out."""
+    for i, records in enumerate(runs):
+        xs = np.array(x_positions(records, args.x_axis), dtype=float)
+        for x, record in zip(xs, records):
+            if "event" not in record or not in_x_range(x, args):
+                continue
+            for ax in axes:
+                ax.axvline(x, color=run_color(i), linewidth=0.8, alpha=0.7, zorder=1, label="_event")
+            axes[0].text(x, 0.99, f"{event_label(record['event'])} ", transform=axes[0].get_xaxis_transform(),
+                         rotation=90, ha="right", va="top", fontsize=8, color=run_color(i))
+
+
+def legend_entries(labels, metrics, perplexity, lr):
+    """The legend's handles: one per run in its colour (several runs), then one per metric in its style (grey
+    for several runs, the run's colour for one), and the learning rate's (lr: one run drawing its lr axis)."""
+    several = len(labels) > 1
+    runs = [Line2D([], [], color=run_color(i), linewidth=2, label=label) for i, label in enumerate(labels)]
+    styles = [Line2D([], [], color="0.3" if several else run_color(0), markeredgecolor="white",
+                     label=metric_name(m, perplexity), **metric_style(m, metrics)) for m in metrics]
+    rate = [Line2D([], [], color="0.45", linestyle=":", label="learning rate")] if lr else []
+    return (runs if several else []) + styles + rate
 
 
 def y_label(metrics, perplexity):
@@ -267,22 +342,27 @@ def draw_runs(args):
             raise UserError(f"{option} has an empty name: {','.join(names)!r}")
     for metric in metrics + (["grad_norm"] if args.grad_norm else []):
         check_metric(metric, runs, args.runs)
+    lr = len(runs) == 1 and "lr" not in metrics and any("lr" in r for r in runs[0])
+    entries = legend_entries(labels, metrics, args.perplexity, lr)
+    outside = len(runs) > LEGEND_INSIDE[0] or len(entries) > LEGEND_INSIDE[1]
+    width = 11.5 if outside else 9  # the legend takes a column of its own beside the axes
     if args.grad_norm:
-        fig, (ax, grad_ax) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=[3, 1])
+        fig, (ax, grad_ax) = plt.subplots(2, 1, figsize=(width, 6.5), sharex=True, height_ratios=[3, 1])
     else:
-        fig, ax = plt.subplots(figsize=(9, 5))
+        fig, ax = plt.subplots(figsize=(width, 5))
     draw_panel(ax, runs, labels, metrics, args, args.log_scale, args.y_min, args.y_max)
     ax.set_ylabel(y_label(metrics, args.perplexity))
-    handles, names = ax.get_legend_handles_labels()
-    if len(runs) == 1 and "lr" not in metrics and any("lr" in r for r in runs[0]):
-        lr_handles, lr_names = draw_lr(ax, runs[0], args).get_legend_handles_labels()
-        handles, names = handles + lr_handles, names + lr_names
-    ax.legend(handles, names, loc="upper right", fontsize=9)
+    top = draw_lr(ax, runs[0], args) if lr else ax  # the legend goes on the axis drawn last, over every curve
+    if outside:
+        top.legend(handles=entries, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=9)
+    else:
+        top.legend(handles=entries, loc="upper right", fontsize=9)
     bottom = ax
     if args.grad_norm:
         draw_panel(grad_ax, runs, labels, ["grad_norm"], args)
         grad_ax.set_ylabel("grad norm")
         bottom = grad_ax
+    draw_events([ax, grad_ax] if args.grad_norm else [ax], runs, args)
     bottom.set_xlabel(X_LABELS[args.x_axis])
     if args.x_axis == "tokens":
         bottom.xaxis.set_major_formatter(FuncFormatter(format_count))

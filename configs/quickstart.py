@@ -1,5 +1,5 @@
 """The CPU quickstart: a 0.2M-parameter Llama trained with Muon, byte-level, on the embedded Shakespeare corpus, ~2 minutes on 2 cores."""
-# Why this recipe (README, "The quickstart recipe"): with ~2 minutes of 2 cores, more tokens beat a wider
+# Why this recipe (docs/experiments.md, "The quickstart recipe"): with ~2 minutes of 2 cores, more tokens beat a wider
 # model. The quickstart preset (width 128, 0.85M parameters) saw 2.5M tokens in that time and reached 2.55
 # bits/byte; at width 64 (0.2M parameters) a step is 2.5x cheaper, and Muon learns more from each token
 # than AdamW at this size (configs/mini: 1x_muon against 1x_default).

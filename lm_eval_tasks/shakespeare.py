@@ -11,8 +11,8 @@
   order likelier (chance: 25%). The four choices have the same bytes, so no length bias. Each question fits in
   --max-tokens tokens (end-of-text included), so lm_eval never cuts one.
 
-Run from the repository root; then lm_eval --include_path lm_eval_tasks ... (README, "Evaluate with
-lm-evaluation-harness").
+Run from the repository root; then lm_eval --include_path lm_eval_tasks ... (docs/export.md,
+"Evaluate with lm-evaluation-harness").
 """
 import itertools
 import json

@@ -57,10 +57,11 @@ def figure(argv):
     return plot.draw_runs(plot.plot_parser().parse_args([str(a) for a in argv]))
 
 
-def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_floor=2.0):
+def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_floor=2.0, warmup_steps=0):
     """A synthetic out/<name>/log.jsonl as train.py writes it: a falling, noisy train loss every
     log_every steps (one hour apart), an eval every eval_every steps whose step-0 value is a spike
-    (ln 32000, an untrained model), and one event line. Returns the run directory."""
+    (ln 32000, an untrained model), and one event line. The learning rate rises linearly over warmup_steps,
+    then stays at 1e-3. Returns the run directory."""
     rng = random.Random(seed)
     run = root / name
     run.mkdir(parents=True)
@@ -69,10 +70,12 @@ def write_run(root, name, steps=200, eval_every=50, log_every=5, seed=0, loss_fl
         tokens = step * TOKENS_PER_STEP
         if step and step % log_every == 0:
             loss = loss_floor + 3 * math.exp(-step / 40) + rng.gauss(0, 0.05)
-            lines.append({"step": step, "tokens": tokens, "loss": loss, "lr": 1e-3, "grad_norm": 0.5 + rng.random(),
+            lr = 1e-3 * min(step / warmup_steps, 1) if warmup_steps else 1e-3
+            lines.append({"step": step, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": 0.5 + rng.random(),
                           "tok_per_s": 1000.0 * step, "time": 1e9 + 3600.0 * step})
         if step == 7:
-            lines.append({"step": 7, "tokens": tokens, "event": "annealing started"})
+            lines.append({"step": 7, "tokens": tokens, "event": "annealing started on request; the run now ends at "
+                                                              f"step {steps}"})
         if step % eval_every == 0:
             eval_loss = math.log(32000) if step == 0 else loss_floor + 3 * math.exp(-step / 40) + 0.1
             lines.append({"step": step, "tokens": tokens, "eval_loss": eval_loss, "eval_bpb": eval_loss / math.log(2)})
@@ -110,7 +113,7 @@ def test_three_run_comparison_png_with_every_option(tmp_path, monkeypatch):
 def test_one_colour_per_run_and_lr_axis_only_for_one_run(tmp_path):
     runs = [str(write_run(tmp_path, name, seed=i)) for i, name in enumerate("abc")]
     fig = figure(runs)
-    lines = fig.axes[0].get_lines()
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() != "_event"]
     assert [line.get_label() for line in lines] == [f"{r}: {m}" for r in "abc" for m in ("train loss", "eval loss")]
     assert [line.get_color() for line in lines] == ["C0", "C0", "C1", "C1", "C2", "C2"]
     assert len(fig.axes) == 1  # no LR axis when comparing runs
@@ -141,6 +144,92 @@ def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
     assert high > spike and low <= min(curve)
     low, high = figure([run, "--y-min", "0", "--y-max", "12"]).axes[0].get_ylim()
     assert (low, high) == (0, 12)
+
+
+def test_first_evals_after_the_warmup_stay_in_range(tmp_path):
+    """Only the warm-up is trimmed: the evals and train losses after it (the eval at step 25 too, where the
+    learning rate peaks; with train lines every 10 steps the warm-up is known to end after step 20 only) stay in
+    sight however far above the rest of the curve they lie, while the step-0 spike and the warm-up's own high
+    losses still go."""
+    run = write_run(tmp_path, "a", steps=400, eval_every=25, log_every=10, warmup_steps=25)
+    records = plot.read_log(run)
+    after = [r[k] for r in records if r["step"] > 20 for k in ("loss", "eval_loss") if k in r]
+    first_evals = [r["eval_loss"] for r in records if 0 < r["step"] <= 75 and "eval_loss" in r]
+    for x_axis in ("step", "tokens", "time"):
+        low, high = figure([run, "--x-axis", x_axis]).axes[0].get_ylim()
+        assert low <= min(after) and high >= max(after) >= max(first_evals)
+        first_loss = next(r["loss"] for r in records if "loss" in r)
+        assert high < first_loss < math.log(32000)  # the warm-up's first train loss and the step-0 spike: out
+    assert plot.warmup_end(records, plot.x_positions(records, "step")) == 20  # the peak is first logged at 30
+    constant = plot.read_log(write_run(tmp_path, "b"))
+    assert plot.warmup_end(constant, plot.x_positions(constant, "step")) == 0  # no warm-up: step 0 alone
+    no_lr = [{"step": 0, "eval_loss": 9.0}, {"step": 5, "loss": 3.0}]
+    assert plot.warmup_end(no_lr, [0, 5]) == 0  # without a learning rate, only the first x may be trimmed
+
+
+def the_legend(fig):
+    [legend] = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    return legend
+
+
+def legend_beside_the_axes(fig):
+    """Whether the legend lies to the right of the top axes, whole inside the figure."""
+    fig.canvas.draw()
+    legend = the_legend(fig).get_window_extent()
+    return legend.x0 >= fig.axes[0].get_window_extent().x1 and legend.x1 <= fig.bbox.x1
+
+
+def test_legend_goes_beside_the_axes_past_three_runs_or_six_entries(tmp_path):
+    runs = [str(write_run(tmp_path, name, seed=i)) for i, name in enumerate("abcd")]
+    assert legend_beside_the_axes(figure(runs))  # 4 runs
+    assert not legend_beside_the_axes(figure(runs[:3]))  # 3 runs, 2 metrics: 5 entries
+    assert legend_beside_the_axes(figure([*runs[:2], "--metrics", "loss,eval_loss,eval_bpb,grad_norm,tok_per_s"]))
+    assert not legend_beside_the_axes(figure(runs[:1]))
+
+
+def test_one_colour_per_run_one_line_style_per_metric(tmp_path):
+    runs = [write_run(tmp_path, name, seed=i) for i, name in enumerate("ab")]
+    fig = figure([*runs, "--metrics", "loss,eval_loss,grad_norm"])
+    curves = {line.get_label(): line for line in fig.axes[0].get_lines() if line.get_label() != "_event"}
+    for run, colour in zip("ab", ["C0", "C1"]):
+        train, evals, grad = (curves[f"{run}: {name}"] for name in ("train loss", "eval loss", "grad norm"))
+        assert {train.get_color(), evals.get_color(), grad.get_color()} == {colour}
+        assert (train.get_linestyle(), train.get_marker()) == ("-", "None")  # train solid
+        assert (evals.get_linestyle(), evals.get_marker()) == ("--", "o")  # eval dashed, with dots
+        assert (grad.get_linestyle(), grad.get_marker()) == (":", "None")  # the others dotted
+    legend = the_legend(fig)  # the runs by colour, then the metrics by style
+    assert [text.get_text() for text in legend.get_texts()] == ["a", "b", "train loss", "eval loss", "grad norm"]
+    assert [h.get_color() for h in legend.legend_handles[:2]] == ["C0", "C1"]
+    assert [h.get_linestyle() for h in legend.legend_handles] == ["-", "-", "-", "--", ":"]
+    fig = figure(runs[:1])  # one run: its metrics in its colour, and the learning rate, over every curve
+    assert the_legend(fig).axes is fig.axes[-1] and fig.axes[-1].get_ylabel() == "learning rate"
+    assert [text.get_text() for text in the_legend(fig).get_texts()] == ["train loss", "eval loss", "learning rate"]
+
+
+@pytest.mark.parametrize("x_axis, expected", [("step", [7, 20]),
+                                              ("tokens", [7 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP]),
+                                              ("time", [2, 15])])  # time: train lines an hour a step from step 5
+def test_control_events_are_marked_on_every_x_axis(tmp_path, x_axis, expected):
+    run = write_run(tmp_path, "a", steps=20, eval_every=10, log_every=5)  # annealing started at step 7
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 20, "tokens": 20 * TOKENS_PER_STEP,
+                            "event": "stopped by the stop command: saved; the same command resumes"}) + "\n")
+    fig = figure([run, "--x-axis", x_axis, "--grad-norm"])
+    for ax in fig.axes[:2]:  # the loss panel and the grad-norm panel
+        marks = [line for line in ax.get_lines() if line.get_label() == "_event"]
+        assert [list(line.get_xdata()) for line in marks] == [[x, x] for x in expected]
+    assert [text.get_text().strip() for text in fig.axes[0].texts] == ["anneal", "stop"]
+    assert len(fig.axes[1].texts) == 0  # labelled once, at the top
+    fig = figure([run, "--x-axis", x_axis, "--x-min", str(expected[0] + 1)])  # an event outside the x range: left out
+    assert [text.get_text().strip() for text in fig.axes[0].texts] == ["stop"]
+
+
+def test_event_labels():
+    assert plot.event_label("annealing started on request; the run now ends at step 90") == "anneal"
+    assert plot.event_label("stopped by a signal: saved; the same command resumes") == "stop"
+    assert plot.event_label("saved on request") == "save"
+    assert plot.event_label("aborted: exiting without saving") == "abort"
+    assert plot.event_label("anneal ignored: it needs schedule='infinite' or 'wsd'") == "anneal ignored"
 
 
 def test_moving_average_by_hand():
