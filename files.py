@@ -134,7 +134,7 @@ def lock_directory(directory):
 
 
 def lock_holder(fd):
-    """"process <pid> (<command>)" as the holder of a lock file wrote it; it writes just after taking the lock."""
+    """The holder of a lock file, as "process <pid> (<command>)" from what it wrote there just after locking it."""
     for _ in range(100):
         pid, _, command = os.pread(fd, 4096, 0).decode(errors="replace").strip().partition(" ")
         if pid:

@@ -243,7 +243,9 @@ def check_same_batch(run, checkpoint_path, checkpoint):
     """Refuse to go on with another global batch: the schedule and the data order count steps, so the lr would
     jump and the tokens count run backwards or skip, and data would be trained twice or never."""
     step, old_config = checkpoint["step"], checkpoint["config"]
-    old_tokens_per_step = checkpoint["tokens"] // step if step else run.tokens_per_step
+    if step == 0:  # nothing trained yet: nothing to re-lay
+        return
+    old_tokens_per_step = checkpoint["tokens"] // step
     if old_tokens_per_step == run.tokens_per_step:
         return
     changed = ", ".join(f"{key} {old_config.get(key)} -> {run.resolved.get(key)}" for key in BATCH_KEYS

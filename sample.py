@@ -70,7 +70,7 @@ def main(argv):
         print(f"note: {checkpoint_path} records no trained context (seq_len): the model sees the whole sample",
               file=sys.stderr)
     elif args.extrapolate and longest > window:
-        print(f"note: --extrapolate: the model sees up to {longest} tokens, past the {window} it was trained on",
+        print(f"note: --extrapolate: samples run to {longest} tokens, past the {window} the model was trained on",
               file=sys.stderr)
     print(model_lib.sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,
                                  args.top_k or None, args.seed, window=None if args.extrapolate else window), end="")

@@ -81,7 +81,6 @@ def test_a_second_prepare_of_one_directory_stops_naming_the_first(tmp_path, caps
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
-@pytest.mark.slow  # a training run in its own process, killed
 def test_a_second_training_run_stops_naming_the_first(tiny_data, tmp_path, capsys):
     args = run_args(tiny_data, tmp_path, "run_name=busy", "total_tokens=10", "checkpoint_interval=5")
     run_dir = tmp_path / "busy"

@@ -300,7 +300,7 @@ def test_samples_stay_within_the_trained_context_unless_asked(tiny_data, tmp_pat
     last_positions.clear()
     assert sample.main([str(tmp_path / "w"), "--tokens", "60", "--extrapolate"]) == 0
     assert max(last_positions) == 59  # every token but the last one drawn
-    assert capsys.readouterr().err == "note: --extrapolate: the model sees up to 61 tokens, past the 32 it was trained on\n"
+    assert capsys.readouterr().err == "note: --extrapolate: samples run to 61 tokens, past the 32 the model was trained on\n"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
