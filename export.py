@@ -301,6 +301,10 @@ def import_checkpoint(hf_dir, output_dir, force=False):
     config, state = import_hf(hf_dir)
     tokenizer = imported_tokenizer(Path(hf_dir))
     checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "tokenizer": tokenizer, "step": 0}
+    # the context it was trained for, where a run records it: sample.py keeps within it, export_hf writes it back
+    max_positions = json.loads((Path(hf_dir) / "config.json").read_text()).get("max_position_embeddings")
+    if max_positions:
+        checkpoint["config"] = {"seq_len": max_positions}
     write_folder(output_dir, lambda folder: files.write_atomic(folder / "ckpt_00000000.pt",
                                                                lambda f: torch.save(checkpoint, f)), force)
     return tokenizer

@@ -12,11 +12,16 @@ saved, and a damaged newest checkpoint falls back to the newest one that loads.
 
 A run directory's log is trimmed back to its checkpoint's step on resume, and a run directory is never started
 over while it holds something that would be lost (check_fresh_start).
+
+One writer at a time: a prepare or a training run holds its directory's lock (lock_directory) while it works there,
+so a second one stops, naming the first, before it changes anything.
 """
 import json
 import os
 import re
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from config import UserError
@@ -70,8 +75,8 @@ def write_json_atomic(path, obj):
 
 
 def remove_stale_temps(directory):
-    """Remove temp files that a killed process left in directory (two writers into one directory at once are
-    not supported). Returns how many were removed."""
+    """Remove temp files that a killed process left in directory (call it holding the directory's lock: a live
+    writer's temp files are not stale). Returns how many were removed."""
     stale = list(Path(directory).glob(".*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
@@ -82,6 +87,72 @@ def write_error(path, error):
     """A failed write as one line for the user; the previous file is intact, as write_atomic guarantees."""
     reason = error.strerror or str(error)
     return UserError(f"could not write {path}: {reason}; the previous file is left as it was")
+
+
+# ----------------------------------------------------------------------------- one writer at a time
+
+LOCK_FILE = ".lock"  # in the directory; holds "<pid> <command>" of the process writing there
+locks_held = {}  # resolved directory -> (open lock file descriptor, lock file path) of this process
+
+
+def lock_directory(directory):
+    """Make directory (and its parents) and hold its lock until unlock_directory or the end of this process.
+    UserError, naming the holder (pid and command), when another live process holds it. The lock is flock(2)'s:
+    the kernel drops it when its holder ends, so a process killed with kill -9 leaves a file but no lock, and the
+    next writer takes it over. A second call of one process on one directory is a no-op (it holds the lock)."""
+    import fcntl  # POSIX: imported here, so that this module still imports elsewhere
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key, path = str(directory.resolve()), directory / LOCK_FILE
+    if key in locks_held:
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"{directory} is in use by {holder}: one process writes a directory at a time; wait "
+                            f"for it to end, or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # the holder we waited on may have removed the file (unlock_directory) between our open and our flock:
+        # then we hold a lock on a file no one else can see, and must lock the one at path instead
+        try:
+            ours = os.stat(path)
+            if (ours.st_dev, ours.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    command = shlex.join([Path(sys.executable).name, *sys.argv]).replace("\n", " ")
+    os.ftruncate(fd, 0)  # written in place, not with write_atomic: a rename would put a new, unlocked file at path
+    os.write(fd, f"{os.getpid()} {command}\n".encode())
+    locks_held[key] = fd, path
+
+
+def lock_holder(fd):
+    """The holder of a lock file, as "process <pid> (<command>)" from what it wrote there just after locking it."""
+    for _ in range(100):
+        pid, _, command = os.pread(fd, 4096, 0).decode(errors="replace").strip().partition(" ")
+        if pid:
+            return f"process {pid} ({command})"
+        time.sleep(0.01)
+    return "another process (it has not written its pid)"
+
+
+def unlock_directory(directory):
+    """Let the next writer in: remove the lock file, still holding its lock (so that no one locks a removed file
+    unnoticed), then release it. Nothing when this process does not hold directory's lock."""
+    fd, path = locks_held.pop(str(Path(directory).resolve()), (None, None))
+    if fd is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -7,7 +7,8 @@ Top to bottom:
 - ChunkedCrossEntropy: the training loss without the (tokens, vocab) logits.
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
 - parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
-- model_from_checkpoint, load_model: a trained model back from a checkpoint or a run directory.
+- model_from_checkpoint, load_model, trained_context: a trained model back from a checkpoint or a run directory.
+- generate_text, sample_texts: text from a model, within its trained context unless asked (sample.py, the trainer).
 - `python model.py PRESET [key=value ...]` prints the summary of a preset.
 
 Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix (embed_tokens,
@@ -478,19 +479,26 @@ class Transformer(nn.Module):
         return F.cross_entropy(self.lm_head(hidden).float(), targets, ignore_index=-1, reduction="sum")
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, window=None):
         """Continue each prompt row of idx (B, T0); returns (B, T0 + max_new_tokens). temperature 0 is greedy;
         top_k keeps the k most likely tokens; generator (a torch.Generator) makes samples reproducible. Each
-        row is one document. The prompt runs once to fill the caches; then each new token runs alone."""
+        row is one document. The prompt runs once to fill the caches; then each new token runs alone.
+        window: the most tokens the model sees (the trained context, seq_len); each token is predicted from the
+        last `window` tokens at positions 0..window-1, as nanoGPT crops to block_size. None: all of them."""
         total_len = idx.size(1) + max_new_tokens
-        caches = [KVCache(total_len) for _ in self.layers]
-        out = idx
-        new_tokens = idx  # tokens not yet in the cache: the prompt, then the latest sampled token
+        cache_len = total_len if window is None else min(total_len, window)
+        out, caches, new_tokens = idx, None, None  # new_tokens: those not yet in the caches
         for _ in range(max_new_tokens):
-            start = out.size(1) - new_tokens.size(1)
-            positions = torch.arange(start, out.size(1), device=idx.device)[None]
-            key_positions = torch.arange(out.size(1), device=idx.device)[None]  # cached keys, then these
-            cos, sin, distance = self.position_inputs(positions, key_positions, max_positions=total_len)
+            if caches is None or caches[0].length == cache_len:
+                # first, or the window is full: start again from its last tokens. A cache cannot slide along:
+                # each cached key depends on every token before it, back to the first, so past the window each
+                # new token runs the whole window again.
+                caches = [KVCache(cache_len) for _ in self.layers]
+                new_tokens = out[:, -cache_len:]
+            start = caches[0].length
+            positions = torch.arange(start, start + new_tokens.size(1), device=idx.device)[None]
+            key_positions = torch.arange(start + new_tokens.size(1), device=idx.device)[None]  # cached, then these
+            cos, sin, distance = self.position_inputs(positions, key_positions, max_positions=cache_len)
             hidden = self.trunk(new_tokens, cos, sin, distance, None, positions, caches)  # no mask; flex: sdpa
             logits = self.lm_head(hidden[:, -1]).float()
             new_tokens = sample_next(logits, temperature, top_k, generator)
@@ -551,6 +559,37 @@ def load_model(path, device="cpu"):
     """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint of a run directory that loads
     (a damaged newer one is skipped with a warning); config.UserError when there is none."""
     return model_from_checkpoint(files.load_checkpoint(path)[1], device)
+
+
+def trained_context(checkpoint):
+    """The most tokens a checkpoint's model was trained on at once: its run's seq_len (an import from Hugging Face
+    records its max_position_embeddings there); None when the checkpoint does not say."""
+    return (checkpoint.get("config") or {}).get("seq_len")
+
+
+# -----------------------------------------------------------------------------------------------
+# Text from a model: sample.py's samples and the trainer's
+
+
+def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator, window=None):
+    """The prompt and its continuation as text; the continuation stops where the model ends the document.
+    window: as in generate (the trained context; None: no limit)."""
+    prompt_ids = [tokenizer.eot_token] + tokenizer.encode_ordinary(prompt)
+    device = next(model.parameters()).device
+    out = model.generate(torch.tensor([prompt_ids], device=device), tokens, temperature=temperature, top_k=top_k,
+                         generator=generator, window=window)
+    new_ids = out[0, len(prompt_ids):].tolist()
+    if tokenizer.eot_token in new_ids:
+        new_ids = new_ids[:new_ids.index(tokenizer.eot_token)]
+    return prompt + tokenizer.decode(new_ids, errors="replace")
+
+
+def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, heading="sample", window=None):
+    """Each prompt continued, under a "----- heading i/n -----" line; reproducible from the seed."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    return "".join(f"----- {heading} {i}/{len(prompts)} -----\n"
+                   f"{generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator, window)}\n"
+                   for i, prompt in enumerate(prompts, 1))
 
 
 # -----------------------------------------------------------------------------------------------

@@ -241,8 +241,11 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     enc = load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
     if hub:
         max_tokens = None if max_tokens is None else int(max_tokens)
-        return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens, revision,
-                           mirror, keep_downloads)
+        try:
+            return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens,
+                               revision, mirror, keep_downloads)
+        finally:
+            files.unlock_directory(Path(out_dir) / name)  # prepare_hub locks it
 
     out = Path(out_dir) / name
     final = {"train": out / "train.bin", "val": out / "val.bin"}
@@ -250,8 +253,8 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     committing = False
     try:
         is_val, total_bytes, n_docs = plan_split(source, text_field, val_fraction)
-        out.mkdir(parents=True, exist_ok=True)
-        files.remove_stale_temps(out)  # left by a run that was killed (two runs into one directory are not supported)
+        files.lock_directory(out)  # one writer at a time (another one running: one line naming it); makes out
+        files.remove_stale_temps(out)  # left by a run that was killed
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             texts = sources.documents(source, text_field)
             stats, _ = write_tokens(batches(texts, is_val), tmp, enc, token_dtype(enc.n_vocab), workers,
@@ -270,6 +273,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
+        files.unlock_directory(out)
     return out
 
 
@@ -360,6 +364,7 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     cache = None if mirror else sources.hub_cache()
     check_disk(out, cache, tokens * dtype.itemsize, sum(downloads if keep_downloads else sorted(downloads)[-2:]),
                keep_downloads)
+    files.lock_directory(out)  # one writer at a time (another one running: one line naming it)
     shards.mkdir(parents=True, exist_ok=True)
     for directory in (out, shards):
         files.remove_stale_temps(directory)  # left by a run that was killed

@@ -4,7 +4,8 @@ Top to bottom:
 - make_schedule, setup_distributed, open_data, build_model_config: the config (train.TrainConfig) made into
   objects: the learning-rate schedule, the process group, the data, the model's shape.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
-  resumed from the newest checkpoint that loads, or from scratch only where nothing would be lost).
+  resumed from the newest checkpoint that loads with the same global batch, or from scratch only where nothing
+  would be lost); the run directory is locked first, so that one process at a time writes it.
 - save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
 """
 import dataclasses
@@ -30,7 +31,6 @@ import parallel
 import prepare
 import sched
 from config import UserError
-from sample import sample_texts
 
 def make_schedule(cfg, dp_size, annealing_start=None):
     """The run's sched.Schedule (dp_size: data-parallel replicas); annealing_start is the step where an annealing
@@ -203,6 +203,7 @@ def resume(run):
     parallel.check_rank0_holds_the_run(run.layout, run_dir)
 
     def read():  # on rank 0 only: out/ need not be shared between nodes
+        files.lock_directory(run_dir)  # before anything here changes; train.py unlocks it when the run ends
         if not files.step_checkpoints(run_dir):
             files.check_fresh_start(run_dir)
             return None, None
@@ -217,6 +218,7 @@ def resume(run):
     if checkpoint["config"]["optimizer"] != cfg.optimizer:
         raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
                         f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
+    check_same_batch(run, checkpoint_path, checkpoint)
     parallel.load_state(run.raw_model, run.optimizer, checkpoint["model"], checkpoint["optimizer"], run.layout)
     run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
     run.best_eval_loss = checkpoint["best_eval_loss"]
@@ -231,6 +233,27 @@ def resume(run):
         run.say(f"annealing starts at step {run.step} (start_annealing=True)")
     changed = {k: v for k, v in run.resolved.items() if checkpoint["config"].get(k) != v}
     run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
+
+
+# the keys that make a step's tokens: seq_len x batch_size x grad_accum x data-parallel processes
+BATCH_KEYS = ("seq_len", "batch_size", "grad_accum", "world_size", "parallel", "pp_stages")
+
+
+def check_same_batch(run, checkpoint_path, checkpoint):
+    """Refuse to go on with another global batch: the schedule and the data order count steps, so the lr would
+    jump and the tokens count run backwards or skip, and data would be trained twice or never."""
+    step, old_config = checkpoint["step"], checkpoint["config"]
+    if step == 0:  # nothing trained yet: nothing to re-lay
+        return
+    old_tokens_per_step = checkpoint["tokens"] // step
+    if old_tokens_per_step == run.tokens_per_step:
+        return
+    changed = ", ".join(f"{key} {old_config.get(key)} -> {run.resolved.get(key)}" for key in BATCH_KEYS
+                        if old_config.get(key) != run.resolved.get(key))
+    raise UserError(f"{checkpoint_path} was trained with {old_tokens_per_step:,} tokens per step, this config makes "
+                    f"{run.tokens_per_step:,} ({changed}); going on would re-lay its schedule and data order: set "
+                    f"batch_size or grad_accum so that a step is {old_tokens_per_step:,} tokens again (seq_len x "
+                    f"batch_size x grad_accum x data-parallel processes), or use another run_name")
 
 
 # ----------------------------------------------------------------------------- checkpoints, logs, samples
@@ -260,8 +283,10 @@ def write_samples(run):
     if not run.master:
         return
     model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-    text = sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
-                        run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step, heading=heading)
+    # within the trained context: the model is asked nothing about positions it has not seen
+    text = model_lib.sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
+                                  run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step,
+                                  heading=heading, window=run.cfg.seq_len)
     model.train()
     files.write_text_atomic(path, before + text)
     run.say(text + "-----")

@@ -3,7 +3,9 @@
     python sample.py out/quickstart --prompt "ROMEO:" --tokens 300 --temperature 0.8 --top_k 200 --num_samples 2
 
 Loads the newest checkpoint of a run directory (or a checkpoint file), continues the prompt as a
-fresh document (end-of-text first, as in training) and prints each sample.
+fresh document (end-of-text first, as in training) and prints each sample. The model sees at most the
+context it was trained on (the run's seq_len): a longer sample is continued from its last seq_len tokens,
+as nanoGPT crops to block_size. --extrapolate lets it see them all, past what it was trained on.
 """
 import math
 import sys
@@ -14,26 +16,6 @@ import files
 import model as model_lib
 import prepare
 from config import ArgumentParser, UserError
-
-
-def generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator):
-    """The prompt and its continuation as text; the continuation stops where the model ends the document."""
-    prompt_ids = [tokenizer.eot_token] + tokenizer.encode_ordinary(prompt)
-    device = next(model.parameters()).device
-    out = model.generate(torch.tensor([prompt_ids], device=device), tokens, temperature=temperature, top_k=top_k,
-                         generator=generator)
-    new_ids = out[0, len(prompt_ids):].tolist()
-    if tokenizer.eot_token in new_ids:
-        new_ids = new_ids[:new_ids.index(tokenizer.eot_token)]
-    return prompt + tokenizer.decode(new_ids, errors="replace")
-
-
-def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, heading="sample"):
-    """Each prompt continued, under a "----- heading i/n -----" line; reproducible from the seed."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    return "".join(f"----- {heading} {i}/{len(prompts)} -----\n"
-                   f"{generate_text(model, tokenizer, prompt, tokens, temperature, top_k, generator)}\n"
-                   for i, prompt in enumerate(prompts, 1))
 
 
 def check_arguments(args):
@@ -62,6 +44,8 @@ def main(argv):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--extrapolate", action="store_true",
+                        help="let the model see the whole sample, past the context it was trained on (seq_len)")
     try:
         args = parser.parse_args(argv)  # a malformed option: a UserError too
         check_arguments(args)
@@ -77,11 +61,19 @@ def main(argv):
         if model.config.vocab_size < tokenizer.n_vocab:
             raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
                             f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")
+        window = model_lib.trained_context(checkpoint)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,
-                       args.top_k or None, args.seed), end="")
+    longest = 1 + len(tokenizer.encode_ordinary(args.prompt)) + args.tokens  # end-of-text, prompt, new tokens
+    if window is None:
+        print(f"note: {checkpoint_path} records no trained context (seq_len): the model sees the whole sample",
+              file=sys.stderr)
+    elif args.extrapolate and longest > window:
+        print(f"note: --extrapolate: samples run to {longest} tokens, past the {window} the model was trained on",
+              file=sys.stderr)
+    print(model_lib.sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,
+                                 args.top_k or None, args.seed, window=None if args.extrapolate else window), end="")
     return 0
 
 

@@ -336,6 +336,7 @@ def train(cfg, model_overrides):
                 pass
         if run and run.tensorboard:
             run.tensorboard.close()
+        files.unlock_directory(Path(cfg.out_dir) / cfg.run_name)  # locked by runs.resume on rank 0; elsewhere a no-op
         if world_size > 1:
             if finished:
                 # Every rank reaches the barrier before any tears gloo down: a rank that leaves while another is

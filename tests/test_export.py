@@ -275,6 +275,7 @@ def test_import_transformers_llama_gives_same_logits(tmp_path, n_kv_heads, tied)
     ours = load_model(tmp_path / "out" / "imported")
     checkpoint = torch.load(tmp_path / "out" / "imported" / "ckpt_00000000.pt", weights_only=True)
     assert checkpoint["tokenizer"] is None and checkpoint["step"] == 0  # no small_lm.json in this folder
+    assert checkpoint["config"] == {"seq_len": 64}  # max_position_embeddings: the context sample.py keeps within
     assert ours.config.kv_heads == n_kv_heads and ours.config.tie_embeddings == tied
     assert ours.config.rope_theta == 500.0 and ours.config.norm_eps == 1e-5
     idx = token_ids()
@@ -298,6 +299,7 @@ def test_round_trip_keeps_every_tensor(tmp_path):
     main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "back")])
     checkpoint = torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)
     assert checkpoint["tokenizer"] == "cl100k_32k"  # recorded by small_lm.json
+    assert checkpoint["config"]["seq_len"] == 128  # the run's seq_len, through max_position_embeddings
     back = load_model(tmp_path / "back")
     assert back.lm_head.weight is back.embed_tokens.weight
     idx = token_ids()

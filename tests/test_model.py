@@ -19,8 +19,8 @@ from torch.testing import assert_close
 from attention import document_ids, document_positions
 from model import (PRESETS, ModelConfig, Transformer, format_summary, human, load_model, main, parameter_summary,
                    sample_next)
-from conftest import (EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager, check_trunc_normal,
-                      tiny, tiny_model)
+from conftest import (CANON, DEEPONE, EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,
+                      check_trunc_normal, tiny, tiny_model)
 
 ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
 
@@ -210,6 +210,29 @@ def test_generate_sampling_is_reproducible_and_matches_full_recompute():
     expected = generate_without_cache(model, prompt, 20,
                                       lambda logits: sample_next(logits, 0.8, 10, generator))
     assert torch.equal(first, expected)
+
+
+@pytest.mark.parametrize("attn, overrides", [("sdpa", {}), ("eager", {}), ("sdpa", DEEPONE), ("sdpa", CANON),
+                                             ("sdpa", {"canon": "ABCD"})],
+                         ids=["llama", "llama_eager", "deepone", "canon", "canon_abcd"])
+@pytest.mark.parametrize("prompt_len", [5, 11])  # shorter and longer than the window
+def test_windowed_generation_matches_recompute_over_the_window(attn, overrides, prompt_len):
+    """With window=8, each token is the one a full forward over the last 8 tokens picks (nanoGPT's crop to
+    block_size): the cache is refilled, not slid, once the window is full."""
+    model = tiny_model(attn=attn, n_kv_heads=2, **overrides)
+    prompt = torch.randint(1, VOCAB, (2, prompt_len), generator=torch.Generator().manual_seed(7))
+    windowed = model.generate(prompt, max_new_tokens=24, temperature=0, window=8)
+    assert windowed.shape == (2, prompt_len + 24) and torch.equal(windowed[:, :prompt_len], prompt)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(24):
+            expected = torch.cat([expected, model(expected[:, -8:])[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(windowed, expected)
+    # the window changes what the model sees: without it the continuation differs (the check has teeth)
+    assert not torch.equal(model.generate(prompt, max_new_tokens=24, temperature=0), windowed)
+    # a window longer than the sample changes nothing
+    assert torch.equal(model.generate(prompt, 24, temperature=0, window=prompt_len + 24),
+                       model.generate(prompt, 24, temperature=0))
 
 
 # -----------------------------------------------------------------------------------------------

@@ -77,6 +77,23 @@ def test_resume_continues_the_same_trajectory(tiny_data, tmp_path, precision):
     assert [r["step"] for r in resumed_evals] == [0, 5, 10, 15, 20]
 
 
+def test_resume_with_another_global_batch_is_refused(tiny_data, tmp_path, capsys):
+    """batch_size 4 -> 8 would re-lay the schedule, which counts steps (the lr jumps back, tokens run backwards,
+    data is trained twice): one line with both step sizes, the key and what to do, and nothing changed. The same
+    global batch made another way (batch_size 2 x grad_accum 2) goes on."""
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=b", "max_steps=3")) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    capsys.readouterr()
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=b", "max_steps=6", "batch_size=8")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "was trained with 128 tokens per step, this config makes 256 (batch_size 4 -> 8)" in err
+    assert "set batch_size or grad_accum so that a step is 128 tokens again" in err and "another run_name" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=b", "max_steps=6", "batch_size=2", "grad_accum=2")) == 0
+    assert [r["tokens"] for r in read_log(tmp_path / "b")[0]] == [128 * step for step in range(1, 7)]
+
+
 def test_torchrun_two_processes_match_one_with_grad_accum(two_corpora, tmp_path):
     """2 processes x batch 4 and 1 process x batch 4 x grad_accum 2: the same global batches, the same losses,
     here from a curriculum of two sources packed best-fit."""
@@ -259,6 +276,31 @@ def test_sample_py_from_a_run_and_its_errors(tiny_data, tmp_path, capsys):
     assert sample.main([str(tmp_path / "imported.pt")]) == 2
     assert "records no tokenizer; name one with --tokenizer" in capsys.readouterr().err
     assert sample.main([str(tmp_path / "imported.pt"), "--tokenizer", "bytes", "--tokens", "5"]) == 0
+
+
+def test_samples_stay_within_the_trained_context_unless_asked(tiny_data, tmp_path, capsys, monkeypatch):
+    """seq_len=32: the trainer's samples (41 tokens) and sample.py's (61) never show the model a position past 31;
+    sample.py --extrapolate does, and says so."""
+    import model as model_lib
+    import sample
+    last_positions = []  # the last key position of every forward and generation step
+    position_inputs = model_lib.Transformer.position_inputs
+
+    def recording(self, positions, key_positions, *args, **kwargs):
+        last_positions.append(int(key_positions.max()))
+        return position_inputs(self, positions, key_positions, *args, **kwargs)
+
+    monkeypatch.setattr(model_lib.Transformer, "position_inputs", recording)
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=w", "max_steps=2", "sample_tokens=40")) == 0
+    assert max(last_positions) == 31  # the window was filled, never passed
+    capsys.readouterr()
+    last_positions.clear()
+    assert sample.main([str(tmp_path / "w"), "--tokens", "60"]) == 0
+    assert max(last_positions) == 31 and capsys.readouterr().err == ""
+    last_positions.clear()
+    assert sample.main([str(tmp_path / "w"), "--tokens", "60", "--extrapolate"]) == 0
+    assert max(last_positions) == 59  # every token but the last one drawn
+    assert capsys.readouterr().err == "note: --extrapolate: samples run to 61 tokens, past the 32 the model was trained on\n"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
