@@ -124,7 +124,8 @@ class Run:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
             except OSError as e:  # a full disk: one line (the log is trimmed back to the checkpoint on resume)
-                raise files.write_error(self.run_dir / "log.jsonl", e, "the checkpoints are left as they were") from None
+                raise files.write_error(self.run_dir / "log.jsonl", e,
+                                        "the checkpoints are left as they were") from None
         if self.tensorboard:
             for key, value in record.items():
                 if isinstance(value, float) and key != "time":

@@ -248,7 +248,8 @@ def test_a_model_config_that_is_no_model_is_one_line(tmp_path, capsys):
     torch.save({"model": {}, "model_config": {"dim": 64, "heads": 4}, "tokenizer": "bytes"}, checkpoint)
     assert sample.main([str(checkpoint)]) == 2
     line = one_error_line(capsys)
-    assert line.startswith(f"error: {checkpoint}: its model_config is not a model of this model.py (") and "heads" in line
+    assert line.startswith(f"error: {checkpoint}: its model_config is not a model of this model.py (")
+    assert "heads" in line
     config = {**dataclasses.asdict(tiny()), "dim": 63}  # not a multiple of n_heads
     torch.save({"model": {}, "model_config": config}, checkpoint)
     with pytest.raises(UserError, match=r"model_config is not a model of this model.py \(dim \(63\) must be divisible"):
@@ -312,7 +313,8 @@ def test_a_full_disk_leaves_no_temp_file_and_the_previous_checkpoint(trained, ti
         size // 2, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"error: could not write {run_dir / 'ckpt_'}") and ": File too large (" in result.stderr
+    assert result.stderr.startswith(f"error: could not write {run_dir / 'ckpt_'}")
+    assert ": File too large (" in result.stderr
     assert "free on its disk); the previous file is left as it was" in result.stderr
     assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
     assert files.load_checkpoint(run_dir)[1]["step"] == 20
