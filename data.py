@@ -46,6 +46,7 @@ from tqdm import tqdm
 import files
 import prepare
 from attention import document_ids
+from config import UserError
 
 PACKINGS = ("blocks", "best_fit")
 MIXTURES = ("fixed", "balance_remaining", "soft_sequential")
@@ -207,9 +208,10 @@ class Source:
                 plan_path.parent.mkdir(exist_ok=True)
                 files.write_atomic(plan_path, lambda f: np.savez(f, starts=plan[0], lengths=plan[1], offsets=plan[2],
                                                                  fingerprint=fingerprint))
-            except OSError as e:  # a read-only data directory, say: the plan is only a cache
-                print(f"warning: cannot cache the packing plan as {plan_path} ({e.strerror or e}); it is made again "
-                      "next time", file=sys.stderr)
+            except (OSError, UserError) as e:  # a read-only data directory, a full disk: the plan is only a cache
+                reason = (e.strerror or e) if isinstance(e, OSError) else e  # a UserError: files.write_error's line
+                print(f"warning: cannot cache the packing plan as {plan_path} ({reason}); it is made again next time",
+                      file=sys.stderr)
         return plan
 
     def block_of_draw(self, k):
@@ -363,6 +365,39 @@ def parse_entries(spec):
     return entries
 
 
+def check_meta(data_dir, meta):
+    """Cross-check meta.json (as prepare.read_meta returns it: its tokenizer, vocabulary size and dtype known, its
+    files of the sizes its token counts say) against the tokenizer and against itself: a count that cannot be true
+    would skew eval_bpb or the blocks without a word. ValueError, one line naming the field."""
+    def lie(problem):
+        return ValueError(f"{Path(data_dir) / 'meta.json'}: {problem}; prepare the data again")
+
+    eot_id = prepare.load_tokenizer(meta["tokenizer"]).eot_token
+    if meta["eot_id"] != eot_id:
+        raise lie(f"eot_id {meta['eot_id']} is not {eot_id}, the end-of-text id of tokenizer {meta['tokenizer']!r}")
+    for split in ("train", "val"):
+        counts = meta[split]
+        for key in ("tokens", "bytes", "documents"):
+            if not is_count(counts.get(key)):
+                raise lie(f"{split}.{key} is {counts.get(key)!r}, not a count")
+        for path, n_tokens in prepare.split_files(data_dir, meta, split):
+            if not is_count(n_tokens):
+                raise lie(f"{split}.files gives {path.name} {n_tokens!r} tokens, not a count")
+        # every document is at least one token of text, then end-of-text; every token of text is at least one byte
+        text_tokens = counts["tokens"] - counts["documents"]
+        if counts["documents"] > text_tokens:
+            raise lie(f"{split}.documents {counts['documents']} is more than its {counts['tokens']} tokens hold (a "
+                      "document is a token or more, then end-of-text)")
+        if counts["bytes"] < text_tokens:
+            raise lie(f"{split}.bytes {counts['bytes']} is fewer than its {text_tokens} tokens of text")
+        if meta["tokenizer"] == "bytes" and counts["bytes"] != text_tokens:
+            raise lie(f"{split}.bytes {counts['bytes']} is not {text_tokens}, its tokens of text (tokenizer 'bytes')")
+
+
+def is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def open_split(data_dir, name, split, meta, seq_len, packing, seed, index):
     directory = Path(data_dir) / name
     plan_path = directory / "packing" / f"{split}_{seq_len}.npz" if packing == "best_fit" else None
@@ -406,6 +441,7 @@ class TrainingData:
         for name in self.eval_names:
             try:
                 self.meta[name] = prepare.read_meta(Path(data_dir) / name)
+                check_meta(Path(data_dir) / name, self.meta[name])
             except (FileNotFoundError, ValueError) as e:
                 raise ValueError(f"data {name!r}: {e}") from None
         first = self.meta[self.names[0]]

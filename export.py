@@ -32,7 +32,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 import files
 import prepare
 from config import ArgumentParser, UserError
-from model import BACKEND_FIELDS, ModelConfig, Transformer
+from model import BACKEND_FIELDS, ModelConfig, Transformer, checkpoint_config
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
@@ -195,13 +195,14 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
     }
 
 
-def export_hf(checkpoint, output_dir, force=False):
+def export_hf(checkpoint, output_dir, force=False, source="the checkpoint"):
     """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically). Returns a warning (one line)
-    when the folder has no tokenizer files, else None."""
+    when the folder has no tokenizer files, else None. UserError naming source when its weights do not match its
+    model_config."""
     reason = hf_incompatibility(checkpoint["model_config"])
     if reason:
         raise ValueError(f"cannot export to Hugging Face Llama: {reason}")
-    config = ModelConfig(**checkpoint["model_config"])
+    config = checkpoint_config(checkpoint, source)
     tokenizer = checkpoint.get("tokenizer")
     seq_len = (checkpoint.get("config") or {}).get("seq_len") or DEFAULT_MAX_POSITIONS
     weights = {}
@@ -228,7 +229,7 @@ def export_hf(checkpoint, output_dir, force=False):
             files.write_json_atomic(folder / "tokenizer_config.json", tokenizer_config(seq_len))
         files.write_json_atomic(folder / "small_lm.json", {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)})
 
-    write_folder(output_dir, write, force)
+    write_folder(output_dir, write, force, HF_FILES)
     return warning
 
 
@@ -306,7 +307,8 @@ def import_checkpoint(hf_dir, output_dir, force=False):
     if max_positions:
         checkpoint["config"] = {"seq_len": max_positions}
     write_folder(output_dir, lambda folder: files.write_atomic(folder / "ckpt_00000000.pt",
-                                                               lambda f: torch.save(checkpoint, f)), force)
+                                                               lambda f: torch.save(checkpoint, f)), force,
+                 IMPORT_FILES)
     return tokenizer
 
 
@@ -315,37 +317,34 @@ def import_checkpoint(hf_dir, output_dir, force=False):
 # then rename it into place, so an interrupted export leaves either nothing or a complete folder.
 
 HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "small_lm.json"}  # export_hf's
+IMPORT_FILES = {"ckpt_00000000.pt"}  # import_checkpoint's
 
 
-def holds_a_run(directory):
-    """Whether directory is a training run, or holds one anywhere below it."""
-    return any(files.is_run_directory(folder) for folder, _, _ in os.walk(directory))
+def check_replaceable(output_dir, ours):
+    """--force replaces a folder only when it holds nothing but the files this command writes (`ours`: an earlier
+    export, or import): never a run, a folder that holds one, or a folder of the user's with other files in it."""
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()
+                    if p.name not in ours or not p.is_file())
+    if others:
+        raise UserError(f"{output_dir} holds {files.some_names(others, 3)}, not written by export.py: --force replaces "
+                        f"only a folder of the files it writes ({', '.join(sorted(ours))}); choose another --output")
 
 
-def check_replaceable(output_dir):
-    """--force replaces a folder; never one that is, holds or lies inside a run directory (or out/ itself), except
-    an earlier export (only the files export_hf writes), which --force is for."""
-    if holds_a_run(output_dir):
-        raise UserError(f"{output_dir} is or holds a training run: --force never replaces one; choose another --output")
-    earlier_export = {p.name for p in output_dir.iterdir()} <= HF_FILES
-    for parent in output_dir.resolve().parents:
-        if files.is_run_directory(parent) and not earlier_export:
-            raise UserError(f"{output_dir} lies inside the run directory {parent}: --force replaces only an earlier "
-                            f"export there ({', '.join(sorted(HF_FILES))}); choose another --output")
-
-
-def write_folder(output_dir, write, force):
+def write_folder(output_dir, write, force, ours):
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output {output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         if not force:
             raise UserError(f"output directory {output_dir} exists and is not empty (--force replaces it)")
-        check_replaceable(output_dir)
+        check_replaceable(output_dir, ours)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except UserError as e:  # a failed write (a full disk) names its file in tmp: name the folder it was for
+            raise UserError(str(e).replace(str(tmp), str(output_dir))) from None
         if output_dir.is_dir():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
@@ -387,7 +386,8 @@ def main(argv):
                 raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")
             source = Path(args.source)
             output = Path(args.output) if args.output else (source if source.is_dir() else source.parent) / "hf"
-            warning = export_hf(files.load_checkpoint(source)[1], output, args.force)
+            checkpoint_path, checkpoint = files.load_checkpoint(source)
+            warning = export_hf(checkpoint, output, args.force, checkpoint_path)
             print(f"wrote {output}")
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
@@ -398,4 +398,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    files.ignore_file_size_signal()
     main(sys.argv[1:])

@@ -3,12 +3,14 @@
 Every file the project writes (data, meta.json, config.json, checkpoints, figures, exports) goes through
 write_atomic: a hidden temp file beside the target, flushed and fsynced, then renamed over it. A reader,
 a kill -9 or a power cut sees the old file or the new one, never half of one; a failed write (a full
-disk, a read-only directory) removes its temp file and leaves the old file as it was.
+disk, the file-size limit, a read-only directory) removes its temp file, leaves the old file as it was and
+is one line (write_error) naming the file and, when space ran out, the free space of its disk.
 
 Checkpoints are ckpt_<step:08d>.pt (the newest that loads is resumed) and ckpt_best.pt (best eval loss).
 A checkpoint is a dict holding at least "model" (a state dict) and "model_config" (ModelConfig as a dict);
 the trainer adds the optimizer, step, mixture counters, rng state and config. Non-finite weights are never
-saved, and a damaged newest checkpoint falls back to the newest one that loads.
+saved, and a damaged newest checkpoint (unreadable, or with non-finite weights) falls back to the newest one
+that loads.
 
 A run directory's log is trimmed back to its checkpoint's step on resume, and a run directory is never started
 over while it holds something that would be lost (check_fresh_start).
@@ -16,13 +18,18 @@ over while it holds something that would be lost (check_fresh_start).
 One writer at a time: a prepare or a training run holds its directory's lock (lock_directory) while it works there,
 so a second one stops, naming the first, before it changes anything.
 """
+import errno
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from config import UserError
 
@@ -41,7 +48,8 @@ def temp_path(path):
 
 def write_atomic(path, write):
     """Call write(f) on a binary file open at a temp file beside path, sync it and rename it over path.
-    On any failure the temp file is removed, path is left as it was, and the error is raised."""
+    On any failure the temp file is removed and path is left as it was; a failed write (write_failure) is raised
+    as a UserError (write_error), anything else as it was raised."""
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -50,10 +58,37 @@ def write_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a KeyboardInterrupt mid-write too
+    except BaseException as e:  # a KeyboardInterrupt mid-write too
         tmp.unlink(missing_ok=True)
-        raise
+        failure = write_failure(e)
+        if failure is None:
+            raise
+        raise write_error(path, failure) from None
     sync_directory(path.parent)
+
+
+# a full disk, the file-size limit (ulimit -f; see ignore_file_size_signal), a disk quota
+SPACE_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_failure(error):
+    """The OSError that made a write fail: the error itself, or a full disk behind another error (torch.save
+    reports a write that the disk refused as a RuntimeError of its zip writer, with the OSError as its context).
+    None for anything else (a bug, a figure format that needs a missing tool, a KeyboardInterrupt)."""
+    if isinstance(error, OSError):
+        return error
+    while isinstance(error, Exception):
+        if isinstance(error, OSError) and error.errno in SPACE_ERRORS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def ignore_file_size_signal():
+    """A write past the file-size limit (ulimit -f) then fails with EFBIG, which write_error reports in one line,
+    instead of SIGXFSZ killing the process without a word. The scripts that write call this at start-up."""
+    if hasattr(signal, "SIGXFSZ"):  # POSIX only
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def sync_directory(directory):
@@ -83,10 +118,21 @@ def remove_stale_temps(directory):
     return len(stale)
 
 
-def write_error(path, error):
-    """A failed write as one line for the user; the previous file is intact, as write_atomic guarantees."""
+def write_error(path, error, kept="the previous file is left as it was"):
+    """A failed write (an OSError) as one line for the user: the file, the reason, the free space of its disk when
+    space ran out, and what is kept (write_atomic leaves the previous file intact)."""
     reason = error.strerror or str(error)
-    return UserError(f"could not write {path}: {reason}; the previous file is left as it was")
+    if error.errno in SPACE_ERRORS:
+        try:
+            reason += f" ({human_size(shutil.disk_usage(Path(path).parent).free)} free on its disk)"
+        except OSError:  # the directory is gone as well: the reason alone
+            pass
+    return UserError(f"could not write {path}: {reason}; {kept}")
+
+
+def human_size(n_bytes):
+    """'1.23GB' (decimal units, as disks are sold and as df -H prints them)."""
+    return tqdm.format_sizeof(n_bytes, suffix="B")
 
 
 # ----------------------------------------------------------------------------- one writer at a time
@@ -171,18 +217,17 @@ def step_checkpoints(run_dir):
     return [Path(run_dir) / m.group(0) for m in sorted((m for m in matches if m), key=lambda m: int(m.group(1)))]
 
 
-def is_run_directory(directory):
-    """Whether directory holds a training run: a log, a step checkpoint or ckpt_best.pt."""
-    directory = Path(directory)
-    return (directory / "log.jsonl").is_file() or (directory / BEST_CHECKPOINT).is_file() \
-        or bool(step_checkpoints(directory))
-
-
 def non_finite_tensors(state_dict):
     """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
     import torch
     return [name for name, tensor in state_dict.items()
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def some_names(names, shown=1):
+    """'a', or 'a and 2 more' (shown=1), 'a, b, c and 2 more' (shown=3): a list of names for one line."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def save_checkpoint(run_dir, state, keep, best=False):
@@ -193,13 +238,9 @@ def save_checkpoint(run_dir, state, keep, best=False):
     bad = non_finite_tensors(state["model"])
     if bad:
         older = step_checkpoints(run_dir)
-        raise UserError(f"weights are not finite at step {state['step']} ({bad[0]}"
-                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): not saved; the newest checkpoint "
-                        f"is {older[-1] if older else 'none'}")
-    try:
-        write_atomic(path, lambda f: torch.save(state, f))
-    except OSError as e:
-        raise write_error(path, e) from None
+        raise UserError(f"weights are not finite at step {state['step']} ({some_names(bad)}): not saved; the newest "
+                        f"checkpoint is {older[-1] if older else 'none'}")
+    write_atomic(path, lambda f: torch.save(state, f))
     if not best:
         for old in step_checkpoints(run_dir)[:-keep]:
             old.unlink()
@@ -207,7 +248,8 @@ def save_checkpoint(run_dir, state, keep, best=False):
 
 
 def read_checkpoint(path, map_location="cpu"):
-    """The checkpoint dict of one file; UserError, in one line, when the file is damaged or is not a checkpoint."""
+    """The checkpoint dict of one file; UserError, in one line, when the file is damaged (unreadable, or its weights
+    are not finite: such weights are never saved, so the file was damaged since) or is not a checkpoint."""
     import torch
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -215,8 +257,11 @@ def read_checkpoint(path, map_location="cpu"):
         # the first sentence: torch's zip-reader message goes on for four more about what may have happened
         reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint {path}: {reason}") from None
-    if not isinstance(state, dict) or not {"model", "model_config"} <= state.keys():
+    if not (isinstance(state, dict) and {"model", "model_config"} <= state.keys() and isinstance(state["model"], dict)):
         raise UserError(f"{path} is not a small-lm checkpoint (no model and model_config)")
+    bad = non_finite_tensors(state["model"])
+    if bad:
+        raise UserError(f"checkpoint {path} is damaged: its weights are not finite ({some_names(bad)})")
     return state
 
 

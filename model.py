@@ -548,17 +548,40 @@ def format_summary(config):
 # A trained model back from a checkpoint (files.py finds, checks and loads the file)
 
 
-def model_from_checkpoint(checkpoint, device="cpu"):
-    """The eval-mode Transformer of a checkpoint dict."""
-    model = Transformer(ModelConfig(**checkpoint["model_config"]))
+def checkpoint_config(checkpoint, source="the checkpoint"):
+    """The ModelConfig of a checkpoint dict whose weights are a model of it. UserError, one line naming source, when
+    its model_config is not a config of this model.py, or a weight is missing, extra or of another shape (a
+    hand-edited or mixed-up file): load_state_dict would stop with a page of names instead."""
+    try:
+        config = ModelConfig(**checkpoint["model_config"])
+    except (TypeError, ValueError) as e:  # an unknown field; a value out of range
+        raise UserError(f"{source}: its model_config is not a model of this model.py ({e})") from None
+    with torch.device("meta"):  # names and shapes only
+        expected = {name: tuple(t.shape) for name, t in Transformer(config).state_dict().items()}
+    weights = {name: tuple(getattr(t, "shape", ())) for name, t in checkpoint["model"].items()}
+    missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    wrong = [f"{name} {weights[name]} for {expected[name]}" for name in expected.keys() & weights.keys()
+             if weights[name] != expected[name]]
+    problems = [f"{what} {files.some_names(names)}" for what, names in
+                (("missing", missing), ("unexpected", extra), ("wrong shape:", sorted(wrong))) if names]
+    if problems:
+        raise UserError(f"{source}: its weights do not match its model_config ({'; '.join(problems)})")
+    return config
+
+
+def model_from_checkpoint(checkpoint, device="cpu", source="the checkpoint"):
+    """The eval-mode Transformer of a checkpoint dict (checkpoint_config checks it; source names it in an error)."""
+    model = Transformer(checkpoint_config(checkpoint, source))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
 
 
 def load_model(path, device="cpu"):
     """The eval-mode Transformer of a checkpoint file, or of the newest checkpoint of a run directory that loads
-    (a damaged newer one is skipped with a warning); config.UserError when there is none."""
-    return model_from_checkpoint(files.load_checkpoint(path)[1], device)
+    (a damaged newer one is skipped with a warning); config.UserError when there is none, or when its weights do
+    not match its model_config."""
+    checkpoint_path, checkpoint = files.load_checkpoint(path)
+    return model_from_checkpoint(checkpoint, device, checkpoint_path)
 
 
 def trained_context(checkpoint):

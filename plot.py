@@ -405,11 +405,9 @@ def figure_format(output):
 
 def save_figure(fig, path):
     """Write fig through files.write_atomic (a temp file beside it, synced, then a rename); the suffix sets the
-    format. A failed write leaves no temp file and the previous figure as it was."""
+    format. A failed write (a full disk) is one line, and leaves no temp file and the previous figure as it was."""
     try:
         files.write_atomic(path, lambda f: fig.savefig(f, format=figure_format(path), dpi=110))
-    except OSError as e:
-        raise files.write_error(path, e) from None
     except (ValueError, RuntimeError) as e:  # a format that needs a missing tool (pgf: LaTeX), say
         raise UserError(f"cannot draw {path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     finally:
@@ -556,4 +554,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    files.ignore_file_size_signal()
     sys.exit(main(sys.argv[1:]))

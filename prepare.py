@@ -47,6 +47,7 @@ from tqdm import tqdm
 import files
 import sources
 from config import ArgumentParser, UserError
+from files import human_size
 
 EOT = "<|endoftext|>"
 TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
@@ -150,14 +151,22 @@ def batches(docs, is_val):
 
 def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit=None):
     """The tokenize-and-write loop of every corpus: tokenize text_batches ([(is_val, text), ...]) in `workers` threads
-    and write each split's tokens, in corpus order, to paths["train"] and paths["val"] (synced to disk).
-    on_write(documents, bytes, tokens) follows the progress. With token_limit, a document is written only while
-    fewer than token_limit tokens (both splits) precede it: the cut falls at the same document however the
-    text is batched. Returns ({split: {"tokens", "bytes", "documents"}}, whether the limit left documents out)."""
+    and write each split's tokens, in corpus order, to the temp files (files.temp_path) of paths["train"] and
+    paths["val"], synced to disk, for the caller to rename into place; a failed write (a full disk) is one line naming
+    the file (files.write_error). on_write(documents, bytes, tokens) follows the progress. With token_limit, a
+    document is written only while fewer than token_limit tokens (both splits) precede it: the cut falls at the same
+    document however the text is batched. Returns ({split: {"tokens", "bytes", "documents"}}, whether the limit left
+    documents out)."""
     stats = {split: {"tokens": 0, "bytes": 0, "documents": 0} for split in ("train", "val")}
     limit = float("inf") if token_limit is None else token_limit
     written, cut = 0, False
     in_flight = deque()  # futures in corpus order; bounded, so memory stays a few batches
+
+    def to_disk(split, write):
+        try:
+            write(outputs[split])
+        except OSError as e:
+            raise files.write_error(paths[split], e) from None
 
     def write_oldest():
         nonlocal written, cut
@@ -168,7 +177,7 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
         for is_val, split in ((False, "train"), (True, "val")):
             mine = docs[docs[:, 0] == is_val]
             n_tokens = int(mine[:, 1].sum())
-            files[split].write(tokens[is_val][:n_tokens])
+            to_disk(split, lambda f: f.write(tokens[is_val][:n_tokens]))
             stats[split]["tokens"] += n_tokens
             stats[split]["documents"] += len(mine)
             stats[split]["bytes"] += int(mine[:, 2].sum())
@@ -177,8 +186,9 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
 
     pool = ThreadPoolExecutor(workers)  # tiktoken releases the GIL while encoding: threads run in parallel
     try:
-        with open(paths["train"], "wb") as train_file, open(paths["val"], "wb") as val_file:
-            files = {"train": train_file, "val": val_file}
+        with (open(files.temp_path(paths["train"]), "wb") as train_file,
+              open(files.temp_path(paths["val"]), "wb") as val_file):
+            outputs = {"train": train_file, "val": val_file}
             for batch in text_batches:
                 if written >= limit:
                     cut = True  # this batch holds documents that the limit leaves out
@@ -189,9 +199,8 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
             while in_flight and written < limit:
                 write_oldest()
             cut = cut or bool(in_flight)
-            for f in files.values():
-                f.flush()
-                os.fsync(f.fileno())
+            for split in outputs:
+                to_disk(split, lambda f: (f.flush(), os.fsync(f.fileno())))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return stats, cut
@@ -257,7 +266,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         files.remove_stale_temps(out)  # left by a run that was killed
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             texts = sources.documents(source, text_field)
-            stats, _ = write_tokens(batches(texts, is_val), tmp, enc, token_dtype(enc.n_vocab), workers,
+            stats, _ = write_tokens(batches(texts, is_val), final, enc, token_dtype(enc.n_vocab), workers,
                                     lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
@@ -310,8 +319,8 @@ def write_shard(paths, local_path, listed, text_field, settings, token_limit, ou
     try:
         docs = sources.repo_file_documents(local_path, listed.path, text_field)
         # the split needs no pass over the corpus: a document's key alone decides it
-        stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < settings["val_fraction"]), tmp, *write_args,
-                                  token_limit=token_limit)
+        stats, cut = write_tokens(batches(docs, lambda key: key_hash(key) < settings["val_fraction"]), paths,
+                                  *write_args, token_limit=token_limit)
         # the shard changes under meta.json and under its old marker: both go first
         (out / "meta.json").unlink(missing_ok=True)
         paths["marker"].unlink(missing_ok=True)
@@ -485,11 +494,6 @@ def free_space_note(out, cache):
     return lambda: f"{human_size(sources.free_bytes(out))} free, cache {human_size(sources.free_bytes(cache))} free"
 
 
-def human_size(n_bytes):
-    """'1.23GB' (decimal units, as disks are sold and as df -H prints them)."""
-    return tqdm.format_sizeof(n_bytes, suffix="B")
-
-
 # ----------------------------------------------------------------------------- reading a prepared directory
 
 def split_files(data_dir, meta, split):
@@ -581,4 +585,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    files.ignore_file_size_signal()
     main()

@@ -124,8 +124,8 @@ class Run:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
             except OSError as e:  # a full disk: one line (the log is trimmed back to the checkpoint on resume)
-                raise UserError(f"could not write {self.run_dir / 'log.jsonl'}: {e.strerror}; the checkpoints are "
-                                f"left as they were") from None
+                raise files.write_error(self.run_dir / "log.jsonl", e,
+                                        "the checkpoints are left as they were") from None
         if self.tensorboard:
             for key, value in record.items():
                 if isinstance(value, float) and key != "time":
@@ -215,6 +215,7 @@ def resume(run):
     if {k: v for k, v in checkpoint["model_config"].items() if k not in model_lib.BACKEND_FIELDS} != \
             {k: v for k, v in model_config.items() if k not in model_lib.BACKEND_FIELDS}:
         raise UserError(f"{checkpoint_path} holds a different model from this config; use another run_name")
+    model_lib.checkpoint_config(checkpoint, checkpoint_path)  # its weights are a model of its config
     if checkpoint["config"]["optimizer"] != cfg.optimizer:
         raise UserError(f"{checkpoint_path} was trained with optimizer={checkpoint['config']['optimizer']!r}, "
                         f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")

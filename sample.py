@@ -57,7 +57,7 @@ def main(argv):
             tokenizer = prepare.load_tokenizer(tokenizer_name)
         except (ValueError, OSError) as e:
             raise UserError(str(e)) from None
-        model = model_lib.model_from_checkpoint(checkpoint, device=args.device)
+        model = model_lib.model_from_checkpoint(checkpoint, device=args.device, source=checkpoint_path)
         if model.config.vocab_size < tokenizer.n_vocab:
             raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
                             f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")

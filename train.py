@@ -454,6 +454,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    files.ignore_file_size_signal()
     status = main(sys.argv[1:])
     if "RANK" in os.environ:
         # Under torchrun, leave without the interpreter's teardown: everything is written, fsynced and closed by

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -102,6 +103,15 @@ def run_torchrun(args, timeout=300, processes=2):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                            str(ROOT / "train.py"), *args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_under_file_size_limit(argv, limit, timeout=300):
+    """A script (argv: its path and arguments) in its own process whose files cannot grow past `limit` bytes
+    (ulimit -f), as a disk that fills up mid-write. SIGXFSZ keeps its default action: a script that does not ignore
+    it is killed without a word. No progress bars; one OpenMP thread."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1"),
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
 
 
 def read_log(run_dir):

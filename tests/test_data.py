@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import prepare
 from attention import document_ids
 
 EOT = 9
@@ -34,15 +35,21 @@ def write_files(directory, tokens, cuts):
     return files
 
 
-def write_prepared(data_dir, name, train, val, tokenizer="bytes", vocab_size=257, val_bytes_per_token=3):
-    """A data directory as prepare.py writes it, from token arrays."""
+def write_prepared(data_dir, name, train, val, tokenizer="cl100k_32k", val_bytes_per_token=3):
+    """A data directory as prepare.py writes it, from token arrays: one document a split, its counts true to the
+    tokenizer (the bytes tokenizer has one byte a token, whatever val_bytes_per_token says)."""
     directory = data_dir / name
     directory.mkdir(parents=True)
     train.astype(np.uint16).tofile(directory / "train.bin")
     val.astype(np.uint16).tofile(directory / "val.bin")
-    meta = {"tokenizer": tokenizer, "vocab_size": vocab_size, "eot_id": EOT, "dtype": "uint16", "source": "test",
-            "val_fraction": 0.1, "train": {"tokens": len(train), "bytes": 2 * len(train), "documents": 1},
-            "val": {"tokens": len(val), "bytes": val_bytes_per_token * len(val), "documents": 1}}
+    enc = prepare.load_tokenizer(tokenizer)
+
+    def counts(tokens, bytes_per_token):
+        text_bytes = len(tokens) - 1 if tokenizer == "bytes" else bytes_per_token * len(tokens)
+        return {"tokens": len(tokens), "bytes": text_bytes, "documents": 1}
+
+    meta = {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token, "dtype": "uint16",
+            "source": "test", "val_fraction": 0.1, "train": counts(train, 2), "val": counts(val, val_bytes_per_token)}
     (directory / "meta.json").write_text(json.dumps(meta))
     return directory
 
@@ -352,7 +359,7 @@ def test_eval_sets_per_source_and_named(two_sources):
 
 
 def test_mismatched_tokenizers_are_refused(two_sources):
-    write_prepared(two_sources, "other", np.zeros(1000), np.zeros(1000), tokenizer="cl100k_32k", vocab_size=32000)
+    write_prepared(two_sources, "other", np.zeros(1000), np.zeros(1000), tokenizer="bytes")
     with pytest.raises(ValueError, match="every source needs the same tokenizer"):
         data.TrainingData(two_sources, "big,other", 50)
     with pytest.raises(ValueError, match="data 'missing'"):
@@ -367,7 +374,7 @@ def test_a_token_id_past_the_vocabulary_names_the_file(tmp_path, packing, split)
     rng = np.random.default_rng(0)
     train, val = rng.integers(0, 9, 3000), rng.integers(0, 9, 1000)
     (train if split == "train" else val)[777] = 300  # the bytes tokenizer has 257 ids
-    write_prepared(tmp_path, "bad", train, val)
+    write_prepared(tmp_path, "bad", train, val, tokenizer="bytes")
     bad_file = tmp_path / "bad" / f"{split}.bin"
     with pytest.raises(ValueError) as info:
         training_data = data.TrainingData(tmp_path, "bad", 50, packing=packing)

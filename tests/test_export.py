@@ -396,8 +396,12 @@ def test_existing_output_is_refused_unless_forced(tmp_path, capsys):
         f"error: output directory {output} exists and is not empty (--force replaces it)"
     assert (output / "keep.txt").read_text() == "mine"
 
-    main([str(tmp_path / "run"), "--output", str(output), "--force"])
-    assert not (output / "keep.txt").exists()
+    # --force replaces an earlier export, never a folder holding anything else
+    assert run_main_error([str(tmp_path / "run"), "--output", str(output), "--force"], capsys).startswith(
+        f"error: {output} holds keep.txt, not written by export.py: --force replaces only")
+    assert (output / "keep.txt").read_text() == "mine"
+    (output / "keep.txt").unlink()
+    main([str(tmp_path / "run"), "--output", str(output)])
     save_run(second, tmp_path / "run2")
     main([str(tmp_path / "run2" / "ckpt_00000100.pt"), "--output", str(output), "--force"])
     config, state = import_hf(output)

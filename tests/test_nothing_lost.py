@@ -1,25 +1,25 @@
 """Nothing lost: the data-loss and crash paths a new user meets, each with the test that once failed.
 
-Export onto a run, a run directory without a step checkpoint, non-finite weights, a damaged newest checkpoint,
-a full disk, a stale control command, a kill before the final sample or the first checkpoint.
+Export onto a run or a folder of the user's, a run directory without a step checkpoint, non-finite weights, a damaged
+newest checkpoint, weights that do not match their model_config, a meta.json that lies, a full disk while training
+(the other writers' full disks: test_full_disk.py), a stale control command, a kill before the final sample or the
+first checkpoint.
 """
-import os
-import resource
-import signal
+import dataclasses
+import json
+import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import export
 import files
+import model
 import sample
 import train
 from config import UserError
-from conftest import ROOT, read_log, run_args
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
+from conftest import ROOT, read_log, run_args, run_under_file_size_limit, tiny
 
 
 def one_error_line(capsys):
@@ -58,6 +58,32 @@ def test_export_force_never_replaces_a_run_or_what_holds_one(trained, tmp_path, 
     assert exit_info.value.code == 2
     assert "--force" in one_error_line(capsys)
     assert tree(out) == before  # every run, checkpoint and file still there, byte for byte
+
+
+def test_export_force_never_deletes_a_folder_of_the_users(trained, tmp_path, capsys):
+    """--force replaces only the files an export writes: a folder holding anything else is refused, named."""
+    mine = tmp_path / "mine"
+    (mine / "drafts").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    (mine / "config.json").write_text("{}")  # a name an export writes too: the other files still belong to the user
+    before = tree(mine)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(trained / "r"), "--output", str(mine), "--force"])
+    assert exit_info.value.code == 2
+    assert one_error_line(capsys) == (
+        f"error: {mine} holds drafts/, notes.txt, not written by export.py: --force replaces only a folder of the "
+        f"files it writes ({', '.join(sorted(export.HF_FILES))}); choose another --output")
+    assert tree(mine) == before and (mine / "drafts").is_dir()
+
+    export.main([str(trained / "r"), "--output", str(tmp_path / "hf")])  # --import --force: the same rule
+    with pytest.raises(SystemExit):
+        export.main(["--import", str(tmp_path / "hf"), "--output", str(mine), "--force"])
+    assert "notes.txt, not written by export.py" in one_error_line(capsys)
+    assert tree(mine) == before
+    imported = tmp_path / "imported"
+    export.main(["--import", str(tmp_path / "hf"), "--output", str(imported)])
+    export.main(["--import", str(tmp_path / "hf"), "--output", str(imported), "--force"])  # its own earlier import
+    assert [p.name for p in imported.iterdir()] == ["ckpt_00000000.pt"]
 
 
 def test_export_force_replaces_an_earlier_export_in_the_run(trained, tmp_path, capsys):
@@ -122,7 +148,14 @@ def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
 
 # ----------------------------------------------------------------------------- a damaged newest checkpoint
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])
+def poison(path):
+    """A NaN in one weight of a checkpoint file (what a bit flip on disk, or a hand edit, can leave)."""
+    state = torch.load(path, weights_only=True)
+    state["model"]["norm.weight"][0] = float("nan")
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint", "non-finite"])
 def test_damaged_newest_checkpoint_falls_back(trained, tiny_data, tmp_path, capsys, damage):
     out = tmp_path / "out"
     subprocess.run(["cp", "-r", str(trained), str(out)], check=True)
@@ -132,8 +165,10 @@ def test_damaged_newest_checkpoint_falls_back(trained, tiny_data, tmp_path, caps
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     elif damage == "empty":
         newest.write_bytes(b"")
-    else:
+    elif damage == "not a checkpoint":
         torch.save(torch.zeros(3), newest)
+    else:
+        poison(newest)
     capsys.readouterr()
 
     # sample.py and load_model: the older checkpoint, with one warning line each
@@ -159,6 +194,100 @@ def test_a_damaged_checkpoint_file_named_is_one_line(trained, tmp_path, capsys):
     assert one_error_line(capsys).startswith(f"error: cannot read checkpoint {bad}")
 
 
+def test_a_non_finite_checkpoint_file_named_is_one_line(trained, tmp_path, capsys):
+    bad = tmp_path / "nan.pt"
+    shutil.copy(files.checkpoint_path(trained / "r", 20), bad)
+    poison(bad)
+    line = f"error: checkpoint {bad} is damaged: its weights are not finite (norm.weight)"
+    assert sample.main([str(bad)]) == 2
+    assert one_error_line(capsys) == line
+    with pytest.raises(SystemExit):
+        export.main([str(bad), "--output", str(tmp_path / "hf")])
+    assert one_error_line(capsys) == line
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(UserError, match="its weights are not finite"):
+        model.load_model(bad)
+
+
+MISMATCHES = {  # a change to a checkpoint's weights (those of TINY: dim 32): what its one line says
+    "missing": (lambda weights: weights.pop("norm.weight"), "missing norm.weight"),
+    "extra": (lambda weights: weights.update(extra=torch.zeros(2)), "unexpected extra"),
+    "shape": (lambda weights: weights.update({"norm.weight": torch.ones(5)}),
+              "wrong shape: norm.weight (5,) for (32,)"),
+}
+
+
+@pytest.mark.parametrize("mismatch", sorted(MISMATCHES))
+def test_weights_that_do_not_match_their_model_config_are_one_line_everywhere(trained, tiny_data, tmp_path, capsys,
+                                                                              mismatch):
+    out = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(trained), str(out)], check=True)
+    newest = files.checkpoint_path(out / "r", 20)
+    change, words = MISMATCHES[mismatch]
+    state = torch.load(newest, weights_only=True)
+    change(state["model"])
+    torch.save(state, newest)
+    expected = f"{newest}: its weights do not match its model_config ({words})"
+    capsys.readouterr()
+    assert sample.main([str(newest)]) == 2
+    assert one_error_line(capsys) == f"error: {expected}"
+    with pytest.raises(SystemExit):
+        export.main([str(newest), "--output", str(tmp_path / "hf")])
+    assert one_error_line(capsys) == f"error: {expected}"
+    with pytest.raises(UserError) as info:
+        model.load_model(out / "r")
+    assert str(info.value) == expected
+    before = tree(out / "r")
+    assert train.main(run_args(tiny_data, out, "run_name=r", "max_steps=30", "checkpoint_interval=10")) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {expected}"]
+    assert tree(out / "r") == before
+
+
+def test_a_model_config_that_is_no_model_is_one_line(tmp_path, capsys):
+    checkpoint = tmp_path / "odd.pt"
+    torch.save({"model": {}, "model_config": {"dim": 64, "heads": 4}, "tokenizer": "bytes"}, checkpoint)
+    assert sample.main([str(checkpoint)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {checkpoint}: its model_config is not a model of this model.py (")
+    assert "heads" in line
+    config = {**dataclasses.asdict(tiny()), "dim": 63}  # not a multiple of n_heads
+    torch.save({"model": {}, "model_config": config}, checkpoint)
+    with pytest.raises(UserError, match=r"model_config is not a model of this model.py \(dim \(63\) must be divisible"):
+        model.load_model(checkpoint)
+
+
+# ----------------------------------------------------------------------------- meta.json cross-checked on open
+
+META_LIES = {  # a change to meta.json (of the bytes tokenizer): the words of its one line
+    "eot_id": (lambda meta: meta.update(eot_id=5), "eot_id 5 is not 256, the end-of-text id of tokenizer 'bytes'"),
+    "vocab_size": (lambda meta: meta.update(vocab_size=300), "vocab_size 300 is not 257"),
+    "tokens": (lambda meta: meta["train"].update(tokens=meta["train"]["tokens"] + 1), "train.bin has"),
+    "tokens not a count": (lambda meta: meta["val"].update(tokens=float(meta["val"]["tokens"])), "val.tokens is"),
+    "negative bytes": (lambda meta: meta["train"].update(bytes=-1), "train.bytes is -1, not a count"),
+    "bytes": (lambda meta: meta["val"].update(bytes=2 * meta["val"]["bytes"]), "val.bytes"),
+    "fewer bytes": (lambda meta: meta["train"].update(bytes=10), "train.bytes 10 is fewer than its"),
+    "documents": (lambda meta: meta["train"].update(documents=meta["train"]["tokens"]), "train.documents"),
+    "bool documents": (lambda meta: meta["val"].update(documents=True), "val.documents is True, not a count"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(META_LIES))
+def test_a_meta_json_that_lies_is_one_line_naming_the_field(tiny_data, tmp_path, capsys, lie):
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data, data_dir)
+    meta_path = data_dir / "tiny" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    change, words = META_LIES[lie]
+    change(meta)
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    assert train.main(run_args(data_dir, out, "run_name=r")) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: data 'tiny': ") and words in line, line
+    assert "meta.json" in line and "prepare the data again" in line, line
+    assert not out.exists()
+
+
 def test_every_checkpoint_damaged_is_refused_not_restarted(trained, tiny_data, tmp_path, capsys):
     out = tmp_path / "out"
     subprocess.run(["cp", "-r", str(trained), str(out)], check=True)
@@ -172,25 +301,21 @@ def test_every_checkpoint_damaged_is_refused_not_restarted(trained, tiny_data, t
 
 # ----------------------------------------------------------------------------- a full disk
 
-def limit_file_size(limit):
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
-    return preexec
-
-
 def test_a_full_disk_leaves_no_temp_file_and_the_previous_checkpoint(trained, tiny_data, tmp_path):
+    """train.py under a file-size limit (ulimit -f) half a checkpoint's size: the write fails with EFBIG (train.py
+    ignores SIGXFSZ, which would kill it without a word), one line naming the file and the free space."""
     out = tmp_path / "out"
     subprocess.run(["cp", "-r", str(trained), str(out)], check=True)
     run_dir = out / "r"
     size = files.checkpoint_path(run_dir, 20).stat().st_size
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"),
-                             *run_args(tiny_data, out, "run_name=r", "max_steps=30", "checkpoint_interval=10")],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
-                            preexec_fn=limit_file_size(size // 2))
+    result = run_under_file_size_limit(
+        [ROOT / "train.py", *run_args(tiny_data, out, "run_name=r", "max_steps=30", "checkpoint_interval=10")],
+        size // 2, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: could not write ")
-    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: could not write {run_dir / 'ckpt_'}")
+    assert ": File too large (" in result.stderr
+    assert "free on its disk); the previous file is left as it was" in result.stderr
     assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
     assert files.load_checkpoint(run_dir)[1]["step"] == 20
 
