@@ -107,6 +107,7 @@ class Run:
     # ---
     schedule: sched.Schedule = None
     step: int = 0
+    saved_step: int = 0                 # the step of the newest step checkpoint (0: none)
     annealing_start: int | None = None  # the step where the final decay was requested, if it was
     best_eval_loss: float = float("inf")
 
@@ -219,6 +220,7 @@ def resume(run):
                         f"whose state does not carry over to {cfg.optimizer!r}; use another run_name")
     parallel.load_state(run.raw_model, run.optimizer, checkpoint["model"], checkpoint["optimizer"], run.layout)
     run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
+    run.saved_step = run.step
     run.best_eval_loss = checkpoint["best_eval_loss"]
     torch.set_rng_state(checkpoint["rng"].cpu())
     if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
@@ -246,6 +248,8 @@ def save(run, best=False):
                  "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
                  "tokenizer": run.training_data.tokenizer, "config": run.resolved}
         files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
+    if not best:
+        run.saved_step = run.step
 
 
 def write_samples(run):
@@ -260,9 +264,13 @@ def write_samples(run):
     if not run.master:
         return
     model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-    text = sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
-                        run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step, heading=heading)
-    model.train()
+    try:
+        with control.interruptible():  # a stop signal abandons the samples (control.Stopped): nothing is written
+            text = sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
+                                run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step,
+                                heading=heading)
+    finally:
+        model.train()
     files.write_text_atomic(path, before + text)
     run.say(text + "-----")
 
