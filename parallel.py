@@ -472,7 +472,7 @@ def launch(options, script, script_args):
 def pass_on(signum, frame):
     """SIGINT or SIGTERM, to every worker: torchrun starts each in a session of its own, out of reach of a
     terminal's Ctrl-C. Before there are workers, the launch stops at once."""
-    workers = child_processes()
+    workers = child_processes(os.getpid())
     if not workers:
         raise KeyboardInterrupt
     for pid in workers:
@@ -482,14 +482,14 @@ def pass_on(signum, frame):
             pass
 
 
-def child_processes():
-    """The pids of this process's children, from /proc/<pid>/stat: `pid (name) state ppid ...`."""
-    me, children = str(os.getpid()), []
+def child_processes(pid):
+    """The pids of the children of process pid, from /proc/<pid>/stat: `pid (name) state ppid ...`."""
+    parent, children = str(pid), []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):  # a process that ended while we looked
             continue
-        if fields[1] == me:
+        if fields[1] == parent:
             children.append(int(stat.parent.name))
     return children

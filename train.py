@@ -310,8 +310,9 @@ def evaluate(run):
     A stop signal abandons it between batches, on every rank together (control.Stopped)."""
     cfg, training_data, layout = run.cfg, run.training_data, run.layout
 
-    def stop_now():  # fsdp and pp run collectives in every batch, so the ranks that run them together agree each time;
-        # under ddp a rank's batches are its own, and the ranks agree once, in the all-reduce of the totals
+    # fsdp and pp run collectives in every batch, so the ranks that run them together agree on stopping each time;
+    # under ddp a rank's batches are its own, and the ranks agree once, in the all-reduce of the totals
+    def stop_now():
         if layout.sharded or layout.pipelined:
             return stop_agreed(run, layout.pp_group if layout.pipelined else layout.dp_group)
         return control.stop_requested()
@@ -374,8 +375,9 @@ def train(cfg, model_overrides):
         return status
     except RuntimeError as e:  # gloo's (or a DistError): a collective that another process left, most often by failing
         if world_size > 1 and (isinstance(e, dist.DistError) or "gloo" in str(e)):
-            raise UserError(f"rank {rank}: a collective failed: {str(e).strip().split('. ')[0]} (when another "
-                            f"process stopped first, its own line says why)") from None
+            reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+            raise UserError(f"rank {rank}: a collective failed: {reason} (when another process stopped first, its "
+                            f"own line says why)") from None
         raise
     finally:
         if run and run.log_file:
@@ -505,7 +507,8 @@ def main(argv):
         cfg, model_overrides = load_config(argv)  # checked once here, before any process is started
         if launch_options:
             if "RANK" in os.environ:
-                raise UserError("this process is already one of torchrun's: the launch options go to one or the other")
+                raise UserError("train.py is already running under torchrun: give the launch options to torchrun "
+                                "or to train.py, not to both")
             return parallel.launch(launch_options, Path(__file__).resolve(), argv)
         return train(cfg, model_overrides)
     except (UserError, data.DamagedDataError) as e:  # a damaged .bin is found only when its block is read
