@@ -441,8 +441,9 @@ def launch(options, script, script_args):
     if not Path("/proc/self/stat").exists():
         raise UserError("train.py finds its workers, to pass signals on to them, in /proc (Linux); launch with "
                         "torchrun here")
-    if "LOGLEVEL" not in os.environ:  # torch's switch for its launcher's logs: by default the workers' own lines
-        # stand in for its reports of a failed worker ("failed (exitcode: 2) ...") and of the others it then ends
+    # LOGLEVEL is torch's switch for its launcher's logs; unless it is set, the workers' own lines stand in for the
+    # launcher's reports of a failed worker ("failed (exitcode: 2) ...") and of the others it then ends
+    if "LOGLEVEL" not in os.environ:
         logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     parser = torchrun.get_args_parser()
 
@@ -465,8 +466,8 @@ def launch(options, script, script_args):
     except SignalException as e:
         raise UserError(f"{e.sigval.name}: the workers were ended without saving") from None
     except Exception as e:  # torch refused the launch: an option's value, a rendezvous that failed, a port in use
-        raise UserError(f"launch failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
-            from None
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UserError(f"launch failed: {reason}") from None
 
 
 def pass_on(signum, frame):
