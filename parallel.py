@@ -15,12 +15,20 @@ a pipeline's stages read the same rows), so a run's losses do not depend on the 
 Checkpoints hold whole tensors keyed by parameter name, whatever the mode, so a run resumes under any other mode
 and `load_model`, `sample.py` and `export.py` read it. Only rank 0 reads and writes the run directory.
 
+`python train.py --nproc-per-node=N configs/X.py` starts the processes itself (launch: torchrun's own code, run
+in-process), so that an error is the failed rank's one line and Ctrl-C or SIGTERM saves and exits 0; plain
+`torchrun ... train.py` works as well.
+
 Top to bottom: Layout and plan (who does what), check (the combinations refused, and why), shard (a rank's
 part of the model), the pipeline (StageModel, Pipeline, its step and eval), gradient_norm, the whole state
-(gather for checkpoints, load into any layout), from_rank0, memory_line.
+(gather for checkpoints, load into any layout), from_rank0, memory_line, the launcher.
 """
+import logging
+import os
+import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -397,3 +405,92 @@ def memory_line(model, optimizer, layout, device):
     dist.all_reduce(total)
     return (f"weights and optimizer state: {most.item() / 2**20:,.1f} MiB on the fullest of {layout.world_size} "
             f"processes ({layout.mode}), {total.item() / 2**20:,.1f} MiB on all")
+
+
+# ----------------------------------------------------------------------------- the launcher
+
+# torchrun's options that train.py takes before its config, to start its processes itself (the multi-node ones
+# included); either spelling, --nproc-per-node or --nproc_per_node, as torchrun takes them
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-endpoint",
+                  "--rdzv-backend", "--rdzv-id", "--standalone")
+
+
+def split_launch_options(argv):
+    """(the launch options, the rest) of a command line: options first, each `--name=value` or `--name value`."""
+    options = []
+    while argv and argv[0].startswith("--"):
+        name = argv[0].split("=", 1)[0].replace("_", "-")
+        if name not in LAUNCH_OPTIONS:
+            raise UserError(f"unknown option {argv[0]!r}: train.py starts its processes with "
+                            f"{', '.join(LAUNCH_OPTIONS)}; for torchrun's other options, use torchrun")
+        length = 1 if name == "--standalone" or "=" in argv[0] else 2
+        options, argv = options + argv[:length], argv[length:]
+    return options, argv
+
+
+def launch(options, script, script_args):
+    """`torchrun OPTIONS script SCRIPT_ARGS`, run by torch's own torchrun code (its options and defaults,
+    rendezvous, elastic agent) in this process, without torchrun's ChildFailedError and SignalException tracebacks:
+    each worker prints its own line, and the exit status is that of the worker that failed first (0 when all
+    finish). SIGINT and SIGTERM go on to the workers as they come (a worker saves and exits 0 on the first and
+    stops at once on the second) while the agent goes on watching them. Returns the exit status."""
+    from torch.distributed import run as torchrun  # only a launch needs it
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if not Path("/proc/self/stat").exists():
+        raise UserError("train.py finds its workers, to pass signals on to them, in /proc (Linux); launch with "
+                        "torchrun here")
+    # LOGLEVEL is torch's switch for its launcher's logs; unless it is set, the workers' own lines stand in for the
+    # launcher's reports of a failed worker ("failed (exitcode: 2) ...") and of the others it then ends
+    if "LOGLEVEL" not in os.environ:
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    parser = torchrun.get_args_parser()
+
+    def refuse(message):  # instead of argparse's usage block and exit
+        raise UserError(f"{message} (see torchrun --help)")
+
+    parser.error = refuse
+    args = parser.parse_args([*options, str(script), *script_args])
+    args.signals_to_handle = "SIGHUP,SIGQUIT"  # these end the workers (torch's way); SIGINT and SIGTERM: pass_on
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, pass_on)
+    try:
+        torchrun.run(args)
+        return 0
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode > 0:  # one of ours: 2 (an error), 1 (aborted), 130 (interrupted); its line is printed
+            return failure.exitcode
+        raise UserError(f"rank {rank} (pid {failure.pid}) was killed by {failure.signal_name()}") from None
+    except SignalException as e:
+        raise UserError(f"{e.sigval.name}: the workers were ended without saving") from None
+    except Exception as e:  # torch refused the launch: an option's value, a rendezvous that failed, a port in use
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UserError(f"launch failed: {reason}") from None
+
+
+def pass_on(signum, frame):
+    """SIGINT or SIGTERM, to every worker: torchrun starts each in a session of its own, out of reach of a
+    terminal's Ctrl-C. Before there are workers, the launch stops at once."""
+    workers = child_processes(os.getpid())
+    if not workers:
+        raise KeyboardInterrupt
+    for pid in workers:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # it has just ended
+            pass
+
+
+def child_processes(pid):
+    """The pids of the children of process pid, from /proc/<pid>/stat: `pid (name) state ppid ...`."""
+    parent, children = str(pid), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that ended while we looked
+            continue
+        if fields[1] == parent:
+            children.append(int(stat.parent.name))
+    return children

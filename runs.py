@@ -107,6 +107,7 @@ class Run:
     # ---
     schedule: sched.Schedule = None
     step: int = 0
+    saved_step: int = 0                 # the step of the newest step checkpoint (0: none)
     annealing_start: int | None = None  # the step where the final decay was requested, if it was
     best_eval_loss: float = float("inf")
 
@@ -222,6 +223,7 @@ def resume(run):
     check_same_batch(run, checkpoint_path, checkpoint)
     parallel.load_state(run.raw_model, run.optimizer, checkpoint["model"], checkpoint["optimizer"], run.layout)
     run.step, run.annealing_start = checkpoint["step"], checkpoint["annealing_start"]
+    run.saved_step = run.step
     run.best_eval_loss = checkpoint["best_eval_loss"]
     torch.set_rng_state(checkpoint["rng"].cpu())
     if "data" in checkpoint:  # the mixture's counters; without them the draws are replayed from 0
@@ -270,6 +272,8 @@ def save(run, best=False):
                  "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
                  "tokenizer": run.training_data.tokenizer, "config": run.resolved}
         files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
+    if not best:
+        run.saved_step = run.step
 
 
 def write_samples(run):
@@ -284,11 +288,14 @@ def write_samples(run):
     if not run.master:
         return
     model.eval()  # the same texts whether or not the run was resumed: the generator is seeded by the step
-    # within the trained context: the model is asked nothing about positions it has not seen
-    text = model_lib.sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
-                                  run.cfg.sample_temperature, run.cfg.sample_top_k, seed=run.cfg.seed + run.step,
-                                  heading=heading, window=run.cfg.seq_len)
-    model.train()
+    try:
+        with control.interruptible():  # a stop signal abandons the samples (control.Stopped): nothing is written
+            # within the trained context: the model is asked nothing about positions it has not seen
+            text = model_lib.sample_texts(model, run.tokenizer, run.cfg.sample_prompts, run.cfg.sample_tokens,
+                                          run.cfg.sample_temperature, run.cfg.sample_top_k,
+                                          seed=run.cfg.seed + run.step, heading=heading, window=run.cfg.seq_len)
+    finally:
+        model.train()
     files.write_text_atomic(path, before + text)
     run.say(text + "-----")
 

@@ -2,8 +2,14 @@
 
     python train.py configs/quickstart.py                          # one process
     python train.py configs/quickstart.py lr=1e-3 max_steps=100    # key=value overrides come last
-    torchrun --standalone --nproc_per_node=4 train.py configs/X.py # DDP (nccl on CUDA, gloo on CPU)
-    torchrun --standalone --nproc_per_node=4 train.py configs/X.py parallel=fsdp   # or pp (parallel.py)
+    python train.py --nproc-per-node=4 configs/X.py                # DDP (nccl on CUDA, gloo on CPU)
+    python train.py --nproc-per-node=4 configs/X.py parallel=fsdp  # or pp (parallel.py)
+    torchrun --standalone --nproc_per_node=4 train.py configs/X.py # the same through torchrun itself
+
+Given torchrun's options first (--nproc-per-node, --nnodes, --node-rank, --master-addr, --master-port,
+--rdzv-endpoint, --rdzv-backend, --rdzv-id, --standalone), train.py starts its processes itself with torchrun's
+own code: an error is then the failed process's one line (exit 2), without torchrun's traceback, and Ctrl-C or
+SIGTERM saves and exits 0, as in one process. A second Ctrl-C stops at once, unsaved.
 
 Every key and its default is declared once, in TrainConfig below. A config file is plain Python
 that assigns some of those names (it may start with `from configs.other import *`). The model
@@ -205,17 +211,37 @@ def format_duration(seconds):
 
 # ----------------------------------------------------------------------------- run control (control.py)
 
-def agree(run, step_loss, target_count, stop_signal):
+def agree(run, step_loss, target_count):
     """(loss, signalled, command) that every rank agrees on, in one small all-reduce a step: the step's mean
     loss (for the divergence guard), a stop signal received by any rank, and the command rank 0 found."""
     command = control.read(run.run_dir) if run.master else ""
     command_number = control.COMMANDS.index(command) + 1 if command else 0  # 0: no command
-    status = torch.tensor([step_loss.item(), float(stop_signal[0]), float(command_number)], device=run.device)
+    status = torch.tensor([step_loss.item(), float(control.stop_requested()), float(command_number)],
+                          device=run.device)
     if run.world_size > 1:
         dist.all_reduce(status)
     command_number = int(status[2].item())
     return (status[0].item() / target_count.item(), status[1].item() > 0,
             control.COMMANDS[command_number - 1] if command_number else "")
+
+
+def stop_agreed(run, group=None):
+    """Whether a stop signal has reached any process of the group (None: all of them); every rank of the group
+    calls this and gets the same answer."""
+    flag = torch.tensor([float(control.stop_requested())], device=run.device)
+    if run.world_size > 1:
+        dist.all_reduce(flag, group=group)
+    return flag.item() > 0
+
+
+def stop(run, cause):
+    """End the loop saved (every rank calls this): a checkpoint of this step unless there is one already."""
+    if run.step > run.saved_step:
+        save(run)
+        run.event(f"stopped by {cause}: saved; the same command resumes")
+    else:
+        run.event(f"stopped by {cause}: " + (f"step {run.step} is saved already" if run.step else "nothing trained yet")
+                  + "; the same command resumes")
 
 
 def act_on(run, command):
@@ -280,25 +306,43 @@ def train_step(run, lr):
 
 @torch.no_grad()
 def evaluate(run):
-    """{name: (loss sum, target count)} over a fixed set of val blocks of every eval source, summed over ranks."""
+    """{name: (loss sum, target count)} over a fixed set of val blocks of every eval source, summed over ranks.
+    A stop signal abandons it between batches, on every rank together (control.Stopped)."""
     cfg, training_data, layout = run.cfg, run.training_data, run.layout
+
+    # fsdp and pp run collectives in every batch, so the ranks that run them together agree on stopping each time;
+    # under ddp a rank's batches are its own, and the ranks agree once, in the all-reduce of the totals
+    def stop_now():
+        if layout.sharded or layout.pipelined:
+            return stop_agreed(run, layout.pp_group if layout.pipelined else layout.dp_group)
+        return control.stop_requested()
+
     run.model.eval()
     n_rows = cfg.eval_iters * cfg.batch_size * cfg.grad_accum * layout.dp_size
-    totals = torch.zeros(len(training_data.eval_names), 2, dtype=torch.float64, device=run.device)
-    for i, name in enumerate(training_data.eval_names):
-        for x, y, doc_ids in training_data.eval_batches(name, n_rows, layout.dp_rank, layout.dp_size, cfg.batch_size,
-                                                        run.device):
-            with run.autocast:
-                if layout.pipelined:
-                    totals[i, 0] += parallel.pipeline_eval_loss(run.pipeline, layout, x, y, doc_ids).double()
-                else:
-                    totals[i, 0] += run.model(x, doc_ids, y).double()
-            if layout.last_stage:  # one count per replica
-                totals[i, 1] += (y != -1).sum()
+    # a row per eval source, and one more whose first column counts the ranks that were stopped
+    totals = torch.zeros(len(training_data.eval_names) + 1, 2, dtype=torch.float64, device=run.device)
+    try:
+        for i, name in enumerate(training_data.eval_names):
+            for x, y, doc_ids in training_data.eval_batches(name, n_rows, layout.dp_rank, layout.dp_size,
+                                                            cfg.batch_size, run.device):
+                if stop_now():
+                    raise control.Stopped
+                with run.autocast:
+                    if layout.pipelined:
+                        totals[i, 0] += parallel.pipeline_eval_loss(run.pipeline, layout, x, y, doc_ids).double()
+                    else:
+                        totals[i, 0] += run.model(x, doc_ids, y).double()
+                if layout.last_stage:  # one count per replica
+                    totals[i, 1] += (y != -1).sum()
+    except control.Stopped:
+        totals[-1, 0] = 1
+    finally:
+        run.model.train()
     if run.world_size > 1:
         dist.all_reduce(totals)
-    run.model.train()
-    return dict(zip(training_data.eval_names, totals.tolist()))
+    if totals[-1, 0] > 0:
+        raise control.Stopped
+    return dict(zip(training_data.eval_names, totals[:-1].tolist()))
 
 
 def run_eval(run):
@@ -321,6 +365,7 @@ def run_eval(run):
 def train(cfg, model_overrides):
     """Train (or resume) the run of cfg; returns the exit status. The log, TensorBoard and the process group are
     closed on every exit, an error's too."""
+    control.catch_stop_signals()  # from the start: a signal while the run is set up is honoured at its first chance
     rank, world_size, device = setup_distributed(cfg)
     run, finished = None, False
     try:
@@ -328,6 +373,12 @@ def train(cfg, model_overrides):
         status = training_loop(run)
         finished = True
         return status
+    except RuntimeError as e:  # gloo's (or a DistError): a collective that another process left, most often by failing
+        if world_size > 1 and (isinstance(e, dist.DistError) or "gloo" in str(e)):
+            reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+            raise UserError(f"rank {rank}: a collective failed: {reason} (when another process stopped first, its "
+                            f"own line says why)") from None
+        raise
     finally:
         if run and run.log_file:
             try:
@@ -350,19 +401,25 @@ def training_loop(run):
     run_steps = run.steps_to_run()
     if run.step >= run_steps:
         run.say(f"already trained to step {run.step} of {run_steps}; nothing to do")
-        write_samples(run)  # the final samples, if a kill came between the last checkpoint and them
+        try:
+            write_samples(run)  # the final samples, if a kill came between the last checkpoint and them
+        except control.Stopped:  # on rank 0, the one that samples
+            run.say("stopped by a signal before the samples were written; the same command writes them")
         return 0
     if run.step == 0:
-        run_eval(run)
+        try:
+            run_eval(run)
+        except control.Stopped:
+            stop(run, "a signal")
+            return 0
     start_time = last_time = time.time()
     steps_timed, last_step, loss_mean, losses_seen = 0, run.step, None, 0
-    stop_signal = control.catch_stop_signals()
     while run.step < run_steps:
         # ---- the step
         lr = sched.lr_at(run.step, run.schedule)
         step_loss, target_count, grad_norm = train_step(run, lr)
         run.step += 1
-        loss, signalled, command = agree(run, step_loss, target_count, stop_signal)
+        loss, signalled, command = agree(run, step_loss, target_count)
         if losses_seen == 0:  # the optimizer state exists now
             run.say(parallel.memory_line(run.raw_model, run.optimizer, run.layout, run.device))
 
@@ -398,19 +455,29 @@ def training_loop(run):
             run.event("aborted: exiting without saving")
             return 1
         if signalled or command == "stop":
-            save(run)
-            run.event(f"stopped by {'a signal' if signalled else 'the stop command'}: saved; the same command resumes")
+            stop(run, "a signal" if signalled else "the stop command")
             break
         act_on(run, command)
         run_steps = run.steps_to_run()
 
-        # ---- once in a while: evaluate, save, sample
-        if run.step % cfg.eval_interval == 0 or run.step == run_steps:
-            run_eval(run)
-        if run.step % cfg.checkpoint_interval == 0 or run.step == run_steps:
-            save(run)
-        if (cfg.sample_interval and run.step % cfg.sample_interval == 0) or run.step == run_steps:
-            write_samples(run)
+        # ---- once in a while: evaluate, save, sample. A stop signal abandons an eval or a sample (they change
+        # nothing) and lets a checkpoint write finish; then the run saves what is new and stops.
+        eval_due = run.step % cfg.eval_interval == 0 or run.step == run_steps
+        save_due = run.step % cfg.checkpoint_interval == 0 or run.step == run_steps
+        sample_due = (cfg.sample_interval and run.step % cfg.sample_interval == 0) or run.step == run_steps
+        if eval_due or save_due or sample_due:
+            try:
+                if eval_due:
+                    run_eval(run)
+                if save_due:
+                    save(run)
+                if sample_due:
+                    write_samples(run)
+            except control.Stopped:  # on every rank from an eval, on rank 0 alone from a sample
+                pass
+            if stop_agreed(run):
+                stop(run, "a signal")
+                break
         paused = time.time() - pause_start  # eval, checkpoints and samples do not count against tokens/s
         start_time, last_time = start_time + paused, last_time + paused
     return 0
@@ -437,7 +504,13 @@ def main(argv):
                 raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(control.COMMANDS)}}}")
             control.send(argv[1], argv[2])
             return 0
-        cfg, model_overrides = load_config(argv)
+        launch_options, argv = parallel.split_launch_options(argv)
+        cfg, model_overrides = load_config(argv)  # checked once here, before any process is started
+        if launch_options:
+            if "RANK" in os.environ:
+                raise UserError("train.py is already running under torchrun: give the launch options to torchrun "
+                                "or to train.py, not to both")
+            return parallel.launch(launch_options, Path(__file__).resolve(), argv)
         return train(cfg, model_overrides)
     except (UserError, data.DamagedDataError) as e:  # a damaged .bin is found only when its block is read
         print(f"error: {e}", file=sys.stderr)

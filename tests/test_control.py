@@ -1,15 +1,19 @@
-"""Runs you can trust: a kill mid-checkpoint, SIGTERM, control commands under torchrun, the divergence guard."""
+"""Runs you can trust: a kill mid-checkpoint, SIGTERM, control commands under torchrun, the divergence guard, stop
+signals wherever the run is (eval, checkpoint, sample), and train.py's own launcher (Ctrl-C, SIGTERM, errors)."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import control
 import files
 import model as model_lib
+import parallel
 import train
 from conftest import ROOT, last_step, read_log, run_args, wait_for
 
@@ -192,3 +196,242 @@ def test_tensorboard_events_when_the_package_is_there(tiny_data, tmp_path, monke
     assert ("loss", lines[-1]["loss"], 5) in scalars and ("eval_loss", evals[-1]["eval_loss"], 5) in scalars
     assert ("lr", lines[0]["lr"], 1) in scalars and scalars[-1] == "closed"
     assert not any(key == "time" for key, *_ in scalars[:-1])
+
+
+# ----------------------------------------------------------------------------- stop signals wherever the run is
+
+def start_train(args, patch=""):
+    """train.py args in a process of its own, after the Python lines of patch (which may wrap torch or the model)."""
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport time, torch, model, train\n{patch}\n"
+            f"sys.exit(train.main(sys.argv[1:]))\n")
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def newest_step(run_dir):
+    return torch.load(files.step_checkpoints(run_dir)[-1], weights_only=True)["step"]
+
+
+def test_a_signal_delivered_twice_at_once_is_one_request(tiny_data, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the job, and a launcher passes it on as well: a worker gets two
+    signals within milliseconds, and still saves and exits 0."""
+    args = run_args(tiny_data, tmp_path, "run_name=d", "total_tokens=1.0", "checkpoint_interval=100000",
+                    "eval_interval=100000")
+    process = start_train(args)
+    run_dir = tmp_path / "d"
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, what="3 steps")
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert err.count("received SIGINT") == 1 and "interrupted" not in err and "stopped by a signal: saved" in out
+    assert newest_step(run_dir) == last_step(run_dir)
+
+
+def test_a_signal_during_a_checkpoint_write_lets_it_finish_then_stops(tiny_data, tmp_path):
+    """The step-10 checkpoint takes 4 s to write; SIGTERM during the write: the write finishes, and the run stops
+    there without training another step."""
+    slow_save = (
+        "real_save = torch.save\n"
+        "def save(obj, f):\n"
+        "    if f.name.endswith('.tmp') and 'ckpt_00000010.pt' in f.name:\n"
+        "        time.sleep(4)\n"
+        "    real_save(obj, f)\n"
+        "torch.save = save\n")
+    args = run_args(tiny_data, tmp_path, "run_name=w", "total_tokens=1.0", "checkpoint_interval=10",
+                    "eval_interval=100000")
+    process = start_train(args, slow_save)
+    run_dir = tmp_path / "w"
+    try:
+        wait_for(lambda: list(run_dir.glob(f".ckpt_{10:08d}.pt.*.tmp")), what="the step-10 checkpoint write")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert [p.name for p in files.step_checkpoints(run_dir)] == [f"ckpt_{10:08d}.pt"] and newest_step(run_dir) == 10
+    assert last_step(run_dir) == 10 and "stopped by a signal: step 10 is saved already" in out
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_sigterm_during_a_long_eval_abandons_it_and_saves(tiny_data, tmp_path):
+    """Every eval batch after the first training step takes 1 s (about 25 s an eval): SIGTERM during the step-10
+    eval stops the run at step 10, saved, with no eval line for it (the eval changed nothing)."""
+    slow_eval = (
+        "real_forward, trained = model.Transformer.forward, []\n"
+        "def forward(self, *args, **kwargs):\n"
+        "    if torch.is_grad_enabled():\n"
+        "        trained.append(1)\n"
+        "    elif trained:\n"
+        "        time.sleep(1)\n"
+        "    return real_forward(self, *args, **kwargs)\n"
+        "model.Transformer.forward = forward\n")
+    args = run_args(tiny_data, tmp_path, "run_name=e", "total_tokens=1.0", "checkpoint_interval=100000",
+                    "eval_interval=10", "eval_iters=1000")
+    process = start_train(args, slow_eval)
+    run_dir = tmp_path / "e"
+    try:
+        wait_for(lambda: last_step(run_dir) >= 10, what="10 steps")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    lines, evals = read_log(run_dir)
+    assert [r["step"] for r in evals] == [0] and lines[-1]["step"] == 10 and newest_step(run_dir) == 10
+    assert "stopped by a signal: saved" in out
+
+
+def test_sigterm_during_a_long_sample_stops_within_seconds(tiny_data, tmp_path):
+    """The final sample is 100k tokens (minutes): SIGTERM abandons it; the checkpoint of the last step is there."""
+    args = run_args(tiny_data, tmp_path, "run_name=s", "max_steps=3", "sample_tokens=100000")
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "s"
+    try:
+        wait_for(lambda: (run_dir / f"ckpt_{3:08d}.pt").exists(), what="the last checkpoint")
+        time.sleep(1)  # into the sample
+        signalled = time.time()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert time.time() - signalled < 30 and "stopped by a signal: step 3 is saved already" in out
+    assert newest_step(run_dir) == 3 and not (run_dir / "samples.txt").exists()
+
+
+# ----------------------------------------------------------------------------- train.py's own launcher
+
+def launch(args, env=ENV):
+    """python train.py --nproc-per-node=2 args (2 CPU processes, gloo), in a process group of its own, as a
+    terminal starts a job."""
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--nproc-per-node=2", "--standalone", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def kill_launch(process):
+    """After a test, whatever happened: the workers (in sessions of their own), then the launcher."""
+    for pid in parallel.child_processes(process.pid):
+        os.kill(pid, signal.SIGKILL)
+    process.kill()
+    process.wait()
+
+
+def assert_no_traceback(out, err):
+    for text in ("Traceback", "ChildFailedError", "SignalException"):
+        assert text not in out + err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_launch_saves_exits_0_and_resumes(tiny_data, tmp_path):
+    """SIGINT to the launcher's process group, as a terminal's Ctrl-C: both workers hear it once, the run saves at
+    the step it stops, exits 0, without torchrun's traceback; the same command resumes from there, and SIGTERM to
+    the launcher alone stops it the same way."""
+    args = run_args(tiny_data, tmp_path, "run_name=c", "total_tokens=1.0", "checkpoint_interval=100000",
+                    "eval_interval=100000")
+    run_dir = tmp_path / "c"
+    process = launch(args)
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, timeout=300, what="3 steps")
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        kill_launch(process)
+    assert process.returncode == 0, err
+    assert_no_traceback(out, err)
+    assert err.count("received SIGINT") == 2 and "stopped by a signal: saved" in out
+    stopped = newest_step(run_dir)
+    assert last_step(run_dir) == stopped
+
+    process = launch(args)
+    try:
+        wait_for(lambda: last_step(run_dir) >= stopped + 3, timeout=300, what="3 more steps")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        kill_launch(process)
+    assert process.returncode == 0, err
+    assert_no_traceback(out, err)
+    assert f"at step {stopped}" in out and err.count("received SIGTERM") == 2
+    assert newest_step(run_dir) == last_step(run_dir) > stopped
+
+
+SLOW_CHECKPOINTS = """\
+import time
+import torch
+real_save = torch.save
+def save(obj, f, *args, **kwargs):  # a checkpoint write that takes 10 minutes
+    if getattr(f, "name", "").endswith(".tmp") and ".ckpt_" in f.name:
+        time.sleep(600)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_the_launch_at_once(tiny_data, tmp_path):
+    """Checkpoints take 10 minutes to write (a sitecustomize the workers load): the first Ctrl-C starts the stop's
+    write, a second one a moment later stops every worker at once (exit 130), leaving no checkpoint or temp file."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_CHECKPOINTS)
+    args = run_args(tiny_data, tmp_path, "run_name=i", "total_tokens=1.0", "checkpoint_interval=100000",
+                    "eval_interval=100000")
+    run_dir = tmp_path / "i"
+    process = launch(args, dict(ENV, PYTHONPATH=str(site)))
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, timeout=300, what="3 steps")
+        os.killpg(process.pid, signal.SIGINT)
+        wait_for(lambda: list(run_dir.glob(".ckpt_*.tmp")), what="the stop's checkpoint write")
+        time.sleep(control.REPEAT_SECONDS + 0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        kill_launch(process)
+    assert process.returncode == 130, err
+    assert_no_traceback(out, err)
+    assert "interrupted" in err and files.step_checkpoints(run_dir) == [] and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_an_error_under_the_launch_is_each_ranks_line_and_exit_2(tiny_data, tmp_path):
+    """A value that only the run finds wrong (data that is not there): each rank's one line, exit 2, no traceback.
+    An error on rank 0 alone (its run directory cannot be made) leaves rank 1 in a broken collective: one line too."""
+    process = launch(run_args(tiny_data, tmp_path, "data=missing"))
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        kill_launch(process)
+    assert process.returncode == 2
+    assert_no_traceback(out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: data 'missing'") for line in lines), err
+
+    (tmp_path / "a_file").write_text("")
+    process = launch(run_args(tiny_data, tmp_path / "a_file" / "out"))
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        kill_launch(process)
+    assert process.returncode == 2
+    assert_no_traceback(out, err)
+    assert f"error: {tmp_path / 'a_file' / 'out' / 'run'}: Not a directory" in err
+    assert "error: rank 1: a collective failed: " in err, err
+
+
+def test_launch_option_errors_are_one_line(tmp_path, capsys):
+    config = ["model=quickstart", f"out_dir={tmp_path}"]
+    assert train.main(["--nproc-per-node=2", "--max-restarts=3", *config]) == 2
+    assert "unknown option '--max-restarts=3'" in capsys.readouterr().err
+    assert train.main(["--nproc-per-node=two", *config]) == 2
+    assert capsys.readouterr().err == "error: launch failed: Unsupported nproc_per_node value: two\n"
+    assert train.main(["--nproc_per_node", "2", "--node-rank=first", *config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --node-rank/--node_rank: invalid int value: 'first'") and err.count("\n") == 1
+    assert train.main(["--nproc-per-node=2", *config, "lr=-1"]) == 2  # the config is checked before any launch
+    assert capsys.readouterr().err.startswith("error: lr=-1")
