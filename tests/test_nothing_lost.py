@@ -16,7 +16,7 @@ import export
 import files
 import sample
 import train
-from config import UserError
+from config import UserError, run_main
 from conftest import ROOT, read_log, run_args
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -53,9 +53,7 @@ def test_export_force_never_replaces_a_run_or_what_holds_one(trained, tmp_path, 
     (run_dir / "tensorboard-like" / "events").write_text("mine")
     target = {"out": out, "run": run_dir, "run/tensorboard-like": run_dir / "tensorboard-like"}[output]
     before = tree(out)
-    with pytest.raises(SystemExit) as exit_info:
-        export.main([str(run_dir), "--output", str(target), "--force"])
-    assert exit_info.value.code == 2
+    assert run_main(export.main, [str(run_dir), "--output", str(target), "--force"]) == 2
     assert "--force" in one_error_line(capsys)
     assert tree(out) == before  # every run, checkpoint and file still there, byte for byte
 
@@ -77,7 +75,8 @@ def test_a_run_dir_with_only_best_checkpoint_and_log_is_not_restarted(trained, t
     for path in files.step_checkpoints(run_dir):
         path.unlink()
     before = tree(run_dir)
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=r", "max_steps=20", "checkpoint_interval=10")) == 2
+    argv = run_args(tiny_data, tmp_path, "run_name=r", "max_steps=20", "checkpoint_interval=10")
+    assert run_main(train.main, argv) == 2
     line = one_error_line(capsys)
     assert "ckpt_best.pt" in line and "a log to step 20" in line and "no step checkpoint" in line
     assert tree(run_dir) == before  # ckpt_best.pt, the log and the samples untouched
@@ -92,7 +91,7 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_line(tiny_data, tm
 
     monkeypatch.setattr(data.TrainingData, "micro_batch", interrupted)
     command = run_args(tiny_data, tmp_path, "run_name=z", "max_steps=6")
-    assert train.main(command) == 130
+    assert run_main(train.main, command) == 130
     monkeypatch.setattr(data.TrainingData, "micro_batch", real)
     assert train.main(command) == 0
     _, evals = read_log(tmp_path / "z")
@@ -102,8 +101,8 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_line(tiny_data, tm
 # ----------------------------------------------------------------------------- non-finite weights never saved
 
 def test_nan_weights_never_reach_a_checkpoint(tiny_data, tmp_path, capsys):
-    code = train.main(run_args(tiny_data, tmp_path, "run_name=nan", "lr=1e4", "grad_clip=0", "checkpoint_interval=1",
-                               "divergence_factor=0", "max_steps=30"))
+    code = run_main(train.main, run_args(tiny_data, tmp_path, "run_name=nan", "lr=1e4", "grad_clip=0",
+                                         "checkpoint_interval=1", "divergence_factor=0", "max_steps=30"))
     assert code == 2
     line = one_error_line(capsys)
     saved = files.step_checkpoints(tmp_path / "nan")
@@ -152,10 +151,9 @@ def test_damaged_newest_checkpoint_falls_back(trained, tiny_data, tmp_path, caps
 def test_a_damaged_checkpoint_file_named_is_one_line(trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    assert sample.main([str(bad)]) == 2
+    assert run_main(sample.main, [str(bad)]) == 2
     assert one_error_line(capsys).startswith(f"error: cannot read checkpoint {bad}")
-    with pytest.raises(SystemExit):
-        export.main([str(bad), "--output", str(tmp_path / "hf")])
+    assert run_main(export.main, [str(bad), "--output", str(tmp_path / "hf")]) == 2
     assert one_error_line(capsys).startswith(f"error: cannot read checkpoint {bad}")
 
 
@@ -165,7 +163,7 @@ def test_every_checkpoint_damaged_is_refused_not_restarted(trained, tiny_data, t
     for path in files.step_checkpoints(out / "r"):
         path.write_bytes(b"")
     before = tree(out / "r")
-    assert train.main(run_args(tiny_data, out, "run_name=r", "max_steps=20")) == 2
+    assert run_main(train.main, run_args(tiny_data, out, "run_name=r", "max_steps=20")) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no checkpoint in")
     assert tree(out / "r") == before
 
@@ -267,7 +265,7 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tiny_data, tmp_path, c
     argv = run_args(tiny_data, out, "run_name=bad")
     argv = [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value!r}" if isinstance(value, str) else
                                                                   f"{key}={value}"]
-    assert train.main(argv) == 2
+    assert run_main(train.main, argv) == 2
     line = one_error_line(capsys)
     assert key in line and word in line, line
     assert not out.exists()  # checked before anything was built
@@ -275,22 +273,22 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tiny_data, tmp_path, c
 
 @pytest.mark.parametrize("value", ["1e999", "-1e999"])
 def test_an_infinite_number_is_refused(tiny_data, tmp_path, capsys, value):
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", f"lr={value}")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=bad", f"lr={value}")) == 2
     assert "lr must be a finite number" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--tokens", "0"], "--tokens must be at least 1"),
     (["--tokens", "many"], "argument --tokens: invalid int value: 'many'"),
-    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
     (["--temperature", "-1"], "--temperature must be a finite number of at least 0"),
     (["--temperature", "inf"], "--temperature must be a finite number of at least 0"),
-    (["--top_k", "-1"], "--top_k must be at least 0"),
+    (["--top-k", "-1"], "--top-k must be at least 0"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
     (["--tokenizer", "gpt5"], "unknown tokenizer 'gpt5'"),
     (["--tokenizer", "cl100k_base"], "the cl100k_base tokenizer has 100277 tokens but the model only 257"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_every_bad_sample_argument_is_one_line(trained, capsys, argv, message):
-    assert sample.main([str(trained / "r"), *argv]) == 2
+    assert run_main(sample.main, [str(trained / "r"), *argv]) == 2
     assert message in one_error_line(capsys)

@@ -14,6 +14,7 @@ import export
 import files
 import model as model_lib
 import train
+from config import run_main
 from conftest import ROOT, last_step, read_log, run_args, run_torchrun, wait_for
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -199,7 +200,7 @@ def test_sigterm_saves_and_resumes_under_fsdp_and_pp(tiny_data, tmp_path, mode):
     (["parallel=pp", "pp_schedule=zb"], "pp_schedule='zb' is not one of 1f1b, gpipe"),
 ])
 def test_combinations_refused_with_one_line(tiny_data, tmp_path, capsys, extra, message):
-    assert train.main(run_args(tiny_data, tmp_path, *extra)) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
 
