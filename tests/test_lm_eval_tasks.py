@@ -20,11 +20,11 @@ pytestmark = pytest.mark.integration  # scripts in their own processes
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
-    data = prepare.prepare("shakespeare", tokenizer="bytes", workers=2, out_dir=str(root / "data"))
-    done = subprocess.run([sys.executable, "lm_eval_tasks/shakespeare.py", "--data", str(data), "--max-tokens", "96",
-                           "--out", str(root / "tasks")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    prepared = prepare.prepare("shakespeare", tokenizer="bytes", workers=2, out_dir=str(root / "data"))
+    done = subprocess.run([sys.executable, "lm_eval_tasks/shakespeare.py", "--data", str(prepared), "--max-tokens",
+                           "96", "--out", str(root / "tasks")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    meta = data.read_meta(data)
+    meta = data.read_meta(prepared)
     is_val = prepare.plan_split("shakespeare", "text", meta["val_fraction"])[0]
     split = {False: [], True: []}
     for key, text in sources.documents("shakespeare"):
