@@ -221,7 +221,8 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         if stale:
             print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
         run.say("config: " + json.dumps(run.resolved))
-        run.say(" | ".join(" ".join(row.split()) for row in model_lib.format_summary(model_config, cfg.seq_len).splitlines()))
+        summary = model_lib.format_summary(model_config, cfg.seq_len)  # both FLOP counts, labelled
+        run.say(" | ".join(" ".join(row.split()) for row in summary.splitlines()))  # one line, single spaces
         layout_words = (f" ({layout.mode}" + (f": {layout.n_stages} stages x {layout.dp_size} replicas, "
                                               f"{cfg.pp_schedule}" if layout.pipelined else "") + ")") if world_size > 1 else ""
         run.say(f"{world_size} process(es){layout_words} on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
