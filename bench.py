@@ -29,13 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import data
 import export
-import flops
 import model as model_lib
 import optim
+import parallel
 import prepare
+import runs
 import sources
-from config import ArgumentParser, UserError
+from config import ArgumentParser, UserError, run_main
 
 # -----------------------------------------------------------------------------------------------
 # optim: step time and state memory of each optimizer of optim.py beside its torch counterpart
@@ -146,8 +148,8 @@ def bench_documents(megabytes, doc_chars=4000):
 
 
 def tokenize_in_process(tokenizer, batch):
-    enc = prepare.load_tokenizer(tokenizer)  # built once per worker process (load_tokenizer is cached)
-    return prepare.tokenize_batch(enc, batch, prepare.token_dtype(enc.n_vocab))
+    enc = data.load_tokenizer(tokenizer)  # built once per worker process (load_tokenizer is cached)
+    return prepare.tokenize_batch(enc, batch, data.token_dtype(enc.n_vocab))
 
 
 def tokenize_with_processes(docs, tokenizer, workers):
@@ -171,7 +173,7 @@ def bench_prepare(args):
 
 
 def run_prepare_bench(args, work):
-    enc = prepare.load_tokenizer(args.tokenizer)
+    enc = data.load_tokenizer(args.tokenizer)
     docs = bench_documents(args.mb)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     # the same documents as a local .jsonl file and as a Hub mirror of parquet files (about 8 MB each)
@@ -194,7 +196,7 @@ def run_prepare_bench(args, work):
         with tempfile.TemporaryDirectory(dir=work) as out:
             prepare.write_tokens(prepare.batches(((str(i), d) for i, d in enumerate(docs)), lambda key: False),
                                  {"train": Path(out) / "train.bin", "val": Path(out) / "val.bin"}, enc,
-                                 prepare.token_dtype(enc.n_vocab), args.workers, lambda *counts: None)
+                                 data.token_dtype(enc.n_vocab), args.workers, lambda *counts: None)
 
     def local_file():  # prepare(corpus.jsonl): reading, a pass to plan the split, tokenizing, writing, meta.json
         with tempfile.TemporaryDirectory(dir=work) as out:
@@ -235,12 +237,12 @@ def run_prepare_bench(args, work):
 
 
 def bench_loader(args):
-    import dataclasses
     import shutil
-
-    import data
     torch.manual_seed(0)
-    first = data.TrainingData(args.data_dir, args.data, args.seq_len)  # also checks the data before any timing
+    try:
+        first = data.TrainingData(args.data_dir, args.data, args.seq_len)  # also checks the data before any timing
+    except ValueError as e:  # a missing, unprepared or too short data directory
+        raise UserError(str(e)) from None
     config = dataclasses.replace(model_lib.PRESETS[args.model], vocab_size=first.vocab_size)
     model = model_lib.Transformer(config)
     optimizer = optim.AdamW(model.parameters(), lr=1e-4)
@@ -453,8 +455,8 @@ def bench_shape(shape, args, device):
                   for name, (model, _) in pair.items()}
     for suffix in ("", ", compiled")[:1 + args.compile]:  # compiled: the same model, weights and optimizer
         for name, (model, loss_fn) in pair.items():
-            steps[name + suffix] = step_function(torch.compile(model) if suffix else model, loss_fn,
-                                                 optimizers[name], device, batch)
+            whole = parallel.compile_model(model, parallel.Layout("ddp")) if suffix else model
+            steps[name + suffix] = step_function(whole, loss_fn, optimizers[name], device, batch)
     warmup = WARMUP_STEPS + args.compile
     print(f"\n{shape}: {sum(p.numel() for p in pair['ours'][0].parameters()) / 1e6:.1f}M parameters, {rows} x "
           f"{seq_len} tokens a step, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {warmup} warm-up + "
@@ -463,7 +465,7 @@ def bench_shape(shape, args, device):
     print(f"  first step's loss: ours {runs['ours'][0][0]:.6f}, transformers {runs['transformers'][0][0]:.6f}"
           + "".join(f"; {name}: first step (compiling) {runs[name][0][1]:.0f} s" for name in steps if "," in name))
     return [(shape, rows, seq_len, name, statistics.median(s for _, s in runs[name][warmup:]),
-             flops.flops_per_token(config, seq_len), peak_memory(step, device)[1]) for name, step in steps.items()]
+             model_lib.flops_per_token(config, seq_len), peak_memory(step, device)[1]) for name, step in steps.items()]
 
 
 def print_train_table(rows, peak, source):
@@ -478,7 +480,7 @@ def print_train_table(rows, peak, source):
             ours, theirs = figures[shape, name.replace("transformers", "ours")], figures[shape, name]
             print(f"| | | **ours / transformers** | {ours[0] / theirs[0]:.2f} | **{theirs[0] / ours[0]:.2f}** | | | "
                   + (f"{ours[1] / theirs[1]:.2f} |" if ours[1] and theirs[1] else "- |"))
-    print(f"FLOP/s = flops.flops_per_token x tokens/s, the same model FLOPs for both; of peak = of {rate(peak or 0)}"
+    print(f"FLOP/s = model.flops_per_token (with attention) x tokens/s, the same model FLOPs for both; of peak = of {rate(peak or 0)}"
           f"FLOP/s ({source}); step peak memory = above the weights and AdamW state, which both hold alike. Target: "
           "ours / transformers >= 1.0 in tokens/s at every shape, compile off")
 
@@ -488,7 +490,6 @@ def loop_and_raw_step(args, device):
     other. The raw step is train.py's train_step without the loop, for the config train.py resolved: the model and
     optimizer built alike, a batch of its data read beforehand; forward, backward, clip, our AdamW. What train.py
     adds is the data loading, the loss's syncs, logging and run control."""
-    import data
     data_dir = Path(args.data_dir).resolve()
     if not (data_dir / "shakespeare" / "meta.json").exists():
         print(f"preparing {data_dir / 'shakespeare'} (bytes) for the loop", flush=True)
@@ -536,7 +537,7 @@ def bench_train(args):
         raise UserError("bench.py train compares against transformers: pip install -r requirements-test.txt")
     device = pick_device(args.device)
     default = ("quickstart",) if args.compile else tuple(s for s in TRAIN_SHAPES if s not in CPU_SKIPPED)
-    peak, source = (args.peak_flops, "--peak-flops") if args.peak_flops else flops.peak_flops(device)
+    peak, source = (args.peak_flops, "--peak-flops") if args.peak_flops else runs.peak_flops(device)
     print(f"training step on {device.type}, ours vs transformers {transformers_version} LlamaForCausalLM (sdpa): the "
           "same weights, batch and torch.optim.AdamW; ours with its chunked loss, theirs with its own loss", flush=True)
     for shape, reason in CPU_SKIPPED.items() if device.type == "cpu" and not args.shapes else ():
@@ -549,7 +550,7 @@ def bench_train(args):
             print(f"{shape}: does not fit in this device's memory")
             torch.cuda.empty_cache()
     if not args.peak_flops and device.type == "cpu":  # the best of before and after: the machine drifts
-        peak = max(peak, flops.measured_cpu_peak())
+        peak = max(peak, runs.measured_cpu_peak())
     print_train_table(rows, peak, source)
     if not args.no_loop:
         loop_and_raw_step(args, device)
@@ -590,7 +591,7 @@ def main(argv):
     prepare_parser.add_argument("--mb", type=float, default=32, help="megabytes of text (default: 32)")
     prepare_parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                                 help="tokenizer threads, ours and tiktoken's (default: all cores)")
-    prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=prepare.TOKENIZERS,
+    prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=data.TOKENIZERS,
                                 help="tokenizer (default: cl100k_32k, the reference's vocabulary size)")
     prepare_parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each, best kept (default: 3)")
     loader_parser = commands.add_parser("loader", help="data.py batch time beside a training step's")
@@ -625,18 +626,11 @@ def main(argv):
         sub.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if there is one")
         sub.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                          help="torch's CPU threads, ours and the reference's (default: all cores)")
-    try:
-        args = parser.parse_args(argv)  # a bad option: a UserError, one line
-        with other_work_reported(args.threads) if "threads" in args else contextlib.nullcontext():
-            args.run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    args = parser.parse_args(argv)  # a bad option: a UserError, one line
+    with other_work_reported(args.threads) if "threads" in args else contextlib.nullcontext():
+        args.run(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

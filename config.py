@@ -1,4 +1,5 @@
-"""The config mechanism: override files, key=value, type and range checks, did-you-mean, --help and --list.
+"""The config mechanism and the command line: override files, key=value, type and range checks, did-you-mean,
+--help and --list, and the one runner that every script's command goes through.
 
 The defaults themselves are declared elsewhere (train.py's TrainConfig, model.py's ModelConfig), one per line
 with a comment; this file only reads them. It imports nothing of the project, so every script can use it
@@ -7,6 +8,7 @@ with a comment; this file only reads them. It imports nothing of the project, so
     overrides = read_overrides(["configs/x.py", "lr=3e-4"])   # {name: value}, files first, key=value last
     value = check_type("lr", 3e-4, float)                      # or UserError naming the key
     check_valid(values, {"lr": positive})                      # or UserError naming the key and its range
+    sys.exit(run_main(main, sys.argv[1:]))                     # a script's last line: errors as one line
 """
 import argparse
 import ast
@@ -17,6 +19,7 @@ import math
 import os
 import re
 import runpy
+import sys
 import tokenize
 import types
 import typing
@@ -28,12 +31,56 @@ class UserError(Exception):
     line, exit status 2."""
 
 
+# ----------------------------------------------------------------------------- the command line
+
+def run_main(main, argv, exit_at_once=False):
+    """Run a script's main(argv) as a command; returns the exit status: main's own (None: 0); 2 after one line
+    "error: ..." on stderr for a UserError or an OSError (the machine's: a full disk, a vanished directory); 130
+    after one line for Ctrl-C, wherever it comes. exit_at_once: leave with os._exit(status) once stdout and stderr
+    are flushed, skipping the interpreter's teardown: True always (train.py under torchrun says why), or
+    "interrupted" after Ctrl-C only (prepare.py: a Hub download still in flight would hold the process)."""
+    try:
+        status = main(argv) or 0
+    except (UserError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt as e:  # a message, where there is one, says what the interruption left
+        print("interrupted" + (f": {one_line(e)}" if str(e) else ""), file=sys.stderr)
+        status = 130
+    if exit_at_once is True or (exit_at_once == "interrupted" and status == 130):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def one_line(error):
+    """What went wrong, in one line: an OSError of the machine as "path: reason", anything else its first line."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the scripts' own options: a bad option is a UserError (one line, exit status 2 where the script
-    reports it), not argparse's usage block."""
+    """argparse for the scripts' own options: a bad option is a UserError (one line, exit status 2 through
+    run_main), not argparse's usage block. Options are spelled with hyphens (--top-k); an old spelling with
+    underscores (--top_k) is still read, with a one-line notice."""
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):  # parse_args and every sub-command's parser come here
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self.respelled(arg) for arg in args], namespace)
+
+    def respelled(self, arg):
+        """--top_k (or --top_k=5) as --top-k where that is one of this parser's options, with a notice."""
+        flag, equals, value = arg.partition("=")
+        new = "--" + flag[2:].replace("_", "-")
+        if not flag.startswith("--") or "_" not in flag or new not in self._option_string_actions:
+            return arg
+        print(f"note: {flag} is spelled {new} now", file=sys.stderr)
+        return new + equals + value
 
 
 # ----------------------------------------------------------------------------- reading overrides
@@ -49,9 +96,10 @@ def parse_value(text):
 
 
 def read_overrides(argv):
-    """{name: value} from config files (plain Python, run in order) and then key=value pairs."""
+    """{name: value} from config files (plain Python, run in order) and then key=value pairs, wherever each stands
+    on the command line: key=value always wins over a file."""
     overrides = {}
-    for arg in argv:
+    for arg in [a for a in argv if "=" not in a] + [a for a in argv if "=" in a]:
         if "=" in arg:
             key, text = arg.split("=", 1)
             overrides[key] = parse_value(text)
@@ -200,15 +248,16 @@ def field_comments(cls):
     return comments
 
 
-def describe(cls, skip=()):
-    """--help text of a dataclass: every field with its default and comment."""
+def describe(cls, skip=(), values=None):
+    """--help text of a dataclass: every field with its default (or its value in `values`, an instance) and
+    comment."""
     comments = field_comments(cls)
     lines = []
     for field in cls.__dataclass_fields__.values():
         if field.name in skip:
             continue
         comment = comments.get(field.name, "")
-        value = field.default
+        value = field.default if values is None else getattr(values, field.name)
         lines.append(f"  {field.name} = {value!r}" + (f"  # {comment}" if comment else ""))
     return "\n".join(lines)
 

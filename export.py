@@ -29,9 +29,9 @@ import torch
 from safetensors.torch import load_file, save
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+import data
 import files
-import prepare
-from config import ArgumentParser, UserError
+from config import ArgumentParser, UserError, one_line, run_main
 from model import BACKEND_FIELDS, ModelConfig, Transformer, checkpoint_config
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
@@ -41,7 +41,7 @@ LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_d
                 "norm_eps", "tie_embeddings",
                 *BACKEND_FIELDS)  # how the maths is computed, not what it is
 
-# End-of-text id of each of our tokenizers (prepare.py); the exported config uses it as BOS and EOS.
+# End-of-text id of each of our tokenizers (data.TOKENIZERS); the exported config uses it as BOS and EOS.
 # A table rather than loading the tokenizer: gpt2's needs a download.
 EOT_IDS = {"cl100k_32k": 31999, "cl100k_base": 100257, "bytes": 256, "gpt2": 50256}
 VOCAB_SIZES = {"cl100k_32k": 32000, "cl100k_base": 100277, "bytes": 257, "gpt2": 50257}  # enc.n_vocab of each
@@ -64,7 +64,7 @@ def hf_incompatibility(model_config):
 
 
 # -----------------------------------------------------------------------------------------------
-# Tokenizer files: each of our tiktoken tokenizers (prepare.load_tokenizer) rebuilt with the
+# Tokenizer files: each of our tiktoken tokenizers (data.load_tokenizer) rebuilt with the
 # `tokenizers` library as the byte-level BPE that tokenizer.json describes. Both are the same
 # algorithm: cut the text with one regex, then merge each piece's bytes pairwise, lowest rank first.
 
@@ -115,17 +115,17 @@ def hf_tokenizer(enc):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # bytes -> characters, no more cutting
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([tokenizers.AddedToken(token, special=True) for token in enc._special_tokens])
-    eot = (prepare.EOT, enc.eot_token)
+    eot = (data.EOT, enc.eot_token)
     tokenizer.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{prepare.EOT} $A", pair=f"{prepare.EOT} $A {prepare.EOT} $B",
+        processors.TemplateProcessing(single=f"{data.EOT} $A", pair=f"{data.EOT} $A {data.EOT} $B",
                                       special_tokens=[eot])])
     return tokenizer
 
 
 def tokenizer_config(max_length):
     """tokenizer_config.json: which transformers class reads tokenizer.json, and the special tokens' roles."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": prepare.EOT, "eos_token": prepare.EOT,
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
             "model_max_length": max_length,
             "clean_up_tokenization_spaces": False}  # decode must give back the text's bytes, spaces included
 
@@ -145,11 +145,11 @@ def tokenizer_of_folder(hf_dir):
         size = max([*vocab.values(), *added.values()]) + 1
     except (KeyError, TypeError, AttributeError, ValueError):
         return None  # not a BPE tokenizer.json
-    for name in prepare.TOKENIZERS:
+    for name in data.TOKENIZERS:
         if VOCAB_SIZES[name] != size:
             continue
         try:
-            enc = prepare.load_tokenizer(name)
+            enc = data.load_tokenizer(name)
         except OSError:  # gpt2's one-time download failed: it cannot be compared, so it is not recognised
             continue
         ours = json.loads(hf_tokenizer(enc).to_str())
@@ -216,7 +216,7 @@ def export_hf(checkpoint, output_dir, force=False, source="the checkpoint"):
         weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
 
     try:
-        enc = prepare.load_tokenizer(tokenizer) if tokenizer else None
+        enc = data.load_tokenizer(tokenizer) if tokenizer else None
         warning = None if enc else "the checkpoint records no tokenizer, so the folder has no tokenizer files"
     except (ValueError, OSError) as e:  # gpt2's one-time download failed; an unknown name
         enc, warning = None, f"no tokenizer files written: {e}"
@@ -369,8 +369,8 @@ def main(argv):
     parser.add_argument("--import", dest="hf_dir", help="a Hugging Face Llama folder to import")
     parser.add_argument("--output", help="output folder (default for export: RUN/hf; required for --import)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    args = parser.parse_args(argv)
     try:
-        args = parser.parse_args(argv)
         if args.hf_dir:
             if args.source:
                 raise ValueError("give either a run to export or --import HF_DIR, not both")
@@ -391,12 +391,10 @@ def main(argv):
             print(f"wrote {output}")
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-    except (UserError, ValueError, KeyError, OSError) as e:  # a KeyError: config.json or a checkpoint lacks a field
-        message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        print(f"error: {message.splitlines()[0]}", file=sys.stderr)
-        raise SystemExit(2)
+    except (ValueError, KeyError) as e:  # a KeyError: config.json or a checkpoint lacks a field
+        raise UserError(f"missing field {e}" if isinstance(e, KeyError) else one_line(e)) from None
 
 
 if __name__ == "__main__":
     files.ignore_file_size_signal()
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -6,10 +6,11 @@ Top to bottom:
   RoPE and ALiBi are in attention.py), the gated MLP, Block (pre-norm, or DeepNet's post-norm).
 - ChunkedCrossEntropy: the training loss without the (tokens, vocab) logits.
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
-- parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
+- matmul_weights, flops_per_token, parameter_summary, format_summary: parameter counts, Chinchilla tokens, and
+  the one FLOP count (6N, and with attention at a sequence length).
 - model_from_checkpoint, load_model, trained_context: a trained model back from a checkpoint or a run directory.
 - generate_text, sample_texts: text from a model, within its trained context unless asked (sample.py, the trainer).
-- `python model.py PRESET [key=value ...]` prints the summary of a preset.
+- `python model.py PRESET [key=value ...] [seq_len=N]` prints the summary of a preset.
 
 Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix (embed_tokens,
 layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, norm, lm_head, ...), and the maths follows its
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 import files
 from attention import (alibi_slopes, apply_rope, document_mask, document_positions, eager_attention, flex_attend,
                        flex_block_mask, key_minus_query, rope_tables)
-from config import UserError, check_type, describe, read_overrides, unknown_key
+from config import UserError, check_type, describe, read_overrides, run_main, unknown_key
 
 # -----------------------------------------------------------------------------------------------
 # Configuration
@@ -507,11 +508,36 @@ class Transformer(nn.Module):
 
 
 # -----------------------------------------------------------------------------------------------
-# Parameter summary
+# Parameter and FLOP counts
+#
+# The FLOP count is the model's, not the kernels': 6 FLOPs per matmul weight per token (2 forward, 4 backward;
+# Kaplan et al., 2020), "6N", plus attention's two matmuls over the sequence (PaLM's count, Chowdhery et al., 2022,
+# appendix B), with no discount for the causal or document mask, as nanoGPT and torchtitan count it. A
+# recomputation, padding or a masked-out score costs real time and no model FLOPs, so it shows as lower MFU
+# (model FLOPs utilisation: runs.py sets the device's peak beside it).
 
 
-def parameter_summary(config):
-    """Parameter counts of a model of this config, with Chinchilla tokens and training FLOPs per token."""
+def matmul_weights(config):
+    """Weights that take part in a matmul (or a convolution) for every token: every projection, the MLP, Canon's
+    convolutions and the output projection; not the embedding lookup, the norms or ALiBi's slopes."""
+    with torch.device("meta"):  # shapes only
+        model = Transformer(config)
+    count = sum(p.numel() for name, p in model.named_parameters() if p.ndim >= 2 and name != "embed_tokens.weight")
+    if config.tie_embeddings:  # the shared matrix is listed once, as the embedding, but is the output projection too
+        count += model.lm_head.weight.numel()
+    return count
+
+
+def flops_per_token(config, seq_len=None):
+    """Training FLOPs (forward and backward) per token: 6N alone, or with attention at this sequence length."""
+    # QK^T and AV: 2 x 2 x 3 FLOPs per query-key pair per head channel, in every layer
+    attention = 0 if seq_len is None else 12 * config.n_layers * config.n_heads * config.head_dim * seq_len
+    return 6 * matmul_weights(config) + attention
+
+
+def parameter_summary(config, seq_len=None):
+    """Parameter counts of a model of this config, with Chinchilla tokens and training FLOPs per token: 6N, and
+    with attention where a sequence length is given (else None)."""
     with torch.device("meta"):  # shapes only: no memory, no time spent initialising
         model = Transformer(config)
     total = sum(p.numel() for p in model.parameters())  # a tied matrix is listed once
@@ -523,7 +549,8 @@ def parameter_summary(config):
     return {"total": total, "trainable": trainable, "embedding": embedding, "non_embedding": non_embedding,
             "tied": config.tie_embeddings,
             "chinchilla_tokens": 20 * non_embedding,  # compute-optimal tokens: 20 per parameter
-            "flops_per_token": 6 * non_embedding}  # forward + backward: 6 FLOPs per parameter per token
+            "flops_6n": flops_per_token(config),
+            "flops_with_attention": None if seq_len is None else flops_per_token(config, seq_len)}
 
 
 def human(n):
@@ -535,13 +562,16 @@ def human(n):
     return f"{n:.3g}"
 
 
-def format_summary(config):
-    summary = parameter_summary(config)
+def format_summary(config, seq_len=None):
+    summary = parameter_summary(config, seq_len)
     rows = [(label, human(summary[key])) for label, key in (("Total", "total"), ("Trainable", "trainable"),
             ("Embedding", "embedding"), ("Non-embedding", "non_embedding"))]
     rows += [("Tied embeddings", str(summary["tied"])), ("Chinchilla tokens", human(summary["chinchilla_tokens"])),
-             ("FLOPs/token", f"{summary['flops_per_token']:.2e}")]
-    return "\n".join(f"{label + ':':<19}{value}" for label, value in rows)
+             ("FLOPs/token (6N)", f"{summary['flops_6n']:.2e}")]
+    if seq_len is not None:
+        rows.append((f"FLOPs/token (with attention, seq_len {seq_len})", f"{summary['flops_with_attention']:.2e}"))
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label + ':':<{width}}{value}" for label, value in rows)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -616,41 +646,41 @@ def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, he
 
 
 # -----------------------------------------------------------------------------------------------
-# Command line: python model.py PRESET [key=value ...]
+# Command line: python model.py PRESET [key=value ...] [seq_len=N]
 
 
 def main(argv):
-    usage = f"usage: python model.py PRESET [key=value ...]  (presets: {', '.join(PRESETS)})"
+    usage = f"usage: python model.py PRESET [key=value ...] [seq_len=N]  (presets: {', '.join(PRESETS)})"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         print(describe(ModelConfig))
+        print("  seq_len: a sequence length, to show the FLOPs of attention too")
         return 0
-    keys = typing.get_type_hints(ModelConfig)
+    keys = typing.get_type_hints(ModelConfig) | {"seq_len": int | None}
+    if not argv:
+        raise UserError(f"no preset given; {usage}")
+    name, *args = argv
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    overrides = {}
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"expected key=value, got {arg!r}")
+    for key, value in read_overrides(args).items():
+        if key not in keys:
+            raise unknown_key(key, keys)
+        overrides[key] = check_type(key, value, keys[key])
+    seq_len = overrides.pop("seq_len", None)
+    if seq_len is not None and seq_len < 1:
+        raise UserError(f"seq_len must be at least 1, got {seq_len}")
     try:
-        if not argv:
-            raise UserError(f"no preset given; {usage}")
-        name, *args = argv
-        if name not in PRESETS:
-            close = difflib.get_close_matches(name, PRESETS, n=1)
-            raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        overrides = {}
-        for arg in args:
-            if "=" not in arg:
-                raise UserError(f"expected key=value, got {arg!r}")
-        for key, value in read_overrides(args).items():
-            if key not in keys:
-                raise unknown_key(key, keys)
-            overrides[key] = check_type(key, value, keys[key])
-        try:
-            model_config = replace(PRESETS[name], **overrides)
-        except ValueError as e:  # an invalid shape, such as dim % n_heads != 0
-            raise UserError(str(e))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(model_config))
+        model_config = replace(PRESETS[name], **overrides)
+    except ValueError as e:  # an invalid shape, such as dim % n_heads != 0
+        raise UserError(str(e))
+    print(format_summary(model_config, seq_len))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

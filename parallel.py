@@ -20,8 +20,9 @@ in-process), so that an error is the failed rank's one line and Ctrl-C or SIGTER
 `torchrun ... train.py` works as well.
 
 Top to bottom: Layout and plan (who does what), check (the combinations refused, and why), shard (a rank's
-part of the model), the pipeline (StageModel, Pipeline, its step and eval), gradient_norm, the whole state
-(gather for checkpoints, load into any layout), from_rank0, memory_line, the launcher.
+part of the model) and compile_model (torch.compile, for every layout), the pipeline (StageModel, Pipeline, its step
+and eval), gradient_norm, the whole state (gather for checkpoints, load into any layout), from_rank0, memory_line, the
+launcher.
 """
 import logging
 import os
@@ -42,6 +43,7 @@ from config import UserError
 
 PARALLEL = ("ddp", "fsdp", "pp")
 PP_SCHEDULES = ("1f1b", "gpipe")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 WHOLE_MATRIX_OPTIMIZERS = ("adafactor", "muon")  # their update needs each weight matrix whole
 
 
@@ -108,14 +110,13 @@ def plan(cfg, rank, world_size, device):
 
 
 def shard(model, layout, cfg, dtype):
-    """This rank's part of a whole model (built from the seed, the same on every rank): the model itself (ddp),
-    sharded in place (fsdp) or its stage (pp). Blocks are compiled one by one here under fsdp and pp (train.py
-    compiles the whole model under ddp), before sharding, as torchtitan does. dtype: the run's, "auto" resolved."""
+    """(this rank's part of a whole model, what the loop calls). The part: the model itself (ddp), sharded in place
+    (fsdp) or its stage (pp), of a whole model built from the seed, the same on every rank. What the loop calls:
+    that part compiled as compile_model does it, before sharding (as torchtitan does), or the part itself. dtype:
+    the run's, "auto" resolved."""
     if layout.pipelined:
         model = StageModel(model, layout.stage, layout.n_stages)
-    if cfg.compile and layout.mode != "ddp":
-        for block in model.layers.values() if layout.pipelined else model.layers:
-            block.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    compiled = compile_model(model, layout, cfg.compile_mode) if cfg.compile else model
     if layout.sharded:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         on_cuda = next(model.parameters()).device.type == "cuda"
@@ -124,6 +125,19 @@ def shard(model, layout, cfg, dtype):
         for block in model.layers:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
+    return model, compiled
+
+
+def compile_model(model, layout, mode="default"):
+    """torch.compile under one of COMPILE_MODES, for every layout (the one place the project compiles a model):
+    under ddp the whole model, as one graph with its loss (returned wrapped; the model's own parameter names are
+    unchanged); under fsdp and pp each block in place, so FSDP's gathers and a pipeline's stage edges fall between
+    compiled graphs."""
+    mode = None if mode == "default" else mode
+    if layout.mode == "ddp":
+        return torch.compile(model, mode=mode)
+    for block in model.layers.values() if layout.pipelined else model.layers:
+        block.compile(mode=mode)
     return model
 
 

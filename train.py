@@ -40,7 +40,6 @@ import files
 import model as model_lib
 import optim
 import parallel
-import prepare
 import sched
 from config import UserError, at_least, between, one_of, positive
 from runs import build_model_config, make_schedule, save, setup_distributed, start_run, write_samples
@@ -105,7 +104,7 @@ class TrainConfig:
     compile_mode: str = "default"       # torch.compile's mode: "default" | "reduce-overhead" | "max-autotune" (the
                                         # reference's; slow to compile) | "max-autotune-no-cudagraphs"
     peak_flops: float | None = None     # one device's peak FLOP/s, for mfu; None: the card's bf16 peak from
-                                        # flops.GPU_PEAK_FLOPS, or on the CPU its fp32 matmul rate, measured at start
+                                        # runs.GPU_PEAK_FLOPS, or on the CPU its fp32 matmul rate, measured at start
     # several processes (torchrun; parallel.py says what each mode does and what it refuses)
     parallel: str = "ddp"               # "ddp" (each process holds everything) | "fsdp" (FSDP2: each holds 1/N) |
                                         # "pp" (the blocks cut into pipeline stages)
@@ -138,14 +137,13 @@ def data_names(names):
 # The valid values of every key, checked before anything is built (config.check_valid); None, where a key allows
 # it, is always valid, and a bool needs no range. Lists of choices are declared beside the code that implements them.
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 VALID = {
     # run
     "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0),
     # data
     "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
     "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS),
-    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*prepare.TOKENIZERS),
+    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*data.TOKENIZERS),
     "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
     "max_steps": at_least(1),
     # model
@@ -159,9 +157,9 @@ VALID = {
     "beta1": between(0, 1, high_included=False), "beta2": between(0, 1, high_included=False), "eps": positive,
     "grad_clip": at_least(0), "divergence_factor": at_least(0),
     # precision and speed
-    "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES), "compile_mode": one_of(*COMPILE_MODES),
-    "peak_flops": positive, "parallel": one_of(*parallel.PARALLEL), "pp_stages": at_least(1),
-    "pp_schedule": one_of(*parallel.PP_SCHEDULES),
+    "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
+    "compile_mode": one_of(*parallel.COMPILE_MODES), "peak_flops": positive, "parallel": one_of(*parallel.PARALLEL),
+    "pp_stages": at_least(1), "pp_schedule": one_of(*parallel.PP_SCHEDULES),
     # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
@@ -439,7 +437,7 @@ def training_loop(run):
             steps_timed += run.step - last_step
             eta = (now - start_time) / steps_timed * (run_steps - run.step)
             last_time, last_step = now, run.step
-            # model FLOPs per second over what the devices could do (flops.py)
+            # model FLOPs per second (model.flops_per_token) over what the devices could do (runs.peak_flops)
             mfu = run.flops_per_token * tok_per_s / (run.peak_flops * run.world_size) if run.peak_flops else None
             run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f}"
                     f" | {tok_per_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
@@ -490,20 +488,22 @@ def main(argv):
         print(__doc__)
         print("Keys (key = default  # what it is):")
         print(config.describe(TrainConfig))
-        print("Model keys (None: as the preset says):")
-        print(config.describe(model_lib.ModelConfig, skip=model_lib.BACKEND_FIELDS))
+        print(f"Model keys (key = value of the default preset, {TrainConfig.model!r}  # what it is; another preset "
+              f"sets its own):")
+        print(config.describe(model_lib.ModelConfig, skip=model_lib.BACKEND_FIELDS,
+                              values=model_lib.PRESETS[TrainConfig.model]))
         return 0
     if argv[:1] == ["--list"]:
         for path, doc in config.config_docstrings(Path(__file__).resolve().parent / "configs"):
             print(f"configs/{path.name:<22} {doc}")
         return 0
+    if argv[:1] == ["control"]:
+        if len(argv) != 3:
+            raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(control.COMMANDS)}}}")
+        control.send(argv[1], argv[2])
+        return 0
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if argv[:1] == ["control"]:
-            if len(argv) != 3:
-                raise UserError(f"usage: python train.py control out/RUN {{{'|'.join(control.COMMANDS)}}}")
-            control.send(argv[1], argv[2])
-            return 0
         launch_options, argv = parallel.split_launch_options(argv)
         cfg, model_overrides = load_config(argv)  # checked once here, before any process is started
         if launch_options:
@@ -512,15 +512,6 @@ def main(argv):
                                 "or to train.py, not to both")
             return parallel.launch(launch_options, Path(__file__).resolve(), argv)
         return train(cfg, model_overrides)
-    except (UserError, data.DamagedDataError) as e:  # a damaged .bin is found only when its block is read
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine, not the code: a full disk, a read-only or vanished directory
-        print(f"error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:  # train() catches SIGTERM/SIGINT while it runs; a caller (a test, a notebook) gets its own back
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -528,12 +519,7 @@ def main(argv):
 
 if __name__ == "__main__":
     files.ignore_file_size_signal()
-    status = main(sys.argv[1:])
-    if "RANK" in os.environ:
-        # Under torchrun, leave without the interpreter's teardown: everything is written, fsynced and closed by
-        # now, and since torch.distributed.tensor is imported (for FSDP) a finished process is now and then
-        # aborted there ("terminate called without an active exception", 1 run in ~10 on this machine).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    # Under torchrun, leave without the interpreter's teardown: everything is written, fsynced and closed by now, and
+    # since torch.distributed.tensor is imported (for FSDP) a finished process is now and then aborted there
+    # ("terminate called without an active exception", 1 run in ~10 on this machine).
+    sys.exit(config.run_main(main, sys.argv[1:], exit_at_once="RANK" in os.environ))

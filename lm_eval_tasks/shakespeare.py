@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # prepare.py and files.py live one folder up
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data.py and files.py live one folder up
+import data  # noqa: E402
 import files  # noqa: E402
-import prepare  # noqa: E402
-import sources  # noqa: E402
-from config import ArgumentParser  # noqa: E402
+from config import ArgumentParser, UserError, run_main  # noqa: E402
 
 PASSAGES = 60  # enough for a stable bits/byte (~30k bytes), few enough to run in seconds on a CPU
 QUESTIONS = 100
@@ -37,9 +36,9 @@ MIN_WORDS = 5  # distinct words in a question's line: 5! = 120 orders, so three 
 
 def val_documents(data_dir):
     """The val split's documents as text, in order (each is followed by end-of-text in val.bin)."""
-    meta = prepare.read_meta(data_dir)
-    enc = prepare.load_tokenizer(meta["tokenizer"])
-    ids = np.concatenate([np.fromfile(path, dtype=meta["dtype"]) for path, _ in prepare.split_files(data_dir, meta, "val")])
+    meta = data.read_meta(data_dir)
+    enc = data.load_tokenizer(meta["tokenizer"])
+    ids = np.concatenate([np.fromfile(path, dtype=meta["dtype"]) for path, _ in data.split_files(data_dir, meta, "val")])
     ends = np.flatnonzero(ids == meta["eot_id"])
     return [enc.decode(doc[:-1].tolist()) for doc in np.split(ids, ends + 1)[:-1]], enc  # each without its end-of-text
 
@@ -81,21 +80,20 @@ def main(argv):
     parser.add_argument("--data", default="data/shakespeare", help="a prepared data directory (default data/shakespeare)")
     parser.add_argument("--max-tokens", type=int, default=128, help="the model's context: the run's seq_len (default 128)")
     parser.add_argument("--out", default="data/lm_eval", help="where the .jsonl files go (the task files read them here)")
+    args = parser.parse_args(argv)
+    if args.max_tokens < 16:
+        raise UserError(f"--max-tokens must be at least 16, got {args.max_tokens}")
     try:
-        args = parser.parse_args(argv)
-        if args.max_tokens < 16:
-            raise ValueError(f"--max-tokens must be at least 16, got {args.max_tokens}")
         documents, enc = val_documents(Path(args.data))
         tasks = {"passages.jsonl": passages(documents),
                  "word_order.jsonl": word_order_questions(documents, enc, args.max_tokens)}
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        for name, rows in tasks.items():
-            files.write_text_atomic(Path(args.out) / name, "".join(json.dumps(row) + "\n" for row in rows))
-            print(f"wrote {Path(args.out) / name} ({len(rows)} rows)")
-    except (ValueError, OSError) as e:
-        print(f"error: {sources.one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    except ValueError as e:  # not prepared data, or too little of it; an OSError goes to run_main as it is
+        raise UserError(str(e)) from None
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for name, rows in tasks.items():
+        files.write_text_atomic(Path(args.out) / name, "".join(json.dumps(row) + "\n" for row in rows))
+        print(f"wrote {Path(args.out) / name} ({len(rows)} rows)")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -15,6 +15,7 @@ import files
 import model as model_lib
 import parallel
 import train
+from config import run_main
 from conftest import ROOT, last_step, read_log, run_args, wait_for
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -89,7 +90,7 @@ def corrupt_loss_at(monkeypatch, step, factor):
 
 def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypatch, capsys):
     corrupt_loss_at(monkeypatch, 14, float("nan"))
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=n", "checkpoint_interval=10")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: loss diverged at step 14: the gradient norm is nan") and err.count("\n") == 1
     assert "stopped before the update" in err and f"ckpt_{10:08d}.pt" in err
@@ -102,7 +103,7 @@ def test_a_nan_loss_stops_the_run_naming_its_step(tiny_data, tmp_path, monkeypat
 
 def test_a_loss_spike_stops_the_run(tiny_data, tmp_path, monkeypatch, capsys):
     corrupt_loss_at(monkeypatch, 25, 10.0)
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=s")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=s")) == 2
     assert "error: loss diverged at step 25:" in capsys.readouterr().err
     corrupt_loss_at(monkeypatch, 25, 10.0)  # the same spike again, with the guard off: the run goes on
     assert train.main(run_args(tiny_data, tmp_path, "run_name=s2", "divergence_factor=0")) == 0
@@ -168,10 +169,10 @@ def test_control_commands_act_within_5_steps_under_torchrun(tiny_data, tmp_path)
 
 
 def test_control_command_errors(tmp_path, capsys):
-    assert train.main(["control", str(tmp_path), "stop"]) == 2
+    assert run_main(train.main, ["control", str(tmp_path), "stop"]) == 2
     assert "is not a run directory" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{}")
-    assert train.main(["control", str(tmp_path), "halt"]) == 2
+    assert run_main(train.main, ["control", str(tmp_path), "halt"]) == 2
     assert "unknown control command 'halt'" in capsys.readouterr().err
 
 
@@ -426,12 +427,12 @@ def test_an_error_under_the_launch_is_each_ranks_line_and_exit_2(tiny_data, tmp_
 
 def test_launch_option_errors_are_one_line(tmp_path, capsys):
     config = ["model=quickstart", f"out_dir={tmp_path}"]
-    assert train.main(["--nproc-per-node=2", "--max-restarts=3", *config]) == 2
+    assert run_main(train.main, ["--nproc-per-node=2", "--max-restarts=3", *config]) == 2
     assert "unknown option '--max-restarts=3'" in capsys.readouterr().err
-    assert train.main(["--nproc-per-node=two", *config]) == 2
+    assert run_main(train.main, ["--nproc-per-node=two", *config]) == 2
     assert capsys.readouterr().err == "error: launch failed: Unsupported nproc_per_node value: two\n"
-    assert train.main(["--nproc_per_node", "2", "--node-rank=first", *config]) == 2
+    assert run_main(train.main, ["--nproc_per_node", "2", "--node-rank=first", *config]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --node-rank/--node_rank: invalid int value: 'first'") and err.count("\n") == 1
-    assert train.main(["--nproc-per-node=2", *config, "lr=-1"]) == 2  # the config is checked before any launch
+    assert run_main(train.main, ["--nproc-per-node=2", *config, "lr=-1"]) == 2  # the config is checked before any launch
     assert capsys.readouterr().err.startswith("error: lr=-1")

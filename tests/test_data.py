@@ -42,7 +42,7 @@ def write_prepared(data_dir, name, train, val, tokenizer="cl100k_32k", val_bytes
     directory.mkdir(parents=True)
     train.astype(np.uint16).tofile(directory / "train.bin")
     val.astype(np.uint16).tofile(directory / "val.bin")
-    enc = prepare.load_tokenizer(tokenizer)
+    enc = data.load_tokenizer(tokenizer)
 
     def counts(tokens, bytes_per_token):
         text_bytes = len(tokens) - 1 if tokenizer == "bytes" else bytes_per_token * len(tokens)

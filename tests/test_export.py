@@ -17,10 +17,12 @@ import tiktoken
 import torch
 from torch.testing import assert_close
 
+import data
 import export
 import prepare
 import sample
 import sources
+from config import run_main
 from export import EOT_IDS, VOCAB_SIZES, export_hf, hf_incompatibility, import_hf, main
 from model import ModelConfig, Transformer, load_model
 
@@ -99,7 +101,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tie
 
 def test_eot_and_size_tables_match_the_tokenizers():
     for name in ("cl100k_32k", "cl100k_base", "bytes"):  # gpt2's would need a download
-        enc = prepare.load_tokenizer(name)
+        enc = data.load_tokenizer(name)
         assert (EOT_IDS[name], VOCAB_SIZES[name]) == (enc.eot_token, enc.n_vocab), name
 
 
@@ -114,18 +116,18 @@ def gpt2_encoding():
         return tiktoken.get_encoding("gpt2")
     except Exception:
         from tiktoken_ext.openai_public import r50k_pat_str
-        ranks = {piece: rank for piece, rank in prepare.load_tokenizer("cl100k_base")._mergeable_ranks.items()
+        ranks = {piece: rank for piece, rank in data.load_tokenizer("cl100k_base")._mergeable_ranks.items()
                  if rank < 50256}
         return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                 special_tokens={prepare.EOT: 50256})
+                                 special_tokens={data.EOT: 50256})
 
 
 @pytest.fixture
 def every_tokenizer_offline(monkeypatch):
     monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", gpt2_encoding())
-    prepare.load_tokenizer.cache_clear()
+    data.load_tokenizer.cache_clear()
     yield
-    prepare.load_tokenizer.cache_clear()
+    data.load_tokenizer.cache_clear()
 
 
 def exported_tokenizer(tmp_path, tokenizer):
@@ -137,10 +139,10 @@ def exported_tokenizer(tmp_path, tokenizer):
     return AutoTokenizer.from_pretrained(tmp_path / "run" / "hf")
 
 
-@pytest.mark.parametrize("tokenizer", prepare.TOKENIZERS)
+@pytest.mark.parametrize("tokenizer", data.TOKENIZERS)
 def test_the_exported_tokenizer_gives_the_ids_prepare_wrote(tmp_path, every_tokenizer_offline, tokenizer):
     out = prepare.prepare("shakespeare", tokenizer=tokenizer, workers=2, out_dir=str(tmp_path / "data"))
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     val = np.fromfile(out / "val.bin", dtype=meta["dtype"]).astype(np.int64)
     # val.bin is each val document's ids followed by end-of-text, in corpus order
     ends = np.flatnonzero(val == meta["eot_id"])
@@ -161,9 +163,9 @@ def test_awkward_text_encodes_as_tiktoken_does(tmp_path, every_tokenizer_offline
     """Text the corpus lacks: digit runs, contractions, CRLF, trailing spaces, emoji, invalid-looking bytes."""
     texts = ["12345 1234567 3.14159 2000.", "I'LL we've THEY'RE 'tis", "a\r\n\r\nb  \n  \t x   ", "  leading",
              "naïve café 日本語 🙂🙂 \u200b", "trailing space ", "!!!???...,,,;;;"]
-    for tokenizer in prepare.TOKENIZERS:
+    for tokenizer in data.TOKENIZERS:
         hf = exported_tokenizer(tmp_path / tokenizer, tokenizer)
-        enc = prepare.load_tokenizer(tokenizer)
+        enc = data.load_tokenizer(tokenizer)
         for text in texts:
             assert hf(text, add_special_tokens=False).input_ids == enc.encode_ordinary(text), (tokenizer, text)
 
@@ -182,7 +184,7 @@ def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokeni
 
     generate = pipeline("text-generation", model=str(tmp_path / "run" / "hf"), device="cpu")
     out = generate(prompt, max_new_tokens=new_tokens, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
-    enc = prepare.load_tokenizer(tokenizer)
+    enc = data.load_tokenizer(tokenizer)
     prompt_ids = [enc.eot_token] + enc.encode_ordinary(prompt)
     with torch.no_grad():
         ours = model.generate(torch.tensor([prompt_ids]), new_tokens, temperature=0.0)[0].tolist()
@@ -197,14 +199,14 @@ def gpt2_offline(monkeypatch):
     import tiktoken.load
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    prepare.load_tokenizer.cache_clear()
+    data.load_tokenizer.cache_clear()
 
 
 def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning(tmp_path, capsys, monkeypatch):
     gpt2_offline(monkeypatch)
     save_run(tiny_model(), tmp_path / "run", tokenizer="gpt2")
     main([str(tmp_path / "run")])
-    prepare.load_tokenizer.cache_clear()
+    data.load_tokenizer.cache_clear()
     out, err = capsys.readouterr()
     assert out == f"wrote {tmp_path / 'run' / 'hf'}\n"
     assert err.splitlines() == ["warning: no tokenizer files written: the gpt2 tokenizer needs a one-time download that "
@@ -350,9 +352,7 @@ def test_import_refuses_non_plain_llama(tmp_path, capsys, change, reason):
     main([str(tmp_path / "run"), "--output", str(tmp_path / "hf")])
     config_path = tmp_path / "hf" / "config.json"
     config_path.write_text(json.dumps(json.loads(config_path.read_text()) | change))
-    with pytest.raises(SystemExit) as e:
-        main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "out")])
-    assert e.value.code == 2
+    assert run_main(main, ["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: not a plain Llama model: {reason}"]
     assert not (tmp_path / "out").exists()
 
@@ -362,9 +362,7 @@ def test_import_refuses_non_plain_llama(tmp_path, capsys, change, reason):
 
 
 def run_main_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
+    assert run_main(main, argv) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     return lines[0]

@@ -29,11 +29,12 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import flops
 import optim
+import parallel
+import runs
 import train
 from attention import document_ids
-from model import PRESETS, ModelConfig, Transformer
+from model import PRESETS, ModelConfig, Transformer, flops_per_token
 from conftest import EOT, VOCAB, read_log, run_args, run_torchrun, same_model, tiny_model
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -146,7 +147,8 @@ def timed_steps(model, raw_model, optimizer, batch, autocast, n_steps):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_training_step_speed_and_mfu(device):
     """3 steps to compile and warm up, then 10 timed (5 on the CPU): tokens/s from the median step, MFU from
-    flops.py as train.py logs it. The loss is finite and falls (one batch, learned by heart)."""
+    model.flops_per_token and runs.peak_flops as train.py logs it. The loss is finite and falls (one batch, learned
+    by heart)."""
     config, seq_len, batch_size, lr, autocast, mode = step_setup(device)
     torch._dynamo.reset()  # a clean count of graphs, and no other test's compiled frames against the limit
     counters.clear()
@@ -154,7 +156,7 @@ def test_compiled_training_step_speed_and_mfu(device):
     raw_model = Transformer(config).to(device)
     optimizer = optim.build_optimizer("torch_adamw", raw_model, lr=lr, weight_decay=0.1, betas=(0.9, 0.95),
                                       eps=1e-8, seed=0)  # fused on CUDA
-    model = torch.compile(raw_model, mode=None if mode == "default" else mode)
+    model = parallel.compile_model(raw_model, parallel.Layout("ddp"), mode)  # as train.py compiles it
     batch = document_batch(config, seq_len, batch_size, device)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py runs on CUDA
@@ -169,14 +171,14 @@ def test_compiled_training_step_speed_and_mfu(device):
 
     losses = warm_losses + losses
     tokens_per_s = batch_size * seq_len / statistics.median(seconds)
-    peak, source = flops.peak_flops(torch.device(device))
-    flops_per_token = flops.flops_per_token(config, seq_len)
-    mfu = flops_per_token * tokens_per_s / peak if peak else None
+    peak, source = runs.peak_flops(torch.device(device))
+    count = flops_per_token(config, seq_len)
+    mfu = count * tokens_per_s / peak if peak else None
     memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else ""
     print(f"\ncompiled step on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({mode}, {graphs} "
           f"graph(s), {compile_seconds:.0f} s for the first 3 steps): {config.dim}x{config.n_layers}, attn "
           f"{config.attn}, {batch_size}x{seq_len} tokens: median step {1000 * statistics.median(seconds):.1f} ms, "
-          f"{tokens_per_s:,.0f} tok/s, {flops_per_token:.3g} FLOPs/token, MFU "
+          f"{tokens_per_s:,.0f} tok/s, {count:.3g} FLOPs/token, MFU "
           + (f"{100 * mfu:.1f}% of {peak:.3g} FLOP/s ({source})" if mfu is not None else f"unknown ({source})")
           + memory + f"\nlosses {[round(loss, 3) for loss in losses]}")
     assert all(math.isfinite(loss) for loss in losses)

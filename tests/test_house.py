@@ -1,9 +1,10 @@
-"""The house: imports run one way, the config mechanism stands alone, --help and --list say what there is, and
-nothing points outside the repository."""
+"""The house: one home per fact, imports run one way, the config mechanism stands alone, every command goes through
+its runner, --help and --list say what there is, and nothing points outside the repository."""
 import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,19 +12,106 @@ import train
 from conftest import ROOT
 
 PROJECT_FILES = sorted(ROOT.glob("*.py"))
+SOURCES = PROJECT_FILES + sorted((ROOT / "lm_eval_tasks").glob("*.py"))  # every file of the project's code
 
 
-def project_imports(path):
-    """The project modules that a file imports, anywhere in it (a lazy import inside a function counts too)."""
-    names = {p.stem for p in PROJECT_FILES}
+def imported_modules(path):
+    """Every module name that a file imports, anywhere in it (its first part: "torch" for torch.nn)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module.split(".")[0])
-    return found & names - {path.stem}
+    return found
 
+
+def project_imports(path):
+    """The project modules that a file imports, anywhere in it (a lazy import inside a function counts too)."""
+    return imported_modules(path) & {p.stem for p in PROJECT_FILES} - {path.stem}
+
+
+# ----------------------------------------------------------------------------- one home per fact
+
+# Each fact, declared once: {name: the file that defines it}; no other file of the project defines the name.
+HOMES = {
+    "matmul_weights": "model.py", "flops_per_token": "model.py",  # the one FLOP count, beside the parameter count
+    "GPU_PEAK_FLOPS": "runs.py", "measured_cpu_peak": "runs.py", "peak_flops": "runs.py",  # where a run is set up
+    "TOKENIZERS": "data.py", "load_tokenizer": "data.py", "EOT": "data.py", "token_dtype": "data.py",  # the registry
+    "read_meta": "data.py", "split_files": "data.py", "META_FIELDS": "data.py", "meta_header": "data.py",  # the format
+    "compile_model": "parallel.py", "COMPILE_MODES": "parallel.py",  # torch.compile, for every layout
+    "run_main": "config.py", "one_line": "config.py", "ArgumentParser": "config.py",  # the command line
+}
+# The command-line scripts. model.py, with its summary command, is the model's library first: everything imports it.
+SCRIPTS = ["train.py", "prepare.py", "sample.py", "export.py", "plot.py", "bench.py", "lm_eval_tasks/shakespeare.py"]
+SCRIPT_IMPORTS = {  # the only scripts that scripts import, each for a reason
+    ("plot.py", "train"): "plot.py lr lays a config out as a run would: train.py declares the defaults",
+    ("bench.py", "prepare"): "bench.py prepare measures prepare.py's own tokenize-and-write loop",
+    ("bench.py", "export"): "bench.py train builds transformers' Llama from export.hf_config",
+}
+
+
+def top_level_names(path):
+    """The names a file defines at its top level: functions, classes and assigned names."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def test_each_fact_has_one_home():
+    defined = {p.relative_to(ROOT).as_posix(): top_level_names(p) for p in SOURCES}
+    assert {name: sorted(f for f, names in defined.items() if name in names) for name in HOMES} == \
+        {name: [home] for name, home in HOMES.items()}
+    assert not (ROOT / "flops.py").exists()  # its count went to model.py and the devices' peaks to runs.py
+    # the summary's "6N" is the count that mfu uses, not a second one
+    assert "flops_per_token(config)" in (ROOT / "model.py").read_text().split("def parameter_summary")[1]
+
+
+def test_torch_compile_is_called_in_parallel_py_only():
+    calls = [(p.name, ast.unparse(node)) for p in SOURCES for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "compile"
+             and ast.unparse(node.func.value) != "re"]
+    assert {name for name, _ in calls if name != "attention.py"} == {"parallel.py"}
+    # attention.py compiles a kernel function, flex_attention (a fused kernel only compiled), not a model
+    assert [call for name, call in calls if name == "attention.py"] == ["torch.compile(flex_attention)"]
+
+
+def test_every_command_goes_through_the_one_runner():
+    commands = []
+    for path in SOURCES:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
+                commands.append(path.relative_to(ROOT).as_posix())
+                assert len(node.body) == 1, path.name  # one call: the script's last line
+                call = ast.unparse(node.body[0])
+                assert re.fullmatch(r"sys\.exit\((config\.)?run_main\(main, sys\.argv\[1:\](, .*)?\)\)", call), call
+    assert sorted(commands) == sorted(SCRIPTS + ["model.py"])
+    # the one-line error is printed in one place only: config.run_main
+    printing = [p.name for p in SOURCES if re.search(r"""print\(f?["']error:""", p.read_text())]
+    assert printing == ["config.py"]
+
+
+def test_no_script_imports_another_script():
+    scripts = {s: ROOT / s for s in SCRIPTS}
+    names = {Path(s).stem for s in SCRIPTS}
+    imports = {(s, name) for s, path in scripts.items() for name in imported_modules(path) & names - {Path(s).stem}}
+    assert imports <= set(SCRIPT_IMPORTS), imports - set(SCRIPT_IMPORTS)
+    # the prepared-data format is data.py's: prepare.py writes it through data.py, not the other way round
+    assert "data" in project_imports(ROOT / "prepare.py") and "prepare" not in project_imports(ROOT / "data.py")
+
+
+def test_no_test_module_imports_another():
+    tests = {p.stem for p in (ROOT / "tests").glob("*.py")} - {"conftest"}
+    offending = {p.name: imported_modules(p) & tests for p in (ROOT / "tests").glob("*.py")}
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+# ----------------------------------------------------------------------------- imports run one way
 
 def test_no_import_circles():
     graph = {p.stem: project_imports(p) for p in PROJECT_FILES}

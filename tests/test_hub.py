@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
 from conftest import COSMOPEDIA_FILE, WORDS, fake_smollm, random_texts, tree, write_parquet
@@ -46,7 +47,7 @@ def decode_file(path, meta, enc):
 def read_shards(out, meta, enc):
     """{(shard index, split): decoded documents} of the shards meta.json lists."""
     return {(i, split): decode_file(path, meta, enc)
-            for split in ("train", "val") for i, (path, _) in enumerate(prepare.split_files(out, meta, split))}
+            for split in ("train", "val") for i, (path, _) in enumerate(data.split_files(out, meta, split))}
 
 
 def run_cli(*args, cwd, env=None):
@@ -64,13 +65,13 @@ def test_smollm_mirror_shards_meta_and_split(tmp_path):
     assert out == tmp_path / "data" / "smollm-fineweb-edu"
     shard_files = [f"shards/0000{i}.{f}" for i in (0, 1) for f in ("json", "train.bin", "val.bin")]
     assert sorted(tree(out)) == ["meta.json"] + shard_files
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta == json.loads((out / "meta.json").read_text())
     assert (meta["repo"], meta["revision"], meta["files"]) == ("HuggingFaceTB/smollm-corpus", "mirror", list(files))
     assert (meta["tokenizer"], meta["dtype"], meta["val_fraction"]) == ("cl100k_32k", "uint16", 0.3)
     assert meta["max_tokens"] is None
 
-    enc = prepare.load_tokenizer("cl100k_32k")
+    enc = data.load_tokenizer("cl100k_32k")
     decoded = read_shards(out, meta, enc)
     expected = expected_documents(files, 0.3)
     for split, is_val in (("train", False), ("val", True)):
@@ -87,11 +88,11 @@ def test_smollm_mirror_shards_meta_and_split(tmp_path):
             total = {k: total[k] + counts[k] for k in total}
         assert {k: meta[split][k] for k in total} == total
     assert 0.15 < meta["val"]["documents"] / len(expected) < 0.45  # about 30% by hash; far off is a broken rule
-    assert prepare.split_files(out, meta, "val") == [(out / "shards/00000.val.bin", meta["val"]["files"][0][1]),
+    assert data.split_files(out, meta, "val") == [(out / "shards/00000.val.bin", meta["val"]["files"][0][1]),
                                                      (out / "shards/00001.val.bin", meta["val"]["files"][1][1])]
 
     # the cosmopedia subset reads its own directory of the same repo, with its extra columns ignored
-    cosmo = prepare.read_meta(prepare.prepare("smollm-cosmopedia", None, "bytes", 0.3, 1, tmp_path / "data",
+    cosmo = data.read_meta(prepare.prepare("smollm-cosmopedia", None, "bytes", 0.3, 1, tmp_path / "data",
                                               mirror=tmp_path / "mirror"))
     assert cosmo["files"] == [COSMOPEDIA_FILE]
     assert cosmo["train"]["documents"] + cosmo["val"]["documents"] == 28
@@ -113,10 +114,10 @@ def test_tinystories_layouts(tmp_path):
         f"{s}\n{separators[i % len(separators)]}" for i, s in enumerate(stories)).encode())
     stories = [s.strip() for s in stories]  # what prepare keeps: each story, trimmed
     (mirror / "TinyStories-train.txt").write_text("the first version, not read\n<|endoftext|>\n")
-    enc = prepare.load_tokenizer("bytes")
+    enc = data.load_tokenizer("bytes")
 
     out = prepare.prepare("tinystories", None, "bytes", 0.3, 1, tmp_path / "data", mirror=mirror)
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta["repo"] == "roneneldan/TinyStories" and meta["files"] == list(parquet)  # no validation file
     decoded = read_shards(out, meta, enc)
     expected = expected_documents(parquet, 0.3)
@@ -125,7 +126,7 @@ def test_tinystories_layouts(tmp_path):
             assert decoded[i, split] == [text for r, v, text in expected if r == rel and v == is_val]
 
     out = prepare.prepare("tinystories-v2", None, "bytes", 0.3, 1, tmp_path / "data", mirror=mirror)
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta["files"] == ["TinyStoriesV2-GPT4-train.txt"]
     decoded = read_shards(out, meta, enc)
     assert sorted(decoded[0, "train"] + decoded[0, "val"]) == sorted(stories)
@@ -157,8 +158,8 @@ def test_repo_file_readers(tmp_path):
 def test_max_files_and_max_tokens(tmp_path):
     files = fake_smollm(tmp_path / "mirror", n_files=3, docs_per_file=60)
     mirror = tmp_path / "mirror"
-    enc = prepare.load_tokenizer("bytes")
-    meta = prepare.read_meta(prepare.prepare("smollm-fineweb-edu", "two", "bytes", 0.3, 1, tmp_path / "a",
+    enc = data.load_tokenizer("bytes")
+    meta = data.read_meta(prepare.prepare("smollm-fineweb-edu", "two", "bytes", 0.3, 1, tmp_path / "a",
                                              max_files=2, mirror=mirror))
     assert meta["files"] == list(files)[:2] and len(meta["train"]["files"]) == 2
 
@@ -174,7 +175,7 @@ def test_max_files_and_max_tokens(tmp_path):
         total += len(doc[2].encode()) + 1
     out = prepare.prepare("smollm-fineweb-edu", "capped", "bytes", 0.3, 1, tmp_path / "a", max_tokens=float(max_tokens),
                           mirror=mirror)
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta["train"]["tokens"] + meta["val"]["tokens"] == total >= max_tokens
     assert meta["files"] == list(files)[:2] and meta["max_tokens"] == max_tokens
     decoded = read_shards(out, meta, enc)
@@ -210,7 +211,7 @@ def test_changed_settings_and_damaged_shards_are_written_again(tmp_path):
     with open(out / "shards/00001.val.bin", "ab") as f:
         f.write(b"\0\0")
     with pytest.raises(ValueError, match=r"00001.val.bin has .* bytes but meta.json says"):
-        prepare.read_meta(out)  # every listed shard is checked
+        data.read_meta(out)  # every listed shard is checked
     prepare.prepare("smollm-fineweb-edu", tokenizer="bytes", **args)
     assert tree(out) == reference
     prepare.prepare("smollm-fineweb-edu", tokenizer="cl100k_32k", **args)  # other tokens: no shard may be kept
@@ -286,12 +287,12 @@ def test_hub_functions_are_the_only_network(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "hub_files", fake_hub_files)
     monkeypatch.setattr(sources, "hub_download", fake_hub_download)
     out = prepare.prepare("smollm-fineweb-edu", None, "bytes", 0.3, 1, tmp_path / "data", max_files=2, revision="v1.0")
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert listed == [("HuggingFaceTB/smollm-corpus", "fineweb-edu-dedup/*.parquet", "v1.0")]
     assert sorted(downloaded) == [("HuggingFaceTB/smollm-corpus", rel, sha) for rel in list(files)[:2]]
     assert meta["revision"] == sha
     assert meta["source"] == "hf://datasets/HuggingFaceTB/smollm-corpus/fineweb-edu-dedup/*.parquet"
-    mirrored = prepare.read_meta(prepare.prepare("smollm-fineweb-edu", "m", "bytes", 0.3, 1, tmp_path / "data",
+    mirrored = data.read_meta(prepare.prepare("smollm-fineweb-edu", "m", "bytes", 0.3, 1, tmp_path / "data",
                                                  max_files=2, mirror=tmp_path / "repo"))
     assert {s: mirrored[s] for s in ("train", "val")} == {s: meta[s] for s in ("train", "val")}
 

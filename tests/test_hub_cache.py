@@ -18,8 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import data
 import prepare
 import sources
+from config import run_main
 from conftest import fake_smollm, file_versions, random_texts, shards_written, tree, write_parquet
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
@@ -212,10 +214,9 @@ def test_a_prepare_that_would_not_fit_stops_before_writing(tmp_path, fake_hub, h
     cli = ["smollm-fineweb-edu", "--tokenizer", "bytes", "--out-dir", str(tmp_path / "data")]
 
     free["bytes"] = needed - 1
-    with pytest.raises(SystemExit) as stopped:
-        prepare.main(cli)
+    stopped = run_main(prepare.main, cli)
     err = capsys.readouterr().err
-    assert stopped.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert stopped == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
     size = prepare.human_size
     assert (f"needs about {size(needed - sum(sorted(sizes)[-2:]))} of token files and up to "
             f"{size(sum(sorted(sizes)[-2:]))} of downloads but its disk has {size(needed - 1)} free") in err
@@ -225,7 +226,7 @@ def test_a_prepare_that_would_not_fit_stops_before_writing(tmp_path, fake_hub, h
     prepare.main(cli + ["--max-files", "2"])  # a part of it fits
     free["bytes"] = needed  # as does the whole, the estimate being on the high side
     prepare.main(cli)
-    assert prepare.read_meta(tmp_path / "data/smollm-fineweb-edu")["files"] == list(files)
+    assert data.read_meta(tmp_path / "data/smollm-fineweb-edu")["files"] == list(files)
 
     # downloads kept on another disk than the token files: checked on their own, with their own advice
     monkeypatch.setattr(sources, "same_disk", lambda a, b: False)
@@ -244,7 +245,7 @@ def test_the_disk_estimate_bounds_the_token_files_of_english(tmp_path, compressi
     path = tmp_path / "mirror/fineweb-edu-dedup/train-00000-of-00234.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({"text": texts}), path, compression=compression)
-    meta = prepare.read_meta(prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.3, 2, tmp_path / "data",
+    meta = data.read_meta(prepare.prepare("smollm-fineweb-edu", None, "cl100k_32k", 0.3, 2, tmp_path / "data",
                                              mirror=tmp_path / "mirror"))
     written = 2 * (meta["train"]["tokens"] + meta["val"]["tokens"])
     [listed] = sources.mirror_files(tmp_path / "mirror", "fineweb-edu-dedup/*.parquet")
@@ -265,7 +266,7 @@ def test_a_new_commit_keeps_the_shards_of_unchanged_files(tmp_path, fake_hub, mo
     fake_hub.downloads.clear()
     prepare.prepare(*args)
     assert written == [] and fake_hub.downloads == [] and file_versions(shards) == before
-    assert prepare.read_meta(out)["revision"] == fake_hub.sha
+    assert data.read_meta(out)["revision"] == fake_hub.sha
 
     fake_hub.sha = "3" * 40  # a new commit that changes the second file
     write_parquet(fake_hub.root / files[1], {"text": random_texts(random.Random(7), 40)})

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import data
 import prepare
 import sources
 from conftest import ROOT
@@ -19,11 +20,11 @@ pytestmark = pytest.mark.integration  # scripts in their own processes
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
-    data = prepare.prepare("shakespeare", tokenizer="bytes", workers=2, out_dir=str(root / "data"))
-    done = subprocess.run([sys.executable, "lm_eval_tasks/shakespeare.py", "--data", str(data), "--max-tokens", "96",
-                           "--out", str(root / "tasks")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    prepared = prepare.prepare("shakespeare", tokenizer="bytes", workers=2, out_dir=str(root / "data"))
+    done = subprocess.run([sys.executable, "lm_eval_tasks/shakespeare.py", "--data", str(prepared), "--max-tokens",
+                           "96", "--out", str(root / "tasks")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    meta = prepare.read_meta(data)
+    meta = data.read_meta(prepared)
     is_val = prepare.plan_split("shakespeare", "text", meta["val_fraction"])[0]
     split = {False: [], True: []}
     for key, text in sources.documents("shakespeare"):
@@ -38,7 +39,7 @@ def test_passages_are_whole_paragraphs_of_val_plays_only(tasks):
     passages = [row["text"] for row in rows["passages.jsonl"]]
     assert len(passages) == 60 and len(set(passages)) == 60
     for text in passages:
-        assert 200 <= len(text.encode("utf-8")) <= 1000 and prepare.EOT not in text
+        assert 200 <= len(text.encode("utf-8")) <= 1000 and data.EOT not in text
         assert any(text in play for play in split[True])
         assert not any(text in play for play in split[False])
 
@@ -46,7 +47,7 @@ def test_passages_are_whole_paragraphs_of_val_plays_only(tasks):
 def test_word_order_questions_hold_one_true_line_and_three_shuffles(tasks):
     rows, split = tasks
     val_lines = {line.strip() for play in split[True] for line in play.splitlines()}
-    enc = prepare.load_tokenizer("bytes")
+    enc = data.load_tokenizer("bytes")
     assert len(rows["word_order.jsonl"]) == 100
     for row in rows["word_order.jsonl"]:
         true_line = row["choices"][row["label"]]

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import files
-from config import UserError
+from config import UserError, run_main
 from torch.testing import assert_close
 
 from attention import document_ids, document_positions
-from model import (PRESETS, ModelConfig, Transformer, format_summary, human, load_model, main, parameter_summary,
-                   sample_next)
+from model import (PRESETS, ModelConfig, Transformer, flops_per_token, format_summary, human, load_model, main,
+                   matmul_weights, parameter_summary, sample_next)
 from conftest import (CANON, DEEPONE, EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,
                       check_trunc_normal, tiny, tiny_model)
 
@@ -35,7 +35,7 @@ Embedding:         49.2M
 Non-embedding:     113M
 Tied embeddings:   False
 Chinchilla tokens: 2.27G
-FLOPs/token:       6.80e+08"""
+FLOPs/token (6N):  8.27e+08"""
 
 
 def test_llama_medium_summary_matches_reference_figures():
@@ -47,7 +47,9 @@ def test_llama_medium_summary_matches_reference_figures():
     assert summary["non_embedding"] == 16 * per_layer + 768  # + the final norm
     assert summary["total"] == summary["trainable"] == summary["embedding"] + summary["non_embedding"]
     assert summary["chinchilla_tokens"] == 20 * summary["non_embedding"]
-    assert summary["flops_per_token"] == 6 * summary["non_embedding"]
+    # 6N counts every weight of a matmul: the blocks' projections and lm_head, not the embedding lookup or norms
+    assert summary["flops_6n"] == 6 * matmul_weights(config) == 6 * (16 * (4 * 768**2 + 3 * 768 * 2048) + 32000 * 768)
+    assert summary["flops_with_attention"] is None  # no sequence length, no attention
     assert summary["tied"] is False
     assert format_summary(config) == LLAMA_MEDIUM_SUMMARY
 
@@ -55,6 +57,19 @@ def test_llama_medium_summary_matches_reference_figures():
     assert tied["embedding"] == 32000 * 768  # the shared matrix counts once
     assert tied["total"] == summary["total"] - 32000 * 768
     assert tied["non_embedding"] == summary["non_embedding"]
+
+
+def test_summary_shows_both_flop_counts_labelled_where_a_sequence_length_is_given(capsys):
+    config = PRESETS["llama-medium"]
+    attention = 12 * 16 * 8 * 96 * 2048  # layers x heads x head_dim x seq_len: QK^T and AV, forward and backward
+    assert flops_per_token(config, 2048) == flops_per_token(config) + attention
+    assert parameter_summary(config, 2048)["flops_with_attention"] == flops_per_token(config, 2048)
+    assert run_main(main, ["llama-medium", "seq_len=2048"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [" ".join(row.split()) for row in rows[-2:]] == ["FLOPs/token (6N): 8.27e+08",
+                                                            "FLOPs/token (with attention, seq_len 2048): 1.13e+09"]
+    assert run_main(main, ["llama-medium", "seq_len=0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: seq_len must be at least 1, got 0"]
 
 
 def test_human_numbers():
@@ -84,7 +99,7 @@ def test_command_line():
     (["quickstart", "dim"], "error: expected key=value, got 'dim'"),
 ])
 def test_command_line_errors(argv, message, capsys):
-    assert main(argv) == 2
+    assert run_main(main, argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
 
 

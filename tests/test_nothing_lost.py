@@ -18,8 +18,9 @@ import files
 import model
 import sample
 import train
-from config import UserError
+from config import UserError, run_main
 from conftest import ROOT, read_log, run_args, run_under_file_size_limit, tiny
+
 
 
 def one_error_line(capsys):
@@ -53,9 +54,7 @@ def test_export_force_never_replaces_a_run_or_what_holds_one(trained, tmp_path, 
     (run_dir / "tensorboard-like" / "events").write_text("mine")
     target = {"out": out, "run": run_dir, "run/tensorboard-like": run_dir / "tensorboard-like"}[output]
     before = tree(out)
-    with pytest.raises(SystemExit) as exit_info:
-        export.main([str(run_dir), "--output", str(target), "--force"])
-    assert exit_info.value.code == 2
+    assert run_main(export.main, [str(run_dir), "--output", str(target), "--force"]) == 2
     assert "--force" in one_error_line(capsys)
     assert tree(out) == before  # every run, checkpoint and file still there, byte for byte
 
@@ -103,7 +102,8 @@ def test_a_run_dir_with_only_best_checkpoint_and_log_is_not_restarted(trained, t
     for path in files.step_checkpoints(run_dir):
         path.unlink()
     before = tree(run_dir)
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=r", "max_steps=20", "checkpoint_interval=10")) == 2
+    argv = run_args(tiny_data, tmp_path, "run_name=r", "max_steps=20", "checkpoint_interval=10")
+    assert run_main(train.main, argv) == 2
     line = one_error_line(capsys)
     assert "ckpt_best.pt" in line and "a log to step 20" in line and "no step checkpoint" in line
     assert tree(run_dir) == before  # ckpt_best.pt, the log and the samples untouched
@@ -118,7 +118,7 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_line(tiny_data, tm
 
     monkeypatch.setattr(data.TrainingData, "micro_batch", interrupted)
     command = run_args(tiny_data, tmp_path, "run_name=z", "max_steps=6")
-    assert train.main(command) == 130
+    assert run_main(train.main, command) == 130
     monkeypatch.setattr(data.TrainingData, "micro_batch", real)
     assert train.main(command) == 0
     _, evals = read_log(tmp_path / "z")
@@ -128,8 +128,8 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_line(tiny_data, tm
 # ----------------------------------------------------------------------------- non-finite weights never saved
 
 def test_nan_weights_never_reach_a_checkpoint(tiny_data, tmp_path, capsys):
-    code = train.main(run_args(tiny_data, tmp_path, "run_name=nan", "lr=1e4", "grad_clip=0", "checkpoint_interval=1",
-                               "divergence_factor=0", "max_steps=30"))
+    code = run_main(train.main, run_args(tiny_data, tmp_path, "run_name=nan", "lr=1e4", "grad_clip=0",
+                                         "checkpoint_interval=1", "divergence_factor=0", "max_steps=30"))
     assert code == 2
     line = one_error_line(capsys)
     saved = files.step_checkpoints(tmp_path / "nan")
@@ -187,10 +187,9 @@ def test_damaged_newest_checkpoint_falls_back(trained, tiny_data, tmp_path, caps
 def test_a_damaged_checkpoint_file_named_is_one_line(trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    assert sample.main([str(bad)]) == 2
+    assert run_main(sample.main, [str(bad)]) == 2
     assert one_error_line(capsys).startswith(f"error: cannot read checkpoint {bad}")
-    with pytest.raises(SystemExit):
-        export.main([str(bad), "--output", str(tmp_path / "hf")])
+    assert run_main(export.main, [str(bad), "--output", str(tmp_path / "hf")]) == 2
     assert one_error_line(capsys).startswith(f"error: cannot read checkpoint {bad}")
 
 
@@ -199,7 +198,7 @@ def test_a_non_finite_checkpoint_file_named_is_one_line(trained, tmp_path, capsy
     shutil.copy(files.checkpoint_path(trained / "r", 20), bad)
     poison(bad)
     line = f"error: checkpoint {bad} is damaged: its weights are not finite (norm.weight)"
-    assert sample.main([str(bad)]) == 2
+    assert run_main(sample.main, [str(bad)]) == 2
     assert one_error_line(capsys) == line
     with pytest.raises(SystemExit):
         export.main([str(bad), "--output", str(tmp_path / "hf")])
@@ -229,7 +228,7 @@ def test_weights_that_do_not_match_their_model_config_are_one_line_everywhere(tr
     torch.save(state, newest)
     expected = f"{newest}: its weights do not match its model_config ({words})"
     capsys.readouterr()
-    assert sample.main([str(newest)]) == 2
+    assert run_main(sample.main, [str(newest)]) == 2
     assert one_error_line(capsys) == f"error: {expected}"
     with pytest.raises(SystemExit):
         export.main([str(newest), "--output", str(tmp_path / "hf")])
@@ -238,7 +237,7 @@ def test_weights_that_do_not_match_their_model_config_are_one_line_everywhere(tr
         model.load_model(out / "r")
     assert str(info.value) == expected
     before = tree(out / "r")
-    assert train.main(run_args(tiny_data, out, "run_name=r", "max_steps=30", "checkpoint_interval=10")) == 2
+    assert run_main(train.main, run_args(tiny_data, out, "run_name=r", "max_steps=30", "checkpoint_interval=10")) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {expected}"]
     assert tree(out / "r") == before
 
@@ -246,7 +245,7 @@ def test_weights_that_do_not_match_their_model_config_are_one_line_everywhere(tr
 def test_a_model_config_that_is_no_model_is_one_line(tmp_path, capsys):
     checkpoint = tmp_path / "odd.pt"
     torch.save({"model": {}, "model_config": {"dim": 64, "heads": 4}, "tokenizer": "bytes"}, checkpoint)
-    assert sample.main([str(checkpoint)]) == 2
+    assert run_main(sample.main, [str(checkpoint)]) == 2
     line = one_error_line(capsys)
     assert line.startswith(f"error: {checkpoint}: its model_config is not a model of this model.py (")
     assert "heads" in line
@@ -281,7 +280,7 @@ def test_a_meta_json_that_lies_is_one_line_naming_the_field(tiny_data, tmp_path,
     change(meta)
     meta_path.write_text(json.dumps(meta))
     out = tmp_path / "out"
-    assert train.main(run_args(data_dir, out, "run_name=r")) == 2
+    assert run_main(train.main, run_args(data_dir, out, "run_name=r")) == 2
     line = one_error_line(capsys)
     assert line.startswith("error: data 'tiny': ") and words in line, line
     assert "meta.json" in line and "prepare the data again" in line, line
@@ -294,7 +293,7 @@ def test_every_checkpoint_damaged_is_refused_not_restarted(trained, tiny_data, t
     for path in files.step_checkpoints(out / "r"):
         path.write_bytes(b"")
     before = tree(out / "r")
-    assert train.main(run_args(tiny_data, out, "run_name=r", "max_steps=20")) == 2
+    assert run_main(train.main, run_args(tiny_data, out, "run_name=r", "max_steps=20")) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no checkpoint in")
     assert tree(out / "r") == before
 
@@ -392,7 +391,7 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tiny_data, tmp_path, c
     argv = run_args(tiny_data, out, "run_name=bad")
     argv = [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value!r}" if isinstance(value, str) else
                                                                   f"{key}={value}"]
-    assert train.main(argv) == 2
+    assert run_main(train.main, argv) == 2
     line = one_error_line(capsys)
     assert key in line and word in line, line
     assert not out.exists()  # checked before anything was built
@@ -400,22 +399,22 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(tiny_data, tmp_path, c
 
 @pytest.mark.parametrize("value", ["1e999", "-1e999"])
 def test_an_infinite_number_is_refused(tiny_data, tmp_path, capsys, value):
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", f"lr={value}")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=bad", f"lr={value}")) == 2
     assert "lr must be a finite number" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--tokens", "0"], "--tokens must be at least 1"),
     (["--tokens", "many"], "argument --tokens: invalid int value: 'many'"),
-    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
     (["--temperature", "-1"], "--temperature must be a finite number of at least 0"),
     (["--temperature", "inf"], "--temperature must be a finite number of at least 0"),
-    (["--top_k", "-1"], "--top_k must be at least 0"),
+    (["--top-k", "-1"], "--top-k must be at least 0"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
     (["--tokenizer", "gpt5"], "unknown tokenizer 'gpt5'"),
     (["--tokenizer", "cl100k_base"], "the cl100k_base tokenizer has 100277 tokens but the model only 257"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_every_bad_sample_argument_is_one_line(trained, capsys, argv, message):
-    assert sample.main([str(trained / "r"), *argv]) == 2
+    assert run_main(sample.main, [str(trained / "r"), *argv]) == 2
     assert message in one_error_line(capsys)

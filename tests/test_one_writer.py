@@ -12,7 +12,7 @@ import pytest
 import files
 import prepare
 import train
-from config import UserError
+from config import UserError, run_main
 from conftest import ROOT, run_args, wait_for, write_corpus
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
@@ -91,7 +91,7 @@ def test_a_second_training_run_stops_naming_the_first(tiny_data, tmp_path, capsy
         wait_for(lambda: first.poll() is not None or files.step_checkpoints(run_dir), timeout=180,
                  what="the first run's checkpoint")
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-        assert train.main(args) == 2
+        assert run_main(train.main, args) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {run_dir} is in use by process {first.pid} (") and "train.py" in err
         assert err.count("\n") == 1

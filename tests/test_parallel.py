@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,8 +14,11 @@ import torch
 import export
 import files
 import model as model_lib
+import parallel
 import train
-from conftest import ROOT, last_step, read_log, run_args, run_torchrun, wait_for
+from config import run_main
+from model import Transformer
+from conftest import ROOT, last_step, read_log, run_args, run_torchrun, tiny, wait_for
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TEN_STEPS = ["max_steps=10", "eval_interval=5", "total_tokens=0.008"]
@@ -199,7 +203,7 @@ def test_sigterm_saves_and_resumes_under_fsdp_and_pp(tiny_data, tmp_path, mode):
     (["parallel=pp", "pp_schedule=zb"], "pp_schedule='zb' is not one of 1f1b, gpipe"),
 ])
 def test_combinations_refused_with_one_line(tiny_data, tmp_path, capsys, extra, message):
-    assert train.main(run_args(tiny_data, tmp_path, *extra)) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
 
@@ -210,6 +214,33 @@ def test_a_refused_combination_under_torchrun_is_one_line_a_process(tiny_data, t
     # one message a process (counted, not split into lines: the two processes share stderr and may interleave)
     assert result.stderr.count("error: optimizer='muon' does not train with parallel='fsdp'") == 2
     assert 'train.py", line' not in result.stderr and 'parallel.py", line' not in result.stderr  # no traceback
+
+
+def test_compile_is_one_function_for_every_layout():
+    """compile_model: under ddp the whole model, wrapped (its parameters the model's own); under fsdp and pp each
+    block in place. shard hands the loop what compile_model made, for every layout, when compile=True. Lazy:
+    nothing is compiled here, as nothing runs."""
+    model = Transformer(tiny())
+    compiled = parallel.compile_model(model, parallel.Layout("ddp"))
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is model
+    assert dict(compiled.named_parameters()).keys() != dict(model.named_parameters()).keys()  # why raw_model stays
+    for layout in (parallel.Layout("fsdp"), parallel.Layout("pp")):  # one process: no sharding, one stage
+        model = Transformer(tiny())
+        assert parallel.compile_model(model, layout, "max-autotune") is model
+        assert all(block._compiled_call_impl is not None for block in model.layers)
+        assert model._compiled_call_impl is None  # the blocks only
+    stage = parallel.StageModel(Transformer(tiny(n_layers=4)), 1, 2)  # a pipeline's second stage: blocks 2 and 3
+    assert parallel.compile_model(stage, parallel.Layout("pp", stage=1, n_stages=2)) is stage
+    assert all(block._compiled_call_impl is not None for block in stage.layers.values())
+
+    on, off = SimpleNamespace(compile=True, compile_mode="default"), SimpleNamespace(compile=False)
+    model = Transformer(tiny())
+    part, called = parallel.shard(model, parallel.Layout("ddp"), on, "fp32")
+    assert part is model and called._orig_mod is model
+    part, called = parallel.shard(model := Transformer(tiny()), parallel.Layout("fsdp"), on, "fp32")
+    assert part is called is model and model.layers[0]._compiled_call_impl is not None
+    part, called = parallel.shard(model := Transformer(tiny()), parallel.Layout("ddp"), off, "fp32")
+    assert part is called is model and model.layers[0]._compiled_call_impl is None
 
 
 def test_a_checkpoint_from_before_names_resumes_and_a_pipeline_refuses_it(tiny_data, tmp_path, single):

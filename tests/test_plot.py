@@ -8,6 +8,7 @@ import pytest
 import config
 import files
 import plot
+from config import run_main
 from conftest import ROOT
 
 
@@ -29,8 +30,8 @@ def test_plot_imports_no_training_code():
 
 
 def test_lr_plot_bad_key_is_one_line(tmp_path, capsys):
-    assert plot.main(["lr", str(ROOT / "configs/wsd.py"), "anealing_tokens=3", "--output",
-                      str(tmp_path / "x.png")]) == 2
+    assert run_main(plot.main, ["lr", str(ROOT / "configs/wsd.py"), "anealing_tokens=3", "--output",
+                                str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err == "error: unknown config key 'anealing_tokens' (did you mean 'annealing_tokens'?)\n"
 
 
@@ -329,7 +330,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
     }[case]
     if case == "no_step":
         (broken / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n["loss", 2.0]\n')
-    assert plot.main(argv) == 2
+    assert run_main(plot.main, argv) == 2
     assert expected in error_line(capsys)
 
 
@@ -343,7 +344,7 @@ def test_a_torn_last_line_is_left_out_with_a_note(tmp_path, capsys):
 
 
 def test_summary_of_no_run_at_all(tmp_path, capsys):
-    assert plot.main(["summary", str(tmp_path / "nope")]) == 2
+    assert run_main(plot.main, ["summary", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == (f"note: skipping {tmp_path / 'nope'}: no log.jsonl\n"
                                        "error: none of the paths holds a log line (out/<run>/log.jsonl)\n")
 
@@ -374,7 +375,7 @@ def test_a_failed_figure_write_keeps_the_previous_figure(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(plot.plt.Figure, "savefig", disk_full)
     capsys.readouterr()
-    assert plot.main([str(run)]) == 2
+    assert run_main(plot.main, [str(run)]) == 2
     line = error_line(capsys)
     assert line.startswith(f"error: could not write {run / 'loss.png'}: No space left on device (")
     assert line.endswith(" free on its disk); the previous file is left as it was\n")
@@ -474,7 +475,7 @@ def test_every_bad_argument_or_log_value_is_one_line_exit_2(tmp_path, capsys, mo
             log = paths[name] / "log.jsonl"
             log.write_bytes(content) if isinstance(content, bytes) else log.write_text(content)
     capsys.readouterr()
-    assert plot.main([a.format(**paths) for a in argv]) == 2
+    assert run_main(plot.main, [a.format(**paths) for a in argv]) == 2
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert lines and lines[-1].startswith("error: ") and message in lines[-1], err

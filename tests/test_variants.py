@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import train
+from config import run_main
 from export import export_hf, main as export_main
 from attention import alibi_slopes, document_mask, document_positions, key_minus_query
 from model import PRESETS, Canon, KVCache, ModelConfig, Transformer, parameter_summary
@@ -233,9 +234,7 @@ def test_export_refuses_variants(tmp_path, capsys, overrides, reason):
     path = tmp_path / "run" / "ckpt_00000100.pt"
     path.parent.mkdir()
     torch.save({"model": model.state_dict(), "model_config": asdict(model.config), "step": 100}, path)
-    with pytest.raises(SystemExit) as e:
-        export_main([str(tmp_path / "run")])
-    assert e.value.code == 2
+    assert run_main(export_main, [str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: cannot export to Hugging Face Llama: {reason}"]
     assert not (tmp_path / "run" / "hf").exists()
     with pytest.raises(ValueError, match=reason):
