@@ -19,6 +19,7 @@ import math
 import os
 import re
 import runpy
+import signal
 import sys
 import tokenize
 import types
@@ -39,6 +40,8 @@ def run_main(main, argv, exit_at_once=False):
     after one line for Ctrl-C, wherever it comes. exit_at_once: leave with os._exit(status) once stdout and stderr
     are flushed, skipping the interpreter's teardown: True always (train.py under torchrun says why), or
     "interrupted" after Ctrl-C only (prepare.py: a Hub download still in flight would hold the process)."""
+    if hasattr(signal, "SIGXFSZ"):  # POSIX: a write past the file-size limit (ulimit -f) then fails with EFBIG,
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # which is one line, instead of killing without a word
     try:
         status = main(argv) or 0
     except (UserError, OSError) as e:

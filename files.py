@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def write_atomic(path, write):
     sync_directory(path.parent)
 
 
-# a full disk, the file-size limit (ulimit -f; see ignore_file_size_signal), a disk quota
+# a full disk, the file-size limit (ulimit -f: config.run_main turns its signal off), a disk quota
 SPACE_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
@@ -82,13 +81,6 @@ def write_failure(error):
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def ignore_file_size_signal():
-    """A write past the file-size limit (ulimit -f) then fails with EFBIG, which write_error reports in one line,
-    instead of SIGXFSZ killing the process without a word. The scripts that write call this at start-up."""
-    if hasattr(signal, "SIGXFSZ"):  # POSIX only
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def sync_directory(directory):

@@ -550,5 +550,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    files.ignore_file_size_signal()
     sys.exit(run_main(main, sys.argv[1:]))

@@ -494,6 +494,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    files.ignore_file_size_signal()
     # after Ctrl-C, at once: sys.exit would wait for a Hub download still in flight
     sys.exit(run_main(main, sys.argv[1:], exit_at_once="interrupted"))

@@ -518,7 +518,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    files.ignore_file_size_signal()
     # Under torchrun, leave without the interpreter's teardown: everything is written, fsynced and closed by now, and
     # since torch.distributed.tensor is imported (for FSDP) a finished process is now and then aborted there
     # ("terminate called without an active exception", 1 run in ~10 on this machine).

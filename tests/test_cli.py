@@ -15,7 +15,7 @@ from conftest import ROOT
 # (script and its arguments, what the error line says): an unknown flag, a bad value and a missing file for every
 # script ({tmp}: a fresh directory; nothing is there)
 BAD_ARGUMENTS = [
-    (["train.py", "--bogus"], "expected a config file (.py) or key=value, got '--bogus'"),
+    (["train.py", "--bogus"], "unknown option '--bogus'"),
     (["train.py", "lr=fast"], "lr must be float, got 'fast'"),
     (["train.py", "{tmp}/nope.py"], "config file {tmp}/nope.py not found"),
     (["sample.py", "{tmp}", "--bogus"], "unrecognized arguments: --bogus"),

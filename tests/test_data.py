@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import data
-import prepare
 from attention import document_ids
 
 EOT = 9
