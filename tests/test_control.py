@@ -402,7 +402,8 @@ def test_a_second_ctrl_c_stops_the_launch_at_once(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_an_error_under_the_launch_is_each_ranks_line_and_exit_2(tiny_data, tmp_path):
     """A value that only the run finds wrong (data that is not there): each rank's one line, exit 2, no traceback.
-    An error on rank 0 alone (its run directory cannot be made) leaves rank 1 in a broken collective: one line too."""
+    An error on rank 0 alone (its config.json cannot be written: a folder is in its place) leaves rank 1 in a broken
+    collective: one line too."""
     process = launch(run_args(tiny_data, tmp_path, "data=missing"))
     try:
         out, err = process.communicate(timeout=300)
@@ -413,15 +414,15 @@ def test_an_error_under_the_launch_is_each_ranks_line_and_exit_2(tiny_data, tmp_
     lines = err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: data 'missing'") for line in lines), err
 
-    (tmp_path / "a_file").write_text("")
-    process = launch(run_args(tiny_data, tmp_path / "a_file" / "out"))
+    (tmp_path / "out" / "run" / "config.json").mkdir(parents=True)
+    process = launch(run_args(tiny_data, tmp_path / "out"))
     try:
         out, err = process.communicate(timeout=300)
     finally:
         kill_launch(process)
     assert process.returncode == 2
     assert_no_traceback(out, err)
-    assert f"error: {tmp_path / 'a_file' / 'out' / 'run'}: Not a directory" in err
+    assert f"error: could not write {tmp_path / 'out' / 'run' / 'config.json'}: Is a directory" in err, err
     assert "error: rank 1: a collective failed: " in err, err
 
 
