@@ -66,17 +66,14 @@ def test_export_force_never_deletes_a_folder_of_the_users(trained, tmp_path, cap
     (mine / "notes.txt").write_text("mine")
     (mine / "config.json").write_text("{}")  # a name an export writes too: the other files still belong to the user
     before = tree(mine)
-    with pytest.raises(SystemExit) as exit_info:
-        export.main([str(trained / "r"), "--output", str(mine), "--force"])
-    assert exit_info.value.code == 2
+    assert run_main(export.main, [str(trained / "r"), "--output", str(mine), "--force"]) == 2
     assert one_error_line(capsys) == (
         f"error: {mine} holds drafts/, notes.txt, not written by export.py: --force replaces only a folder of the "
         f"files it writes ({', '.join(sorted(export.HF_FILES))}); choose another --output")
     assert tree(mine) == before and (mine / "drafts").is_dir()
 
     export.main([str(trained / "r"), "--output", str(tmp_path / "hf")])  # --import --force: the same rule
-    with pytest.raises(SystemExit):
-        export.main(["--import", str(tmp_path / "hf"), "--output", str(mine), "--force"])
+    assert run_main(export.main, ["--import", str(tmp_path / "hf"), "--output", str(mine), "--force"]) == 2
     assert "notes.txt, not written by export.py" in one_error_line(capsys)
     assert tree(mine) == before
     imported = tmp_path / "imported"
@@ -200,8 +197,7 @@ def test_a_non_finite_checkpoint_file_named_is_one_line(trained, tmp_path, capsy
     line = f"error: checkpoint {bad} is damaged: its weights are not finite (norm.weight)"
     assert run_main(sample.main, [str(bad)]) == 2
     assert one_error_line(capsys) == line
-    with pytest.raises(SystemExit):
-        export.main([str(bad), "--output", str(tmp_path / "hf")])
+    assert run_main(export.main, [str(bad), "--output", str(tmp_path / "hf")]) == 2
     assert one_error_line(capsys) == line
     assert not (tmp_path / "hf").exists()
     with pytest.raises(UserError, match="its weights are not finite"):
@@ -230,8 +226,7 @@ def test_weights_that_do_not_match_their_model_config_are_one_line_everywhere(tr
     capsys.readouterr()
     assert run_main(sample.main, [str(newest)]) == 2
     assert one_error_line(capsys) == f"error: {expected}"
-    with pytest.raises(SystemExit):
-        export.main([str(newest), "--output", str(tmp_path / "hf")])
+    assert run_main(export.main, [str(newest), "--output", str(tmp_path / "hf")]) == 2
     assert one_error_line(capsys) == f"error: {expected}"
     with pytest.raises(UserError) as info:
         model.load_model(out / "r")

@@ -67,9 +67,7 @@ def test_a_second_prepare_of_one_directory_stops_naming_the_first(tmp_path, caps
         wait_for(lambda: first.poll() is not None or (lock_holder_pid(out) == first.pid and temp.exists()),
                  what="the first prepare's lock and temp file")
         assert first.poll() is None
-        with pytest.raises(SystemExit) as second:
-            prepare.main([str(corpus), "--name", "c", "--tokenizer", "bytes", "--out-dir", str(tmp_path / "data")])
-        assert second.value.code == 2
+        assert run_main(prepare.main, [str(corpus), "--name", "c", "--tokenizer", "bytes", "--out-dir", str(tmp_path / "data")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {out} is in use by process {first.pid} (") and "prepare.py" in err
         assert err.count("\n") == 1  # one line, no traceback
