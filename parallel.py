@@ -397,3 +397,21 @@ def memory_line(model, optimizer, layout, device):
     dist.all_reduce(total)
     return (f"weights and optimizer state: {most.item() / 2**20:,.1f} MiB on the fullest of {layout.world_size} "
             f"processes ({layout.mode}), {total.item() / 2**20:,.1f} MiB on all")
+
+
+def memory_share(estimate, layout, grad_accum, pp_schedule):
+    """What one process of this layout holds of a step that model.memory_estimate measured for one process holding
+    the whole model (the same parts, and their sum as the peak): fsdp holds 1/N of the weights, gradients and
+    optimizer state (a block's gathered weights come and go); a pipeline stage holds its 1/n_stages of them, and the
+    activations of its layers for the micro-batches it has in flight: up to one a stage under 1f1b, all of them
+    under gpipe. Approximate: stages differ by the embedding and lm_head."""
+    if layout.sharded:
+        held, in_flight = 1 / layout.world_size, 1
+    elif layout.pipelined:
+        in_flight = min(grad_accum, layout.n_stages) if pp_schedule == "1f1b" else grad_accum
+        held, in_flight = 1 / layout.n_stages, in_flight / layout.n_stages
+    else:
+        return estimate
+    share = {key: int(estimate[key] * held) for key in ("weights", "gradients", "optimizer_state")}
+    share["activations"] = int(estimate["activations"] * in_flight)
+    return share | {"peak": sum(share.values())}

@@ -9,6 +9,7 @@ Top to bottom:
 """
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -154,6 +155,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
+    check_memory(cfg, model_config, layout, device, dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -195,6 +197,55 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     elif world_size > 1 and layout.mode == "ddp":
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+def check_memory(cfg, model_config, layout, device, dtype):
+    """Refuse, before anything is built on the device, a run whose training step or end-of-run samples would not
+    fit in the memory this process has (model.memory_estimate and generation_estimate, scaled to the layout by
+    parallel.memory_share), with the estimate, what is available and what would fit instead."""
+    available = model_lib.available_memory(device)
+    if available is None:
+        return
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if device.type == "cpu" else 1
+    available //= local_processes  # processes on one machine share its memory; each CUDA one has its own device
+    where = f"{device.type} has {model_lib.human_bytes(available)} available" + (
+        f" for each of {local_processes} processes" if local_processes > 1 else "")
+
+    def step_memory(batch_size):
+        estimate = model_lib.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
+                                             cfg.grad_accum, cfg.optimizer_state, device)
+        return parallel.memory_share(estimate, layout, cfg.grad_accum, cfg.pp_schedule)
+    step = step_memory(cfg.batch_size)
+    if step["peak"] > available:
+        raise UserError(f"a training step of batch_size={cfg.batch_size} x seq_len={cfg.seq_len} needs about "
+                        f"{model_lib.human_bytes(step['peak'])} ({model_lib.format_memory(step)}) but {where}; "
+                        + batch_that_fits(cfg, step, step_memory, available))
+
+    # The samples: rank 0 generates them beside the weights and optimizer state (the gradients are freed by then),
+    # with the model's own weights, or a whole copy gathered where the model is sharded or cut into stages.
+    prompt_len = 1 + max(len(prompt.encode()) for prompt in cfg.sample_prompts)  # end-of-text, at most a token a byte
+    weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    generation = model_lib.generation_estimate(model_config, prompt_len, cfg.sample_tokens, weight_dtype)
+    held = step["weights"] + step["optimizer_state"] - (0 if layout.sharded or layout.pipelined else generation["weights"])
+    if layout.rank == 0 and held + generation["peak"] > available:
+        fits = model_lib.tokens_that_fit(model_config, prompt_len, available - held, weight_dtype)
+        raise UserError(f"the samples (sample_tokens={cfg.sample_tokens} after a prompt of up to {prompt_len} tokens) "
+                        f"need about {model_lib.human_bytes(held + generation['peak'])} with the training state "
+                        f"({model_lib.format_memory(generation)}) but {where}; "
+                        + (f"sample_tokens={fits} fits" if fits >= 0 else "no sample fits beside the training state"))
+
+
+def batch_that_fits(cfg, step, step_memory, available):
+    """What to say when a batch does not fit: the largest batch_size that does at this seq_len, or that none does."""
+    one = step_memory(1)["peak"] if cfg.batch_size > 1 else step["peak"]
+    if one > available:
+        return (f"even batch_size=1 does not fit at seq_len={cfg.seq_len}: use a shorter seq_len or a smaller model "
+                f"(on CUDA, dtype='bf16-mixed'; over several processes, parallel='fsdp')")
+    # The peak grows with the batch as the largest of a few straight lines (a step that peaks in the optimizer does
+    # not grow at all), so the chord from batch 1 to batch_size lies above it: any batch under the chord fits.
+    fits = 1 + int((available - one) // ((step["peak"] - one) / (cfg.batch_size - 1)))
+    return (f"batch_size={fits} fits at seq_len={cfg.seq_len} (grad_accum="
+            f"{math.ceil(cfg.batch_size * cfg.grad_accum / fits)} keeps about the same tokens per step)")
 
 
 def resume(run):

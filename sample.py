@@ -51,6 +51,19 @@ def check_arguments(args):
         raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
 
 
+def check_memory(config, prompt_len, tokens, device):
+    """Refuse, before the weights are put on the device, a sample that would not fit there (one line: the estimate,
+    what is available, the most tokens that fit)."""
+    available = model_lib.available_memory(device)
+    needed = model_lib.generation_estimate(config, prompt_len, tokens)
+    if available is not None and needed["peak"] > available:
+        fits = model_lib.tokens_that_fit(config, prompt_len, available)
+        raise UserError(f"--tokens {tokens} after a {prompt_len}-token prompt needs about "
+                        f"{model_lib.human_bytes(needed['peak'])} ({model_lib.format_memory(needed)}) but {device} has "
+                        f"{model_lib.human_bytes(available)} available; "
+                        + (f"--tokens {fits} fits" if fits > 0 else "not even one token fits"))
+
+
 def main(argv):
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a run directory (out/<run_name>) or a checkpoint file")
@@ -73,6 +86,8 @@ def main(argv):
             tokenizer = prepare.load_tokenizer(tokenizer_name)
         except (ValueError, OSError) as e:
             raise UserError(str(e)) from None
+        check_memory(model_lib.ModelConfig(**checkpoint["model_config"]), 1 + len(tokenizer.encode_ordinary(args.prompt)),
+                     args.tokens, torch.device(args.device))
         model = model_lib.model_from_checkpoint(checkpoint, device=args.device)
         if model.config.vocab_size < tokenizer.n_vocab:
             raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
