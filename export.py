@@ -30,9 +30,10 @@ from safetensors.torch import load_file, save
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 import files
+import memory
 import prepare
 from config import ArgumentParser, UserError
-from model import BACKEND_FIELDS, ModelConfig, Transformer, available_memory, human_bytes, parameter_summary
+from model import BACKEND_FIELDS, ModelConfig, Transformer, parameter_summary
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
@@ -269,10 +270,10 @@ def import_hf(hf_dir):
         norm_eps=hf.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
         tie_embeddings=hf.get("tie_word_embeddings", False))  # LlamaConfig's default
 
-    needed, available = import_memory(config, weights_path), available_memory(torch.device("cpu"))
+    needed, available = import_memory(config, weights_path), memory.available_memory(torch.device("cpu"))
     if available is not None and needed > available:
-        raise ValueError(f"importing {weights_path} needs about {human_bytes(needed)} of memory (the weights as stored, "
-                         f"and in fp32) but {human_bytes(available)} is available")
+        raise ValueError(f"importing {weights_path} needs about {memory.human_bytes(needed)} of memory (the weights "
+                         f"as stored, and in fp32) but {memory.human_bytes(available)} is available")
     state = {}
     for name, tensor in load_file(weights_path).items():
         if name.startswith("model."):

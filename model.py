@@ -7,11 +7,8 @@ Top to bottom:
 - ChunkedCrossEntropy: the training loss without the (tokens, vocab) logits.
 - Transformer: forward (logits, or the summed cross-entropy) and generate (with a key/value cache).
 - parameter_summary, format_summary: parameter counts, Chinchilla tokens, FLOPs per token.
-- memory_estimate, generation_estimate, available_memory: the peak memory of a training step (run on fake tensors)
-  and of a generation, and what the device has free, so that what cannot fit is refused before it is allocated.
 - model_from_checkpoint, load_model: a trained model back from a checkpoint or a run directory.
-- `python model.py PRESET [key=value ...]` prints the summary of a preset; with `--memory seq_len=N batch_size=N`
-  also the memory of a training step and of a sample.
+- `python model.py PRESET [key=value ...]` prints the summary of a preset.
 
 Parameter names are those of Hugging Face's LlamaForCausalLM without its "model." prefix (embed_tokens,
 layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, norm, lm_head, ...), and the maths follows its
@@ -23,26 +20,18 @@ mlp.canon_d) and exist only when switched on, so a default config is exactly a L
 
 import difflib
 import math
-import re
 import sys
 import typing
-import weakref
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
 
 import files
-import optim
 from attention import (alibi_slopes, apply_rope, document_mask, document_positions, eager_attention, flex_attend,
                        flex_block_mask, key_minus_query, rope_tables)
-from config import UserError, at_least, check_type, check_valid, describe, one_of, read_overrides, unknown_key
+from config import UserError, check_type, describe, read_overrides, unknown_key
 
 # -----------------------------------------------------------------------------------------------
 # Configuration
@@ -548,159 +537,6 @@ def format_summary(config):
 
 
 # -----------------------------------------------------------------------------------------------
-# Memory: the peak of a training step and of a generation, known before anything is allocated. The training step
-# is run on fake tensors (FakeTensorMode: shapes and dtypes, no data, no memory) while LiveBytes counts the bytes
-# its tensors would hold, so every variant, back-end and optimizer is counted as it really runs.
-
-TRAINING_DTYPES = ("fp32", "bf16-mixed", "bf16")  # fp32 weights | fp32 weights and bf16 autocast | bf16 weights
-
-
-class LiveBytes(TorchDispatchMode):
-    """The bytes of tensor storage alive while ops run, and their peak. Each storage an op returns is counted once
-    (a view shares its base's), and uncounted when it is freed. watch(), where set, is called at each new peak and
-    its value kept as at_peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.watch = self.at_peak = None
-        self.counted = WeakIdKeyDictionary()  # storage -> the finalizer that uncounts it
-
-    def count(self, tensor):
-        storage = tensor.untyped_storage()
-        if storage not in self.counted:
-            size = storage.nbytes()
-            self.counted[storage] = weakref.finalize(storage, self.uncount, size)
-            self.live += size
-            if self.live > self.peak:
-                self.peak = self.live
-                self.at_peak = self.watch() if self.watch else None
-
-    def uncount(self, size):
-        self.live -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for value in tree_leaves(out):
-            if isinstance(value, torch.Tensor):
-                self.count(value)
-        return out
-
-
-def fake_model(config, device, dtype):
-    """A Transformer whose parameters and buffers are empty tensors of the current fake mode: built on the meta
-    device (no initialisation maths, which reads values a fake tensor does not have), then each tensor replaced;
-    a tied matrix stays one tensor."""
-    with torch.device("meta"):
-        model = Transformer(config)
-    fakes = {}
-    for module in model.modules():
-        for tensors in (module._parameters, module._buffers):
-            for name, t in tensors.items():
-                if t is not None and id(t) not in fakes:
-                    fake = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
-                    fakes[id(t)] = nn.Parameter(fake, t.requires_grad) if isinstance(t, nn.Parameter) else fake
-                if t is not None:
-                    tensors[name] = fakes[id(t)]
-    return model
-
-
-def memory_estimate(config, batch_size, seq_len, dtype, optimizer, grad_accum, optimizer_state, device=None):
-    """The peak bytes of one training step (forward, backward, optimizer step) of one process holding the whole
-    model, on batch_size rows of seq_len tokens with document boundaries (attention under a mask), as the trainer
-    runs it: {"weights", "gradients", "optimizer_state", "activations", "peak"}. The first four are what is alive
-    at the peak and sum to it; "gradients" are those computed by then, "activations" everything else (what
-    backward keeps, the loss's chunk, the optimizer's temporaries). It is the peak of any step after the first,
-    with the optimizer state alive throughout, and with grad_accum > 1 the gradients too. dtype: one of
-    TRAINING_DTYPES; optimizer, optimizer_state: train.py's keys; device: whose kernels count (default: cuda if any)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if config.attn == "flex" and device.type != "cuda":
-        raise UserError("attn='flex' is estimated on CUDA only: flex_attention has no backward on the CPU")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
-    with FakeTensorMode(), LiveBytes() as tracker:
-        model = fake_model(config, device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-        weights = tracker.live
-        step = optim.build_optimizer(optimizer, model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
-                                     seed=0, state_dtype=torch.bfloat16 if optimizer_state == "bf16" else None)
-        params = list(model.parameters())
-        if grad_accum > 1:  # a later micro-batch runs with the gradients of the earlier ones
-            for p in params:
-                p.grad = torch.zeros_like(p)
-        tracker.watch = lambda: sum(p.grad.nbytes for p in params if p.grad is not None)
-        tracker.peak = 0
-        x = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-        with autocast:
-            loss = model(x, x, x)  # token ids, document ids and targets alike: only shapes count here
-        loss.backward()
-        del loss
-        backward = tracker.peak, tracker.at_peak  # (peak, gradients alive at it) of forward and backward
-        tracker.peak = 0
-        step.step()  # this first step makes the state; the later ones update it in place, with the same temporaries
-        state = sum(t.nbytes for s in step.state.values() for t in s.values() if torch.is_tensor(t))
-        update = tracker.peak, tracker.at_peak
-    # the later steps' forward and backward run with the state alive
-    peak, gradients = max((backward[0] + state, backward[1]), update)
-    parts = {"weights": weights, "gradients": gradients, "optimizer_state": state}
-    return parts | {"activations": peak - sum(parts.values()), "peak": peak}
-
-
-def generation_estimate(config, prompt_len, new_tokens, dtype=torch.float32, batch_size=1):
-    """The peak bytes of Transformer.generate continuing batch_size prompts of prompt_len tokens by new_tokens, with
-    weights of dtype: {"weights", "kv_cache", "positions", "prompt", "logits", "peak"}. The key/value cache (and
-    RoPE's tables) hold prompt and new tokens alike; "prompt" is the no-grad forward pass that fills the cache, a
-    few (tokens, dim) and (tokens, ffn_dim) tensors and, where attention is materialised, the scores; "logits"
-    the last position's, in fp32, and the few copies sampling makes of them."""
-    total, size = prompt_len + new_tokens, torch.finfo(dtype).bits // 8
-    with torch.device("meta"):
-        model = Transformer(config)
-    weights = sum(t.numel() for t in [*model.parameters(), *model.buffers()])  # a tied matrix is listed once
-    kv_cache = 2 * config.n_layers * batch_size * config.kv_heads * config.head_dim * total * size
-    # rope_tables: frequencies, angles, then cos and sin, in fp32 (the last two kept)
-    positions = 3.5 * total * config.head_dim * 4 if config.position == "rope" else 0
-    if config.position == "alibi":  # key - query distances and the bias of every head, at the last token
-        positions = (1 + config.n_heads) * batch_size * total * 4
-    scores = batch_size * config.n_heads * prompt_len * prompt_len * 4
-    prompt = batch_size * prompt_len * (4 * config.dim + 3 * config.ffn_dim) * size + scores
-    logits = 4 * batch_size * config.vocab_size * 4
-    parts = {"weights": weights * size, "kv_cache": kv_cache, "positions": int(positions), "prompt": prompt,
-             "logits": logits}
-    return parts | {"peak": sum(parts.values())}
-
-
-def tokens_that_fit(config, prompt_len, room, dtype=torch.float32):
-    """The most new tokens whose generation_estimate fits in room bytes (each token adds the same bytes); -1 when not
-    even the prompt does."""
-    start = generation_estimate(config, prompt_len, 0, dtype)["peak"]
-    per_token = generation_estimate(config, prompt_len, 1, dtype)["peak"] - start
-    return int((room - start) // per_token) if room >= start else -1
-
-
-def available_memory(device):
-    """Bytes this process may still allocate on device: CUDA's free memory, or the CPU's MemAvailable (Linux);
-    None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return 1024 * int(re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
-    except (OSError, AttributeError):
-        return None
-
-
-def human_bytes(n):
-    """1_610_612_736 -> '1.5 GiB', 52_428_800 -> '50.0 MiB'."""
-    for unit, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= unit:
-            return f"{n / unit:.1f} {suffix}"
-    return f"{n:.0f} B"
-
-
-def format_memory(parts):
-    """'weights 619 MiB, gradients ...' of an estimate's parts (not its peak)."""
-    return ", ".join(f"{name.replace('_', ' ')} {human_bytes(n)}" for name, n in parts.items() if name != "peak")
-
-
-# -----------------------------------------------------------------------------------------------
 # A trained model back from a checkpoint (files.py finds, checks and loads the file)
 
 
@@ -718,36 +554,11 @@ def load_model(path, device="cpu"):
 
 
 # -----------------------------------------------------------------------------------------------
-# Command line: python model.py PRESET [key=value ...] [--memory seq_len=N batch_size=N ...]
-
-# The training keys (train.py's names) that --memory reads besides ModelConfig's: (type, default, rule); seq_len and
-# batch_size have no default
-MEMORY_KEYS = {"seq_len": (int, None, at_least(1)), "batch_size": (int, None, at_least(1)),
-               "grad_accum": (int, 1, at_least(1)), "dtype": (str, "fp32", one_of(*TRAINING_DTYPES)),
-               "optimizer": (str, "adamw", one_of(*optim.OPTIMIZERS)),
-               "optimizer_state": (str, "fp32", one_of("fp32", "bf16"))}
-
-
-def memory_report(config, seq_len, batch_size, dtype, optimizer, grad_accum, optimizer_state):
-    """--memory's lines: a training step's peak part by part, a sample's of seq_len tokens, and what is free here."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    step = memory_estimate(config, batch_size, seq_len, dtype, optimizer, grad_accum, optimizer_state, device)
-    sample = generation_estimate(config, 1, seq_len)
-    available = available_memory(device)
-    rows = [("Weights", step["weights"], ""), ("Gradients", step["gradients"], " (those alive at the peak)"),
-            ("Optimizer state", step["optimizer_state"], ""), ("Activations", step["activations"], " (and temporaries)"),
-            ("Step peak", step["peak"], ""),
-            ("Sample peak", sample["peak"], f" (one sample of {seq_len:,} tokens: {format_memory(sample)})")]
-    if available is not None:
-        rows.append(("Available", available, f" ({device.type}, now)"))
-    return "\n".join([f"Memory of a training step of {batch_size} x {seq_len:,} tokens, {dtype}, {optimizer}"
-                      f"{f', grad_accum={grad_accum}' if grad_accum > 1 else ''} (one process, as {device.type} runs it):"]
-                     + [f"{label + ':':<19}{human_bytes(n)}{note}" for label, n, note in rows])
+# Command line: python model.py PRESET [key=value ...]
 
 
 def main(argv):
-    usage = (f"usage: python model.py PRESET [key=value ...] [--memory seq_len=N batch_size=N "
-             f"[{'|'.join(list(MEMORY_KEYS)[2:])}=...]]  (presets: {', '.join(PRESETS)})")
+    usage = f"usage: python model.py PRESET [key=value ...]  (presets: {', '.join(PRESETS)})"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         print(describe(ModelConfig))
@@ -757,35 +568,25 @@ def main(argv):
         if not argv:
             raise UserError(f"no preset given; {usage}")
         name, *args = argv
-        memory = "--memory" in args
-        args = [arg for arg in args if arg != "--memory"]
         if name not in PRESETS:
             close = difflib.get_close_matches(name, PRESETS, n=1)
             raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        overrides, training = {}, {key: default for key, (_, default, _) in MEMORY_KEYS.items()}
+        overrides = {}
         for arg in args:
             if "=" not in arg:
                 raise UserError(f"expected key=value, got {arg!r}")
         for key, value in read_overrides(args).items():
-            if memory and key in MEMORY_KEYS:
-                training[key] = check_type(key, value, MEMORY_KEYS[key][0])
-            elif key in keys:
-                overrides[key] = check_type(key, value, keys[key])
-            else:
-                raise unknown_key(key, [*keys, *MEMORY_KEYS] if memory else keys)
-        check_valid(training, {key: rule for key, (_, _, rule) in MEMORY_KEYS.items()})
-        if memory and None in (training["seq_len"], training["batch_size"]):
-            raise UserError("--memory needs seq_len=N and batch_size=N (a process's micro-batch: batch_size x seq_len)")
+            if key not in keys:
+                raise unknown_key(key, keys)
+            overrides[key] = check_type(key, value, keys[key])
         try:
             model_config = replace(PRESETS[name], **overrides)
         except ValueError as e:  # an invalid shape, such as dim % n_heads != 0
             raise UserError(str(e))
-        print(format_summary(model_config))
-        if memory:
-            print(memory_report(model_config, **training))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(format_summary(model_config))
     return 0
 
 

@@ -400,7 +400,7 @@ def memory_line(model, optimizer, layout, device):
 
 
 def memory_share(estimate, layout, grad_accum, pp_schedule):
-    """What one process of this layout holds of a step that model.memory_estimate measured for one process holding
+    """What one process of this layout holds of a step that memory.memory_estimate measured for one process holding
     the whole model (the same parts, and their sum as the peak): fsdp holds 1/N of the weights, gradients and
     optimizer state (a block's gathered weights come and go); a pipeline stage holds its 1/n_stages of them, and the
     activations of its layers for the micro-batches it has in flight: up to one a stage under 1f1b, all of them

@@ -25,6 +25,7 @@ import control
 import data
 import files
 import flops
+import memory
 import model as model_lib
 import optim
 import parallel
@@ -201,37 +202,38 @@ def start_run(cfg, model_overrides, rank, world_size, device):
 
 def check_memory(cfg, model_config, layout, device, dtype):
     """Refuse, before anything is built on the device, a run whose training step or end-of-run samples would not
-    fit in the memory this process has (model.memory_estimate and generation_estimate, scaled to the layout by
+    fit in the memory this process has (memory.memory_estimate and generation_estimate, scaled to the layout by
     parallel.memory_share), with the estimate, what is available and what would fit instead."""
-    available = model_lib.available_memory(device)
+    available = memory.available_memory(device)
     if available is None:
         return
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if device.type == "cpu" else 1
     available //= local_processes  # processes on one machine share its memory; each CUDA one has its own device
-    where = f"{device.type} has {model_lib.human_bytes(available)} available" + (
+    where = f"{device.type} has {memory.human_bytes(available)} available" + (
         f" for each of {local_processes} processes" if local_processes > 1 else "")
 
     def step_memory(batch_size):
-        estimate = model_lib.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
+        estimate = memory.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
                                              cfg.grad_accum, cfg.optimizer_state, device)
         return parallel.memory_share(estimate, layout, cfg.grad_accum, cfg.pp_schedule)
     step = step_memory(cfg.batch_size)
     if step["peak"] > available:
         raise UserError(f"a training step of batch_size={cfg.batch_size} x seq_len={cfg.seq_len} needs about "
-                        f"{model_lib.human_bytes(step['peak'])} ({model_lib.format_memory(step)}) but {where}; "
+                        f"{memory.human_bytes(step['peak'])} ({memory.format_memory(step)}) but {where}; "
                         + batch_that_fits(cfg, step, step_memory, available))
 
     # The samples: rank 0 generates them beside the weights and optimizer state (the gradients are freed by then),
     # with the model's own weights, or a whole copy gathered where the model is sharded or cut into stages.
     prompt_len = 1 + max(len(prompt.encode()) for prompt in cfg.sample_prompts)  # end-of-text, at most a token a byte
     weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    generation = model_lib.generation_estimate(model_config, prompt_len, cfg.sample_tokens, weight_dtype)
-    held = step["weights"] + step["optimizer_state"] - (0 if layout.sharded or layout.pipelined else generation["weights"])
+    generation = memory.generation_estimate(model_config, prompt_len, cfg.sample_tokens, weight_dtype)
+    whole_copy = layout.sharded or layout.pipelined
+    held = step["weights"] + step["optimizer_state"] - (0 if whole_copy else generation["weights"])
     if layout.rank == 0 and held + generation["peak"] > available:
-        fits = model_lib.tokens_that_fit(model_config, prompt_len, available - held, weight_dtype)
+        fits = memory.tokens_that_fit(model_config, prompt_len, available - held, weight_dtype)
         raise UserError(f"the samples (sample_tokens={cfg.sample_tokens} after a prompt of up to {prompt_len} tokens) "
-                        f"need about {model_lib.human_bytes(held + generation['peak'])} with the training state "
-                        f"({model_lib.format_memory(generation)}) but {where}; "
+                        f"need about {memory.human_bytes(held + generation['peak'])} with the training state "
+                        f"({memory.format_memory(generation)}) but {where}; "
                         + (f"sample_tokens={fits} fits" if fits >= 0 else "no sample fits beside the training state"))
 
 

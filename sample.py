@@ -11,6 +11,7 @@ import sys
 import torch
 
 import files
+import memory
 import model as model_lib
 import prepare
 from config import ArgumentParser, UserError
@@ -54,13 +55,13 @@ def check_arguments(args):
 def check_memory(config, prompt_len, tokens, device):
     """Refuse, before the weights are put on the device, a sample that would not fit there (one line: the estimate,
     what is available, the most tokens that fit)."""
-    available = model_lib.available_memory(device)
-    needed = model_lib.generation_estimate(config, prompt_len, tokens)
+    available = memory.available_memory(device)
+    needed = memory.generation_estimate(config, prompt_len, tokens)
     if available is not None and needed["peak"] > available:
-        fits = model_lib.tokens_that_fit(config, prompt_len, available)
+        fits = memory.tokens_that_fit(config, prompt_len, available)
         raise UserError(f"--tokens {tokens} after a {prompt_len}-token prompt needs about "
-                        f"{model_lib.human_bytes(needed['peak'])} ({model_lib.format_memory(needed)}) but {device} has "
-                        f"{model_lib.human_bytes(available)} available; "
+                        f"{memory.human_bytes(needed['peak'])} ({memory.format_memory(needed)}) but {device} has "
+                        f"{memory.human_bytes(available)} available; "
                         + (f"--tokens {fits} fits" if fits > 0 else "not even one token fits"))
 
 
@@ -86,8 +87,8 @@ def main(argv):
             tokenizer = prepare.load_tokenizer(tokenizer_name)
         except (ValueError, OSError) as e:
             raise UserError(str(e)) from None
-        check_memory(model_lib.ModelConfig(**checkpoint["model_config"]), 1 + len(tokenizer.encode_ordinary(args.prompt)),
-                     args.tokens, torch.device(args.device))
+        config = model_lib.ModelConfig(**checkpoint["model_config"])
+        check_memory(config, 1 + len(tokenizer.encode_ordinary(args.prompt)), args.tokens, torch.device(args.device))
         model = model_lib.model_from_checkpoint(checkpoint, device=args.device)
         if model.config.vocab_size < tokenizer.n_vocab:
             raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "

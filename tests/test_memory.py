@@ -1,4 +1,4 @@
-"""Memory: model.memory_estimate against a real step's peak, and a run, a sample or an import that cannot fit refused
+"""Memory: memory.memory_estimate against a real step's peak, and a run, a sample or an import that cannot fit refused
 before anything is allocated, with the estimate and what fits."""
 import os
 import re
@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, run_args
 
 import export
+import memory
 import model
 import parallel
 import sample
@@ -31,7 +32,8 @@ import ctypes, re, sys
 import torch
 torch.set_num_threads(1)
 import model, optim
-config, batch_size, seq_len, optimizer = model.ModelConfig(**eval(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+config, batch_size, seq_len = model.ModelConfig(**eval(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
+optimizer = sys.argv[4]
 
 def kib(field):
     with open("/proc/self/status") as f:
@@ -67,7 +69,7 @@ def test_the_estimate_is_within_15_percent_of_a_real_steps_peak():
     assert result.returncode == 0, result.stderr
     measured = int(result.stdout)
     assert measured > 100 * 2**20  # big enough that the allocator's own overheads are noise
-    estimate = model.memory_estimate(ModelConfig(**config), batch_size, seq_len, "fp32", optimizer, 1, "fp32", "cpu")
+    estimate = memory.memory_estimate(ModelConfig(**config), batch_size, seq_len, "fp32", optimizer, 1, "fp32", "cpu")
     assert abs(estimate["peak"] - measured) <= 0.15 * measured, (estimate, measured)
     assert estimate["peak"] == sum(v for k, v in estimate.items() if k != "peak")
 
@@ -75,14 +77,14 @@ def test_the_estimate_is_within_15_percent_of_a_real_steps_peak():
 def test_the_parts_of_the_estimate():
     config = ModelConfig(vocab_size=257, dim=64, n_layers=2, n_heads=4, ffn_dim=160)
     n_params = sum(p.numel() for p in Transformer(config).parameters())
-    adamw = model.memory_estimate(config, 4, 64, "fp32", "adamw", 1, "fp32", "cpu")
+    adamw = memory.memory_estimate(config, 4, 64, "fp32", "adamw", 1, "fp32", "cpu")
     assert adamw["weights"] == 4 * n_params and adamw["optimizer_state"] >= 8 * n_params  # two fp32 moments
-    pure_bf16 = model.memory_estimate(config, 4, 64, "bf16", "adamw", 1, "bf16", "cpu")
+    pure_bf16 = memory.memory_estimate(config, 4, 64, "bf16", "adamw", 1, "bf16", "cpu")
     assert pure_bf16["weights"] == 2 * n_params and pure_bf16["optimizer_state"] < adamw["optimizer_state"]
-    accumulating = model.memory_estimate(config, 4, 64, "fp32", "adamw", 2, "fp32", "cpu")
+    accumulating = memory.memory_estimate(config, 4, 64, "fp32", "adamw", 2, "fp32", "cpu")
     assert accumulating["gradients"] == 4 * n_params  # alive through the micro-batches
     # activations grow with the rows; the rest does not
-    double = model.memory_estimate(config, 8, 64, "fp32", "adamw", 1, "fp32", "cpu")
+    double = memory.memory_estimate(config, 8, 64, "fp32", "adamw", 1, "fp32", "cpu")
     assert double["activations"] > 1.8 * adamw["activations"]
     assert (double["weights"], double["optimizer_state"]) == (adamw["weights"], adamw["optimizer_state"])
 
@@ -96,30 +98,32 @@ def test_fsdp_holds_a_share_of_the_weights_gradients_and_state():
 
 def test_the_generation_estimate_counts_the_cache_of_prompt_and_new_tokens():
     config = ModelConfig(vocab_size=257, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160)
-    short, long = model.generation_estimate(config, 10, 100), model.generation_estimate(config, 10, 1100)
+    short, long = memory.generation_estimate(config, 10, 100), memory.generation_estimate(config, 10, 1100)
     # keys and values: 2 x layers x kv heads x head_dim x fp32, a token
     assert long["kv_cache"] - short["kv_cache"] == 1000 * 2 * 2 * 2 * 16 * 4
     assert short["weights"] == 4 * sum(p.numel() for p in Transformer(config).parameters())
-    fits = model.tokens_that_fit(config, 10, long["peak"])
-    assert fits >= 1100 and model.generation_estimate(config, 10, fits)["peak"] <= long["peak"]
+    fits = memory.tokens_that_fit(config, 10, long["peak"])
+    assert fits >= 1100 and memory.generation_estimate(config, 10, fits)["peak"] <= long["peak"]
 
 
 def test_memory_command_prints_the_breakdown(capsys):
-    assert model.main(["quickstart", "--memory", "seq_len=64", "batch_size=2", "vocab_size=257", "dtype=bf16-mixed",
-                       "optimizer=muon"]) == 0
+    assert memory.main(["quickstart", "seq_len=64", "batch_size=2", "vocab_size=257", "dtype=bf16-mixed",
+                        "optimizer=muon"]) == 0
     out = capsys.readouterr().out
     config = replace(model.PRESETS["quickstart"], vocab_size=257)
-    estimate = model.memory_estimate(config, 2, 64, "bf16-mixed", "muon", 1, "fp32")
-    assert "Memory of a training step of 2 x 64 tokens, bf16-mixed, muon" in out
+    estimate = memory.memory_estimate(config, 2, 64, "bf16-mixed", "muon", 1, "fp32")
+    assert out.startswith("A training step of 2 x 64 tokens, bf16-mixed, muon, attn=sdpa (one process, as cpu runs it):")
     for label, key in (("Weights", "weights"), ("Gradients", "gradients"), ("Optimizer state", "optimizer_state"),
                        ("Activations", "activations"), ("Step peak", "peak")):
-        assert re.search(rf"^{label}: +{re.escape(model.human_bytes(estimate[key]))}", out, re.MULTILINE), label
+        assert re.search(rf"^{label}: +{re.escape(memory.human_bytes(estimate[key]))}", out, re.MULTILINE), label
     assert re.search(r"^Sample peak: .*kv cache", out, re.MULTILINE)
-    assert model.main(["quickstart", "--memory", "seq_len=64"]) == 2
-    assert capsys.readouterr().err == "error: --memory needs seq_len=N and batch_size=N (a process's micro-batch: " \
-                                      "batch_size x seq_len)\n"
-    assert model.main(["quickstart", "--memory", "seq_len=64", "batch_size=2", "dtype=fp16"]) == 2
-    assert capsys.readouterr().err.startswith("error: dtype='fp16' is not one of fp32, bf16-mixed, bf16")
+    assert memory.main(["quickstart", "seq_len=64"]) == 2
+    assert capsys.readouterr().err == "error: give seq_len=N and batch_size=N: the micro-batch of one process is " \
+                                      "batch_size x seq_len\n"
+    assert memory.main(["quickstart", "seq_len=64", "batch_size=2", "dtype=fp16"]) == 2
+    assert capsys.readouterr().err == "error: dtype='fp16' is not one of fp32, bf16-mixed, bf16\n"
+    assert memory.main(["quickstart", "seq_len=64", "batch_size=2", "dims=8"]) == 2
+    assert capsys.readouterr().err == "error: unknown config key 'dims' (did you mean 'dim'?)\n"
 
 
 # -----------------------------------------------------------------------------------------------
@@ -147,14 +151,14 @@ TINY_CONFIG = ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_dim
 def test_a_batch_that_cannot_fit_is_refused_with_what_fits(tiny_data, tmp_path, capsys, monkeypatch,
                                                            nothing_built_on_a_device):
     def step(batch_size):
-        return model.memory_estimate(TINY_CONFIG, batch_size, 32, "fp32", "adamw", 1, "fp32", "cpu")["peak"]
+        return memory.memory_estimate(TINY_CONFIG, batch_size, 32, "fp32", "adamw", 1, "fp32", "cpu")["peak"]
     available = (step(3) + step(4)) // 2
-    monkeypatch.setattr(model, "available_memory", lambda device: available)
+    monkeypatch.setattr(memory, "available_memory", lambda device: available)
     assert train.main(run_args(tiny_data, tmp_path, "batch_size=64")) == 2
     error = one_error_line(capsys)
     assert error.startswith(f"error: a training step of batch_size=64 x seq_len=32 needs about "
-                            f"{model.human_bytes(step(64))} (weights ")
-    assert f"but cpu has {model.human_bytes(available)} available" in error
+                            f"{memory.human_bytes(step(64))} (weights ")
+    assert f"but cpu has {memory.human_bytes(available)} available" in error
     fits, accum = map(int, re.search(r"batch_size=(\d+) fits at seq_len=32 \(grad_accum=(\d+) keeps", error).groups())
     assert 1 <= fits <= 3 and step(fits) <= available and fits * accum >= 64
     assert not (tmp_path / "run").exists()  # no run directory, no config.json
@@ -162,16 +166,16 @@ def test_a_batch_that_cannot_fit_is_refused_with_what_fits(tiny_data, tmp_path, 
 
 def test_samples_that_cannot_fit_are_refused_before_training(tiny_data, tmp_path, capsys, monkeypatch,
                                                              nothing_built_on_a_device):
-    step = model.memory_estimate(TINY_CONFIG, 4, 32, "fp32", "adamw", 1, "fp32", "cpu")
+    step = memory.memory_estimate(TINY_CONFIG, 4, 32, "fp32", "adamw", 1, "fp32", "cpu")
     available = step["peak"] + 2**20
-    monkeypatch.setattr(model, "available_memory", lambda device: available)
+    monkeypatch.setattr(memory, "available_memory", lambda device: available)
     assert train.main(run_args(tiny_data, tmp_path, "sample_tokens=1000000", "sample_prompts=['ab']")) == 2
     error = one_error_line(capsys)
     assert error.startswith("error: the samples (sample_tokens=1000000 after a prompt of up to 3 tokens) need about ")
     fits = int(re.search(r"; sample_tokens=(\d+) fits$", error).group(1))
     held = step["optimizer_state"]  # beside the model's own weights, counted in the generation
-    assert held + model.generation_estimate(TINY_CONFIG, 3, fits)["peak"] <= available
-    assert held + model.generation_estimate(TINY_CONFIG, 3, fits + 1)["peak"] > available
+    assert held + memory.generation_estimate(TINY_CONFIG, 3, fits)["peak"] <= available
+    assert held + memory.generation_estimate(TINY_CONFIG, 3, fits + 1)["peak"] > available
     assert not (tmp_path / "run").exists()
 
 
@@ -186,19 +190,19 @@ def save_checkpoint(path):
 def test_sample_py_refuses_tokens_that_cannot_fit(tmp_path, capsys, monkeypatch):
     save_checkpoint(tmp_path / "ckpt.pt")
     available = 64 * 2**20
-    monkeypatch.setattr(model, "available_memory", lambda device: available)
+    monkeypatch.setattr(memory, "available_memory", lambda device: available)
     monkeypatch.setattr(model, "model_from_checkpoint", lambda *a, **k: pytest.fail("the weights were loaded"))
     assert sample.main([str(tmp_path / "ckpt.pt"), "--prompt", "Hi", "--tokens", "100000000"]) == 2
     error = one_error_line(capsys)
     assert error.startswith("error: --tokens 100000000 after a 3-token prompt needs about ")
-    assert "kv cache" in error and f"but cpu has {model.human_bytes(available)} available" in error
+    assert "kv cache" in error and f"but cpu has {memory.human_bytes(available)} available" in error
     fits = int(re.search(r"; --tokens (\d+) fits$", error).group(1))
-    assert model.generation_estimate(TINY_CONFIG, 3, fits)["peak"] <= available
+    assert memory.generation_estimate(TINY_CONFIG, 3, fits)["peak"] <= available
 
 
 def test_import_of_weights_that_cannot_fit_is_refused_before_loading(tmp_path, capsys, monkeypatch):
     export.export_hf(torch.load(save_checkpoint(tmp_path / "ckpt.pt"), weights_only=True), tmp_path / "hf")
-    monkeypatch.setattr(export, "available_memory", lambda device: 1000)  # bytes: less than the weights
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)  # bytes: less than the weights
     monkeypatch.setattr(export, "load_file", lambda *a, **k: pytest.fail("the weights were read"))
     with pytest.raises(SystemExit) as e:
         export.main(["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "back")])
