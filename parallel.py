@@ -17,7 +17,7 @@ and `load_model`, `sample.py` and `export.py` read it. Only rank 0 reads and wri
 
 Top to bottom: Layout and plan (who does what), check (the combinations refused, and why), shard (a rank's
 part of the model), the pipeline (StageModel, Pipeline, its step and eval), gradient_norm, the whole state
-(gather for checkpoints, load into any layout), from_rank0, memory_line.
+(gather for checkpoints, load into any layout), from_rank0, memory_line, memory_share (what a process holds of a step).
 """
 import socket
 from dataclasses import dataclass
@@ -401,17 +401,20 @@ def memory_line(model, optimizer, layout, device):
 
 def memory_share(estimate, layout, grad_accum, pp_schedule):
     """What one process of this layout holds of a step that memory.memory_estimate measured for one process holding
-    the whole model (the same parts, and their sum as the peak): fsdp holds 1/N of the weights, gradients and
-    optimizer state (a block's gathered weights come and go); a pipeline stage holds its 1/n_stages of them, and the
-    activations of its layers for the micro-batches it has in flight: up to one a stage under 1f1b, all of them
-    under gpipe. Approximate: stages differ by the embedding and lm_head."""
+    the whole model (the same parts, and their sum as the peak). ddp adds the buckets DDP all-reduces the gradients
+    in (a second copy of them, kept throughout); fsdp holds 1/N of the weights, gradients and optimizer state (a
+    block's gathered weights come and go); a pipeline stage holds its 1/n_stages of them, and the activations of its
+    layers for the micro-batches it has in flight: up to one a stage under 1f1b, all of them under gpipe.
+    Approximate: the stages differ by the embedding and lm_head."""
+    held, in_flight, buckets = 1, 1, 0
     if layout.sharded:
-        held, in_flight = 1 / layout.world_size, 1
+        held = 1 / layout.world_size
     elif layout.pipelined:
-        in_flight = min(grad_accum, layout.n_stages) if pp_schedule == "1f1b" else grad_accum
-        held, in_flight = 1 / layout.n_stages, in_flight / layout.n_stages
-    else:
-        return estimate
-    share = {key: int(estimate[key] * held) for key in ("weights", "gradients", "optimizer_state")}
-    share["activations"] = int(estimate["activations"] * in_flight)
+        held = 1 / layout.n_stages
+        in_flight = (min(grad_accum, layout.n_stages) if pp_schedule == "1f1b" else grad_accum) / layout.n_stages
+    elif layout.world_size > 1:
+        buckets = estimate["weights"]
+    share = {"weights": int(estimate["weights"] * held), "gradients": int(estimate["gradients"] * held) + buckets,
+             "optimizer_state": int(estimate["optimizer_state"] * held),
+             "activations": int(estimate["activations"] * in_flight)}
     return share | {"peak": sum(share.values())}

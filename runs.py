@@ -4,7 +4,8 @@ Top to bottom:
 - make_schedule, setup_distributed, open_data, build_model_config: the config (train.TrainConfig) made into
   objects: the learning-rate schedule, the process group, the data, the model's shape.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
-  resumed from the newest checkpoint that loads, or from scratch only where nothing would be lost).
+  resumed from the newest checkpoint that loads, or from scratch only where nothing would be lost); check_memory
+  refuses first, before anything is allocated, a step or samples that would not fit (memory.py).
 - save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
 """
 import dataclasses
@@ -214,7 +215,7 @@ def check_memory(cfg, model_config, layout, device, dtype):
 
     def step_memory(batch_size):
         estimate = memory.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
-                                             cfg.grad_accum, cfg.optimizer_state, device)
+                                          cfg.grad_accum, cfg.optimizer_state, device)
         return parallel.memory_share(estimate, layout, cfg.grad_accum, cfg.pp_schedule)
     step = step_memory(cfg.batch_size)
     if step["peak"] > available:
@@ -231,14 +232,15 @@ def check_memory(cfg, model_config, layout, device, dtype):
     held = step["weights"] + step["optimizer_state"] - (0 if whole_copy else generation["weights"])
     if layout.rank == 0 and held + generation["peak"] > available:
         fits = memory.tokens_that_fit(model_config, prompt_len, available - held, weight_dtype)
-        raise UserError(f"the samples (sample_tokens={cfg.sample_tokens} after a prompt of up to {prompt_len} tokens) "
+        raise UserError(f"the samples (sample_tokens={cfg.sample_tokens} after a {prompt_len}-token prompt) "
                         f"need about {memory.human_bytes(held + generation['peak'])} with the training state "
                         f"({memory.format_memory(generation)}) but {where}; "
                         + (f"sample_tokens={fits} fits" if fits >= 0 else "no sample fits beside the training state"))
 
 
 def batch_that_fits(cfg, step, step_memory, available):
-    """What to say when a batch does not fit: the largest batch_size that does at this seq_len, or that none does."""
+    """What to say when a batch does not fit: a batch_size that does at this seq_len (the largest, or nearly), or
+    that none does."""
     one = step_memory(1)["peak"] if cfg.batch_size > 1 else step["peak"]
     if one > available:
         return (f"even batch_size=1 does not fit at seq_len={cfg.seq_len}: use a shorter seq_len or a smaller model "

@@ -87,13 +87,21 @@ def test_the_parts_of_the_estimate():
     double = memory.memory_estimate(config, 8, 64, "fp32", "adamw", 1, "fp32", "cpu")
     assert double["activations"] > 1.8 * adamw["activations"]
     assert (double["weights"], double["optimizer_state"]) == (adamw["weights"], adamw["optimizer_state"])
+    # flex (a GPU path) is counted as flash attention: no mask is kept
+    flex = memory.memory_estimate(replace(config, attn="flex"), 4, 64, "fp32", "adamw", 1, "fp32", "cpu")
+    assert flex["weights"] == adamw["weights"] and flex["activations"] < adamw["activations"]
 
 
-def test_fsdp_holds_a_share_of_the_weights_gradients_and_state():
+def test_what_a_process_holds_under_each_layout():
     estimate = {"weights": 400, "gradients": 400, "optimizer_state": 800, "activations": 1000, "peak": 2600}
     assert parallel.memory_share(estimate, parallel.Layout("ddp"), 1, "1f1b") == estimate
+    ddp = parallel.memory_share(estimate, parallel.Layout("ddp", world_size=2, dp_size=2), 1, "1f1b")
+    assert ddp == estimate | {"gradients": 800, "peak": 3000}  # and DDP's buckets
     fsdp = parallel.memory_share(estimate, parallel.Layout("fsdp", world_size=4, dp_size=4), 1, "1f1b")
     assert fsdp == {"weights": 100, "gradients": 100, "optimizer_state": 200, "activations": 1000, "peak": 1400}
+    pp = parallel.Layout("pp", world_size=2, n_stages=2)
+    assert parallel.memory_share(estimate, pp, 4, "1f1b")["activations"] == 1000  # two micro-batches, half the layers
+    assert parallel.memory_share(estimate, pp, 4, "gpipe")["activations"] == 2000  # all four
 
 
 def test_the_generation_estimate_counts_the_cache_of_prompt_and_new_tokens():
@@ -171,7 +179,7 @@ def test_samples_that_cannot_fit_are_refused_before_training(tiny_data, tmp_path
     monkeypatch.setattr(memory, "available_memory", lambda device: available)
     assert train.main(run_args(tiny_data, tmp_path, "sample_tokens=1000000", "sample_prompts=['ab']")) == 2
     error = one_error_line(capsys)
-    assert error.startswith("error: the samples (sample_tokens=1000000 after a prompt of up to 3 tokens) need about ")
+    assert error.startswith("error: the samples (sample_tokens=1000000 after a 3-token prompt) need about ")
     fits = int(re.search(r"; sample_tokens=(\d+) fits$", error).group(1))
     held = step["optimizer_state"]  # beside the model's own weights, counted in the generation
     assert held + memory.generation_estimate(TINY_CONFIG, 3, fits)["peak"] <= available
