@@ -9,14 +9,13 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from conftest import ROOT, run_args
-
 import export
 import memory
 import model
 import parallel
 import sample
 import train
+from conftest import ROOT, run_args
 from model import ModelConfig, Transformer
 
 # -----------------------------------------------------------------------------------------------
@@ -120,7 +119,9 @@ def test_memory_command_prints_the_breakdown(capsys):
     out = capsys.readouterr().out
     config = replace(model.PRESETS["quickstart"], vocab_size=257)
     estimate = memory.memory_estimate(config, 2, 64, "bf16-mixed", "muon", 1, "fp32")
-    assert out.startswith("A training step of 2 x 64 tokens, bf16-mixed, muon, attn=sdpa (one process, as cpu runs it):")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # whose kernels the command counts
+    assert out.startswith(f"A training step of 2 x 64 tokens, bf16-mixed, muon, attn=sdpa (one process, as {device} "
+                          f"runs it):")
     for label, key in (("Weights", "weights"), ("Gradients", "gradients"), ("Optimizer state", "optimizer_state"),
                        ("Activations", "activations"), ("Step peak", "peak")):
         assert re.search(rf"^{label}: +{re.escape(memory.human_bytes(estimate[key]))}", out, re.MULTILINE), label
@@ -200,7 +201,7 @@ def test_sample_py_refuses_tokens_that_cannot_fit(tmp_path, capsys, monkeypatch)
     available = 64 * 2**20
     monkeypatch.setattr(memory, "available_memory", lambda device: available)
     monkeypatch.setattr(model, "model_from_checkpoint", lambda *a, **k: pytest.fail("the weights were loaded"))
-    assert sample.main([str(tmp_path / "ckpt.pt"), "--prompt", "Hi", "--tokens", "100000000"]) == 2
+    assert sample.main([str(tmp_path / "ckpt.pt"), "--prompt", "Hi", "--tokens", "100000000", "--device", "cpu"]) == 2
     error = one_error_line(capsys)
     assert error.startswith("error: --tokens 100000000 after a 3-token prompt needs about ")
     assert "kv cache" in error and f"but cpu has {memory.human_bytes(available)} available" in error
