@@ -31,8 +31,9 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 
 import data
 import files
+import memory
 from config import ArgumentParser, UserError, one_line, run_main
-from model import BACKEND_FIELDS, ModelConfig, Transformer, checkpoint_config
+from model import BACKEND_FIELDS, ModelConfig, Transformer, checkpoint_config, parameter_summary
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
@@ -270,6 +271,10 @@ def import_hf(hf_dir):
         norm_eps=hf.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
         tie_embeddings=hf.get("tie_word_embeddings", False))  # LlamaConfig's default
 
+    needed, available = import_memory(config, weights_path), memory.available_memory(torch.device("cpu"))
+    if available is not None and needed > available:
+        raise ValueError(f"importing {weights_path} needs about {memory.human_bytes(needed)} of memory (the weights "
+                         f"as stored, and in fp32) but {memory.human_bytes(available)} is available")
     state = {}
     for name, tensor in load_file(weights_path).items():
         if name.startswith("model."):
@@ -286,6 +291,13 @@ def import_hf(hf_dir):
         raise ValueError(f"weights in {hf_dir} do not match config.json: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
     return config, state
+
+
+def import_memory(config, weights_path):
+    """Bytes import_hf holds at once: the file's tensors as read, and their fp32 copies where they are stored in a
+    narrower dtype (a file smaller than the fp32 weights)."""
+    stored, fp32 = weights_path.stat().st_size, 4 * parameter_summary(config)["total"]
+    return stored + (fp32 if stored < fp32 else 0)
 
 
 def imported_tokenizer(hf_dir):

@@ -21,8 +21,8 @@ in-process), so that an error is the failed rank's one line and Ctrl-C or SIGTER
 
 Top to bottom: Layout and plan (who does what), check (the combinations refused, and why), shard (a rank's
 part of the model) and compile_model (torch.compile, for every layout), the pipeline (StageModel, Pipeline, its step
-and eval), gradient_norm, the whole state (gather for checkpoints, load into any layout), from_rank0, memory_line, the
-launcher.
+and eval), gradient_norm, the whole state (gather for checkpoints, load into any layout), from_rank0, memory_line,
+memory_share (what a process holds of a step), the launcher.
 """
 import logging
 import os
@@ -419,6 +419,27 @@ def memory_line(model, optimizer, layout, device):
     dist.all_reduce(total)
     return (f"weights and optimizer state: {most.item() / 2**20:,.1f} MiB on the fullest of {layout.world_size} "
             f"processes ({layout.mode}), {total.item() / 2**20:,.1f} MiB on all")
+
+
+def memory_share(estimate, layout, grad_accum, pp_schedule):
+    """What one process of this layout holds of a step that memory.memory_estimate measured for one process holding
+    the whole model (the same parts, and their sum as the peak). ddp adds the buckets DDP all-reduces the gradients
+    in (a second copy of them, kept throughout); fsdp holds 1/N of the weights, gradients and optimizer state (a
+    block's gathered weights come and go); a pipeline stage holds its 1/n_stages of them, and the activations of its
+    layers for the micro-batches it has in flight: up to one a stage under 1f1b, all of them under gpipe.
+    Approximate: the stages differ by the embedding and lm_head."""
+    held, in_flight, buckets = 1, 1, 0
+    if layout.sharded:
+        held = 1 / layout.world_size
+    elif layout.pipelined:
+        held = 1 / layout.n_stages
+        in_flight = (min(grad_accum, layout.n_stages) if pp_schedule == "1f1b" else grad_accum) / layout.n_stages
+    elif layout.world_size > 1:
+        buckets = estimate["weights"]
+    share = {"weights": int(estimate["weights"] * held), "gradients": int(estimate["gradients"] * held) + buckets,
+             "optimizer_state": int(estimate["optimizer_state"] * held),
+             "activations": int(estimate["activations"] * in_flight)}
+    return share | {"peak": sum(share.values())}
 
 
 # ----------------------------------------------------------------------------- the launcher

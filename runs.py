@@ -6,11 +6,13 @@ Top to bottom:
 - GPU_PEAK_FLOPS, measured_cpu_peak, peak_flops: what a device can do, beside the model's FLOP count for MFU.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
   resumed from the newest checkpoint that loads with the same global batch, or from scratch only where nothing
-  would be lost); the run directory is locked first, so that one process at a time writes it.
+  would be lost); the run directory is locked first, so that one process at a time writes it; check_memory refuses
+  first, before anything is allocated, a step or samples that would not fit (memory.py).
 - save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
 """
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -26,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 import control
 import data
 import files
+import memory
 import model as model_lib
 import optim
 import parallel
@@ -194,6 +197,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
+    check_memory(cfg, model_config, layout, device, dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -238,6 +242,58 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     elif world_size > 1 and layout.mode == "ddp":
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+def check_memory(cfg, model_config, layout, device, dtype):
+    """Refuse, before anything is built on the device, a run whose training step or end-of-run samples would not
+    fit in the memory this process has (memory.memory_estimate and generation_estimate, scaled to the layout by
+    parallel.memory_share), with the estimate, what is available and what would fit instead."""
+    available = memory.available_memory(device)
+    if available is None:
+        return
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if device.type == "cpu" else 1
+    available //= local_processes  # processes on one machine share its memory; each CUDA one has its own device
+    where = f"{device.type} has {memory.human_bytes(available)} available" + (
+        f" for each of {local_processes} processes" if local_processes > 1 else "")
+
+    def step_memory(batch_size):
+        estimate = memory.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
+                                          cfg.grad_accum, cfg.optimizer_state, device)
+        return parallel.memory_share(estimate, layout, cfg.grad_accum, cfg.pp_schedule)
+    step = step_memory(cfg.batch_size)
+    if step["peak"] > available:
+        raise UserError(f"a training step of batch_size={cfg.batch_size} x seq_len={cfg.seq_len} needs about "
+                        f"{memory.human_bytes(step['peak'])} ({memory.format_memory(step)}) but {where}; "
+                        + batch_that_fits(cfg, step, step_memory, available))
+
+    # The samples: rank 0 generates them beside the weights and optimizer state (the gradients are freed by then),
+    # with the model's own weights, or a whole copy gathered where the model is sharded or cut into stages.
+    prompt_len = 1 + max(len(prompt.encode()) for prompt in cfg.sample_prompts)  # end-of-text, at most a token a byte
+    weight_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    generation = memory.generation_estimate(model_config, prompt_len, cfg.sample_tokens, weight_dtype,
+                                            window=cfg.seq_len)  # samples keep to the trained context
+    whole_copy = layout.sharded or layout.pipelined
+    held = step["weights"] + step["optimizer_state"] - (0 if whole_copy else generation["weights"])
+    if layout.rank == 0 and held + generation["peak"] > available:
+        fits = memory.tokens_that_fit(model_config, prompt_len, available - held, weight_dtype)
+        raise UserError(f"the samples (sample_tokens={cfg.sample_tokens} after a {prompt_len}-token prompt) "
+                        f"need about {memory.human_bytes(held + generation['peak'])} with the training state "
+                        f"({memory.format_memory(generation)}) but {where}; "
+                        + (f"sample_tokens={fits} fits" if fits >= 0 else "no sample fits beside the training state"))
+
+
+def batch_that_fits(cfg, step, step_memory, available):
+    """What to say when a batch does not fit: a batch_size that does at this seq_len (the largest, or nearly), or
+    that none does."""
+    one = step_memory(1)["peak"] if cfg.batch_size > 1 else step["peak"]
+    if one > available:
+        return (f"even batch_size=1 does not fit at seq_len={cfg.seq_len}: use a shorter seq_len or a smaller model "
+                f"(on CUDA, dtype='bf16-mixed'; over several processes, parallel='fsdp')")
+    # The peak grows with the batch as the largest of a few straight lines (a step that peaks in the optimizer does
+    # not grow at all), so the chord from batch 1 to batch_size lies above it: any batch under the chord fits.
+    fits = 1 + int((available - one) // ((step["peak"] - one) / (cfg.batch_size - 1)))
+    return (f"batch_size={fits} fits at seq_len={cfg.seq_len} (grad_accum="
+            f"{math.ceil(cfg.batch_size * cfg.grad_accum / fits)} keeps about the same tokens per step)")
 
 
 def resume(run):

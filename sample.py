@@ -14,6 +14,7 @@ import torch
 
 import data
 import files
+import memory
 import model as model_lib
 from config import ArgumentParser, UserError, run_main
 
@@ -31,6 +32,19 @@ def check_arguments(args):
         torch.device(args.device)
     except RuntimeError:
         raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
+
+
+def check_memory(config, prompt_len, tokens, window, device):
+    """Refuse, before the weights are put on the device, a sample that would not fit there (one line: the estimate,
+    what is available, the most tokens that fit). window: the most tokens the model sees (None: all)."""
+    available = memory.available_memory(device)
+    needed = memory.generation_estimate(config, prompt_len, tokens, window=window)
+    if available is not None and needed["peak"] > available:
+        fits = memory.tokens_that_fit(config, prompt_len, available)
+        raise UserError(f"--tokens {tokens} after a {prompt_len}-token prompt needs about "
+                        f"{memory.human_bytes(needed['peak'])} ({memory.format_memory(needed)}) but {device} has "
+                        f"{memory.human_bytes(available)} available; "
+                        + (f"--tokens {fits} fits" if fits > 0 else "not even one token fits"))
 
 
 def main(argv):
@@ -56,20 +70,23 @@ def main(argv):
         tokenizer = data.load_tokenizer(tokenizer_name)
     except ValueError as e:  # an unknown name (gpt2's failed download is an OSError: run_main reports it)
         raise UserError(str(e)) from None
+    window = None if args.extrapolate else model_lib.trained_context(checkpoint)
+    prompt_len = 1 + len(tokenizer.encode_ordinary(args.prompt))  # end-of-text first
+    check_memory(model_lib.checkpoint_config(checkpoint, checkpoint_path), prompt_len, args.tokens, window,
+                 torch.device(args.device))
     model = model_lib.model_from_checkpoint(checkpoint, device=args.device, source=checkpoint_path)
     if model.config.vocab_size < tokenizer.n_vocab:
         raise UserError(f"the {tokenizer_name} tokenizer has {tokenizer.n_vocab} tokens but the model only "
                         f"{model.config.vocab_size}: name the tokenizer it was trained with (--tokenizer)")
-    window = model_lib.trained_context(checkpoint)
-    longest = 1 + len(tokenizer.encode_ordinary(args.prompt)) + args.tokens  # end-of-text, prompt, new tokens
-    if window is None:
+    trained = model_lib.trained_context(checkpoint)
+    if trained is None:
         print(f"note: {checkpoint_path} records no trained context (seq_len): the model sees the whole sample",
               file=sys.stderr)
-    elif args.extrapolate and longest > window:
-        print(f"note: --extrapolate: samples run to {longest} tokens, past the {window} the model was trained on",
-              file=sys.stderr)
+    elif args.extrapolate and prompt_len + args.tokens > trained:
+        print(f"note: --extrapolate: samples run to {prompt_len + args.tokens} tokens, past the {trained} the model "
+              f"was trained on", file=sys.stderr)
     print(model_lib.sample_texts(model, tokenizer, [args.prompt] * args.num_samples, args.tokens, args.temperature,
-                                 args.top_k or None, args.seed, window=None if args.extrapolate else window), end="")
+                                 args.top_k or None, args.seed, window=window), end="")
     return 0
 
 
