@@ -8,7 +8,7 @@ counts the bytes its tensors would hold, so every variant, attention back-end an
 really runs: forward, backward and the optimizer's update, temporaries included. A generation is counted by formula:
 its weights, the key/value cache of every token, and the prompt's forward pass.
 
-Top to bottom: LiveBytes, fake_model, memory_estimate (a training step); generation_estimate, tokens_that_fit;
+Top to bottom: LiveBytes, fake_model, memory_estimate (a training step), step_bound (a quick upper bound); generation_estimate, tokens_that_fit;
 available_memory, human_bytes, format_memory; the command line.
 """
 import difflib
@@ -128,6 +128,21 @@ def memory_estimate(config, batch_size, seq_len, dtype, optimizer, grad_accum, o
     peak, gradients = max((backward[0] + state, backward[1]), update)
     parts = {"weights": weights, "gradients": gradients, "optimizer_state": state}
     return parts | {"activations": peak - sum(parts.values()), "peak": peak}
+
+
+def step_bound(config, batch_size, seq_len):
+    """An upper bound of memory_estimate's peak (any dtype, optimizer and grad_accum), by formula and in no time:
+    per parameter its fp32 weight, gradient, two moments and a DDP bucket; per token and layer more (dim, ffn_dim)
+    vectors than any block keeps, plus materialised attention scores; the chunked loss's logits. A run whose bound
+    fits needs no fake step to know it (tests/test_memory.py holds it above the estimate for every variant)."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in Transformer(config).parameters())
+    tokens = batch_size * seq_len
+    layer = tokens * (64 * config.dim + 16 * config.ffn_dim) * 4
+    if config.attn != "flex":  # sdpa under a document mask and eager hold (B, H, T, T) scores: a few of them
+        layer += 4 * batch_size * config.n_heads * seq_len * seq_len * 4
+    ends = tokens * 16 * config.dim * 4 + 4 * min(tokens, 2048) * config.vocab_size * 4 + tokens * seq_len * 8
+    return 20 * params + config.n_layers * layer + ends
 
 
 # -----------------------------------------------------------------------------------------------

@@ -256,6 +256,9 @@ def check_memory(cfg, model_config, layout, device, dtype):
     where = f"{device.type} has {memory.human_bytes(available)} available" + (
         f" for each of {local_processes} processes" if local_processes > 1 else "")
 
+    if memory.step_bound(model_config, cfg.batch_size, cfg.seq_len) * 2 <= available:
+        return  # even the generous bound fits twice over (the samples, within seq_len, hold less than a step)
+
     def step_memory(batch_size):
         estimate = memory.memory_estimate(model_config, batch_size, cfg.seq_len, dtype, cfg.optimizer,
                                           cfg.grad_accum, cfg.optimizer_state, device)

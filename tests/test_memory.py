@@ -234,3 +234,27 @@ def test_import_of_weights_that_cannot_fit_is_refused_before_loading(tmp_path, c
     assert run_main(export.main, ["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "back")]) == 2
     assert one_error_line(capsys).startswith(f"error: importing {tmp_path / 'hf' / 'model.safetensors'} needs about ")
     assert not (tmp_path / "back").exists()
+
+
+VARIANTS = [{}, {"n_kv_heads": 2}, {"position": "alibi", "alibi_trainable": True}, {"position": "nope", "qk_norm": True},
+            {"norm_placement": "deepnet", "ffn_act": "relu", "position": "alibi", "alibi_trainable": True},
+            {"canon": "ABCD", "position": "nope", "qk_norm": True}, {"tie_embeddings": True}]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex"])
+@pytest.mark.parametrize("overrides", VARIANTS, ids=["llama", "gqa", "alibi", "nope_qk_norm", "deepone", "canon",
+                                                     "tied"])
+def test_the_quick_bound_is_above_every_estimate(attn, overrides):
+    """runs.check_memory skips the fake step when step_bound fits: the bound must never be below the estimate, for
+    any variant, back-end, precision, optimizer or shape."""
+    config = replace(TINY_CONFIG, attn=attn, **overrides)
+    for dtype, optimizer, (batch_size, seq_len, grad_accum) in [("fp32", "adamw", (1, 16, 1)),
+                                                                ("bf16-mixed", "muon", (4, 64, 1)),
+                                                                ("bf16", "adafactor", (2, 256, 2))]:
+        estimate = memory.memory_estimate(config, batch_size, seq_len, dtype, optimizer, grad_accum, "fp32", "cpu")
+        assert estimate["peak"] <= memory.step_bound(config, batch_size, seq_len), (dtype, optimizer, batch_size)
+
+
+def test_a_run_whose_bound_fits_runs_no_fake_step(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "memory_estimate", lambda *a, **k: pytest.fail("a fake step ran"))
+    assert train.main(run_args(tiny_data, tmp_path, "max_steps=1", "sample_tokens=5")) == 0

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 import control
 import train
@@ -290,7 +291,8 @@ def test_samples_stay_within_the_trained_context_unless_asked(tiny_data, tmp_pat
     position_inputs = model_lib.Transformer.position_inputs
 
     def recording(self, positions, key_positions, *args, **kwargs):
-        last_positions.append(int(key_positions.max()))
+        if not is_fake(key_positions):  # the memory estimate's step has no values
+            last_positions.append(int(key_positions.max()))
         return position_inputs(self, positions, key_positions, *args, **kwargs)
 
     monkeypatch.setattr(model_lib.Transformer, "position_inputs", recording)
