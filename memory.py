@@ -11,7 +11,6 @@ its weights, the key/value cache of every token, and the prompt's forward pass.
 Top to bottom: LiveBytes, fake_model, memory_estimate (a training step), step_bound (a quick upper bound); generation_estimate, tokens_that_fit;
 available_memory, human_bytes, format_memory; the command line.
 """
-import difflib
 import re
 import sys
 import typing
@@ -28,7 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import optim
 from config import UserError, at_least, check_type, check_valid, one_of, read_overrides, run_main, unknown_key
-from model import PRESETS, ModelConfig, Transformer
+from model import PRESETS, ModelConfig, Transformer, preset_and_pairs
 
 DTYPES = ("fp32", "bf16-mixed", "bf16")  # train.py's dtype, "auto" resolved: fp32 weights, with bf16 autocast, bf16
 
@@ -249,15 +248,7 @@ def main(argv):
         print(usage)
         return 0
     model_keys = typing.get_type_hints(ModelConfig)
-    if not argv:
-        raise UserError(f"no preset given; {usage}")
-    name, *args = argv
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    for arg in args:
-        if "=" not in arg:
-            raise UserError(f"expected key=value, got {arg!r}")
+    name, args = preset_and_pairs(argv, usage)
     overrides, training = {}, {key: default for key, (_, default, _) in KEYS.items()}
     for key, value in read_overrides(args).items():
         if key in KEYS:

@@ -649,6 +649,20 @@ def sample_texts(model, tokenizer, prompts, tokens, temperature, top_k, seed, he
 # Command line: python model.py PRESET [key=value ...] [seq_len=N]
 
 
+def preset_and_pairs(argv, usage):
+    """(preset name, key=value texts) of a summary command's line (this file's and memory.py's), or UserError."""
+    if not argv:
+        raise UserError(f"no preset given; {usage}")
+    name, *args = argv
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"expected key=value, got {arg!r}")
+    return name, args
+
+
 def main(argv):
     usage = f"usage: python model.py PRESET [key=value ...] [seq_len=N]  (presets: {', '.join(PRESETS)})"
     if argv[:1] in (["-h"], ["--help"]):
@@ -657,16 +671,8 @@ def main(argv):
         print("  seq_len: a sequence length, to show the FLOPs of attention too")
         return 0
     keys = typing.get_type_hints(ModelConfig) | {"seq_len": int | None}
-    if not argv:
-        raise UserError(f"no preset given; {usage}")
-    name, *args = argv
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise UserError(f"unknown preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    name, args = preset_and_pairs(argv, usage)
     overrides = {}
-    for arg in args:
-        if "=" not in arg:
-            raise UserError(f"expected key=value, got {arg!r}")
     for key, value in read_overrides(args).items():
         if key not in keys:
             raise unknown_key(key, keys)
