@@ -20,9 +20,9 @@ uninterrupted one would have.
 """
 
 import math
+import sys
 
 import torch
-from torch.distributed.tensor import DTensor
 
 # -----------------------------------------------------------------------------------------------
 # Stochastic rounding
@@ -43,12 +43,19 @@ def stochastic_round(x, generator):
     return rounded.view(torch.float32).bfloat16()  # exact: the low 16 bits are now zero
 
 
+def is_dtensor(t):
+    """Whether t is a DTensor (FSDP2's shard of a weight, parallel.py). Only a sharded run has one, and it has
+    imported torch.distributed.tensor to make it: importing that module here would add ~1 s to every start."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
 def local(t):
     """The part of t this process holds: a DTensor's local shard (FSDP2, parallel.py), which shares the
     DTensor's storage, or t itself. The AdamW rule is elementwise, so each process updates its shard alone;
     its stochastic rounding draws the bits of its shard (the same generator on every rank: different
     weights, so the draws are not shared by any one weight)."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 # -----------------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 import files
 import model as model_lib
@@ -251,7 +250,7 @@ def gradient_norm(params, max_norm, layout):
     params = [p for p in params if p.grad is not None]
     if layout.sharded:  # torch's clip reduces the shards' norms itself
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+        return norm.full_tensor() if optim.is_dtensor(norm) else norm
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if layout.pipelined:  # each stage holds some of the gradients: the sum of their squares over the stages
         squared = norm.square()
@@ -266,14 +265,15 @@ def gradient_norm(params, max_norm, layout):
 def whole(t, keep):
     """A tensor's whole value on the CPU where `keep` (None elsewhere): a DTensor's shards gathered (every rank
     that holds one must call this), one tensor at a time, so no rank ever holds the whole model twice."""
-    if isinstance(t, DTensor):
+    if optim.is_dtensor(t):
         t = t.full_tensor()
     return t.detach().cpu() if keep else None
 
 
 def part_of(saved, own):
     """The part of a whole saved tensor that this process holds in place of `own` (its shard, for a DTensor)."""
-    if isinstance(own, DTensor):
+    if optim.is_dtensor(own):
+        from torch.distributed.tensor import distribute_tensor
         return distribute_tensor(saved.to(own.device, own.dtype), own.device_mesh, own.placements, src_data_rank=None)
     return saved
 

@@ -519,6 +519,6 @@ def main(argv):
 
 if __name__ == "__main__":
     # Under torchrun, leave without the interpreter's teardown: everything is written, fsynced and closed by now, and
-    # since torch.distributed.tensor is imported (for FSDP) a finished process is now and then aborted there
+    # once torch.distributed.tensor is imported (FSDP imports it) a finished process is now and then aborted there
     # ("terminate called without an active exception", 1 run in ~10 on this machine).
     sys.exit(config.run_main(main, sys.argv[1:], exit_at_once="RANK" in os.environ))

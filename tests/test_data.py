@@ -260,7 +260,7 @@ def test_soft_sequential_fades_the_first_source_exponentially():
     expected_var = 0.0
     t = 0
     for point in t_points:
-        draws = mixture.draws(t, point - t)
+        mixture.draws(t, point - t)
         for s in range(t, point):
             p = math.exp(-s / n_first)
             expected_var += p * (1 - p)

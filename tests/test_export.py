@@ -407,15 +407,14 @@ def test_existing_output_is_refused_unless_forced(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
-def test_command_runs_as_a_script(tmp_path):
+def test_command_runs_as_a_script(tmp_path, capsys):
     save_run(tiny_model(), tmp_path / "run")
     ok = subprocess.run([sys.executable, "export.py", str(tmp_path / "run")], cwd=ROOT, text=True,
                         capture_output=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"wrote {tmp_path / 'run' / 'hf'}"
-    bad = subprocess.run([sys.executable, "export.py", str(tmp_path / "run")], cwd=ROOT, text=True,
-                         capture_output=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stdout == ""
-    assert bad.stderr.splitlines() == [
+    assert run_main(export.main, [str(tmp_path / "run")]) == 2  # the same again, in this process
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
         f"error: output directory {tmp_path / 'run' / 'hf'} exists and is not empty (--force replaces it)"]

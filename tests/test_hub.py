@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
+from config import run_main  # noqa: E402
 from conftest import COSMOPEDIA_FILE, WORDS, fake_smollm, random_texts, tree, write_parquet
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
@@ -321,14 +322,16 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch):
     (["shakespeare", "--keep-downloads"], "--keep-downloads are for smollm-fineweb-edu"),
     (["tinystories", "--mirror", "mirror", "--keep-downloads"], "a --mirror's files are never removed"),
 ])
-def test_cli_bad_input(tmp_path, args, message):
+def test_cli_bad_input(tmp_path, monkeypatch, capsys, args, message):
+    """Through run_main, as prepare.py's command runs (test_cli.py runs prepare.py in a process of its own)."""
     write_parquet(tmp_path / "mirror" / COSMOPEDIA_FILE, {"prompt": ["p"]})
     write_parquet(tmp_path / "mirror/data/train-00000-of-00004-2d5a1467fff1081b.parquet", {"text": ["a story"]})
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2
+    monkeypatch.chdir(tmp_path)
+    assert run_main(prepare.main, args) == 2
+    stderr = capsys.readouterr().err
     # one line, no traceback; an error found while reading a file comes after the progress bars
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert errors == [result.stderr.strip().splitlines()[-1]] and errors[0].startswith("error:"), result.stderr
+    errors = [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == [stderr.strip().splitlines()[-1]] and errors[0].startswith("error:"), stderr
     assert message in errors[0]
 
 

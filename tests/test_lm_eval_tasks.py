@@ -12,7 +12,9 @@ import pytest
 import data
 import prepare
 import sources
+from config import run_main
 from conftest import ROOT
+from lm_eval_tasks import shakespeare
 
 pytestmark = pytest.mark.integration  # scripts in their own processes
 
@@ -67,11 +69,11 @@ def test_the_task_files_read_what_the_script_writes():
         assert re.search(rf"^    test: data/lm_eval/{data_file}$", text, re.M)
 
 
-def test_bad_input_is_one_line(tmp_path):
+def test_bad_input_is_one_line(tmp_path, capsys):
+    """Through run_main, as the command runs (test_cli.py runs the script in a process of its own)."""
     for args, message in ((["--data", str(tmp_path / "nothing")], "meta.json not found"),
                           (["--max-tokens", "3"], "--max-tokens must be at least 16")):
-        done = subprocess.run([sys.executable, "lm_eval_tasks/shakespeare.py", *args, "--out", str(tmp_path / "o")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2 and done.stdout == ""
-        assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ") and message in done.stderr
+        assert run_main(shakespeare.main, [*args, "--out", str(tmp_path / "o")]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
     assert not (tmp_path / "o").exists()

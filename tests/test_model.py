@@ -3,10 +3,7 @@ attention back-ends, agreement with Hugging Face's LlamaForCausalLM, cached gene
 checkpoint loading and the initialisation. CPU, fp32, tiny models."""
 
 import math
-import subprocess
-import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +18,6 @@ from model import (PRESETS, ModelConfig, Transformer, flops_per_token, format_su
                    matmul_weights, parameter_summary, sample_next)
 from conftest import (CANON, DEEPONE, EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,
                       check_trunc_normal, tiny, tiny_model)
-
-ROOT = Path(__file__).resolve().parents[1]  # where model.py is (conftest.py puts it on sys.path)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -78,17 +73,13 @@ def test_human_numbers():
 
 
 @pytest.mark.integration  # a script in its own process
-def test_command_line():
-    # two interpreters at once: each spends most of its time importing torch
-    commands = [["llama-medium"], ["llama-medium", "n_layer=4"]]
-    procs = [subprocess.Popen([sys.executable, "model.py", *args], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
-    (ok_out, ok_err), (bad_out, bad_err) = [p.communicate(timeout=60) for p in procs]
-    assert procs[0].returncode == 0, ok_err
-    assert ok_out.strip() == LLAMA_MEDIUM_SUMMARY
-    assert procs[1].returncode == 2
-    assert bad_out == ""
-    assert bad_err.strip().splitlines() == ["error: unknown config key 'n_layer' (did you mean 'n_layers'?)"]
+def test_command_line(capsys):
+    """Through run_main, as the command runs (test_cli.py runs model.py in a process of its own)."""
+    assert run_main(main, ["llama-medium"]) == 0
+    assert capsys.readouterr().out.strip() == LLAMA_MEDIUM_SUMMARY
+    assert run_main(main, ["llama-medium", "n_layer=4"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == ["error: unknown config key 'n_layer' (did you mean 'n_layers'?)"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
+from config import run_main  # noqa: E402
 
 
 SAMPLES = [
@@ -448,13 +449,14 @@ def run_cli(*args, cwd):
     (["shakespeare", "--val-fraction", "1.5"], "val-fraction"),
     (["emptydir"], "no .txt or .jsonl files"),
 ])
-@pytest.mark.integration  # a script in its own process
-def test_cli_errors(tmp_path, args, message):
+def test_cli_errors(tmp_path, monkeypatch, capsys, args, message):
+    """Through run_main, as the command runs (test_cli.py runs prepare.py in a process of its own)."""
     (tmp_path / "emptydir").mkdir()
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error:") and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    monkeypatch.chdir(tmp_path)
+    assert run_main(prepare.main, args) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error:") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "data").exists()
 
 
