@@ -33,7 +33,7 @@ import data
 import files
 import memory
 from config import ArgumentParser, UserError, one_line, run_main
-from model import BACKEND_FIELDS, ModelConfig, Transformer, checkpoint_config, parameter_summary
+from model import BACKEND_FIELDS, ModelConfig, checkpoint_config, meta_model, parameter_summary
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
@@ -282,8 +282,7 @@ def import_hf(hf_dir):
         state[name] = tensor.to(torch.float32)
     if config.tie_embeddings and "embed_tokens.weight" in state:
         state["lm_head.weight"] = state["embed_tokens.weight"]  # one tensor, as in our tied model
-    with torch.device("meta"):  # names and shapes only
-        expected = {name: p.shape for name, p in Transformer(config).state_dict().items()}
+    expected = {name: p.shape for name, p in meta_model(config).state_dict().items()}
     got = {name: tensor.shape for name, tensor in state.items()}
     if got != expected:
         missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())

@@ -27,7 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import optim
 from config import UserError, at_least, check_type, check_valid, one_of, read_overrides, run_main, unknown_key
-from model import PRESETS, ModelConfig, Transformer, preset_and_pairs
+from model import PRESETS, ModelConfig, meta_model, preset_and_pairs
 
 DTYPES = ("fp32", "bf16-mixed", "bf16")  # train.py's dtype, "auto" resolved: fp32 weights, with bf16 autocast, bf16
 
@@ -71,8 +71,7 @@ def fake_model(config, device, dtype):
     """A Transformer whose parameters and buffers are empty tensors of the current fake mode: built on the meta
     device (no initialisation maths, which reads values a fake tensor does not have), then each tensor replaced;
     a tied matrix stays one tensor."""
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = meta_model(config)
     fakes = {}
     for module in model.modules():
         for tensors in (module._parameters, module._buffers):
@@ -134,8 +133,7 @@ def step_bound(config, batch_size, seq_len):
     per parameter its fp32 weight, gradient, two moments and a DDP bucket; per token and layer more (dim, ffn_dim)
     vectors than any block keeps, plus materialised attention scores; the chunked loss's logits. A run whose bound
     fits needs no fake step to know it (tests/test_memory.py holds it above the estimate for every variant)."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in Transformer(config).parameters())
+    params = sum(p.numel() for p in meta_model(config).parameters())
     tokens = batch_size * seq_len
     layer = tokens * (64 * config.dim + 16 * config.ffn_dim) * 4
     if config.attn != "flex":  # sdpa under a document mask and eager hold (B, H, T, T) scores: a few of them
@@ -158,8 +156,7 @@ def generation_estimate(config, prompt_len, new_tokens, dtype=torch.float32, bat
     if window is not None and prompt_len + new_tokens > window:
         prompt_len, new_tokens = window, 0  # past the window, each token runs the whole window again, cache and all
     total, size = prompt_len + new_tokens, torch.finfo(dtype).bits // 8
-    with torch.device("meta"):
-        model = Transformer(config)
+    model = meta_model(config)
     weights = sum(t.numel() for t in [*model.parameters(), *model.buffers()]) * size  # a tied matrix is listed once
     kv_cache = 2 * config.n_layers * batch_size * config.kv_heads * config.head_dim * total * size
     positions = 0

@@ -507,6 +507,24 @@ class Transformer(nn.Module):
         return out
 
 
+
+class SkipInPlace(torch.overrides.TorchFunctionMode):
+    """In-place ops (named with a trailing _, as tensor.normal_ and nn.init.trunc_normal_) do nothing: on the meta
+    device they have no values to change, and the meta versions of normal_ and erfinv_ (the initialisers') import
+    torch._dynamo at their first use, 1.3 s a process."""
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name, kwargs = getattr(func, "__name__", ""), kwargs or {}
+        if name.endswith("_") and not name.endswith("__"):  # the tensor changed in place, as such an op returns it
+            return next(t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor))
+        return func(*args, **kwargs)
+
+
+def meta_model(config):
+    """A Transformer of this config on the meta device, uninitialised: its names and shapes, with no memory and
+    no time spent."""
+    with torch.device("meta"), SkipInPlace():
+        return Transformer(config)
+
 # -----------------------------------------------------------------------------------------------
 # Parameter and FLOP counts
 #
@@ -520,8 +538,7 @@ class Transformer(nn.Module):
 def matmul_weights(config):
     """Weights that take part in a matmul (or a convolution) for every token: every projection, the MLP, Canon's
     convolutions and the output projection; not the embedding lookup, the norms or ALiBi's slopes."""
-    with torch.device("meta"):  # shapes only
-        model = Transformer(config)
+    model = meta_model(config)
     count = sum(p.numel() for name, p in model.named_parameters() if p.ndim >= 2 and name != "embed_tokens.weight")
     if config.tie_embeddings:  # the shared matrix is listed once, as the embedding, but is the output projection too
         count += model.lm_head.weight.numel()
@@ -538,8 +555,7 @@ def flops_per_token(config, seq_len=None):
 def parameter_summary(config, seq_len=None):
     """Parameter counts of a model of this config, with Chinchilla tokens and training FLOPs per token: 6N, and
     with attention where a sequence length is given (else None)."""
-    with torch.device("meta"):  # shapes only: no memory, no time spent initialising
-        model = Transformer(config)
+    model = meta_model(config)
     total = sum(p.numel() for p in model.parameters())  # a tied matrix is listed once
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     embedding = model.embed_tokens.weight.numel()
@@ -586,8 +602,7 @@ def checkpoint_config(checkpoint, source="the checkpoint"):
         config = ModelConfig(**checkpoint["model_config"])
     except (TypeError, ValueError) as e:  # an unknown field; a value out of range
         raise UserError(f"{source}: its model_config is not a model of this model.py ({e})") from None
-    with torch.device("meta"):  # names and shapes only
-        expected = {name: tuple(t.shape) for name, t in Transformer(config).state_dict().items()}
+    expected = {name: tuple(t.shape) for name, t in meta_model(config).state_dict().items()}
     weights = {name: tuple(getattr(t, "shape", ())) for name, t in checkpoint["model"].items()}
     missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
     wrong = [f"{name} {weights[name]} for {expected[name]}" for name in expected.keys() & weights.keys()

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 import files
 from config import UserError, run_main
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from attention import document_ids, document_positions
 from model import (PRESETS, ModelConfig, Transformer, flops_per_token, format_summary, human, load_model, main,
-                   matmul_weights, parameter_summary, sample_next)
+                   matmul_weights, meta_model, parameter_summary, sample_next)
 from conftest import (CANON, DEEPONE, EOT, VOCAB, assert_packed_matches_alone, assert_sdpa_matches_eager,
                       check_trunc_normal, tiny, tiny_model)
 
@@ -102,6 +103,33 @@ def test_command_line_overrides(capsys):
     assert "Embedding:         6.43M" in printed  # 50257 * 128, counted once
     assert "Tied embeddings:   True" in printed
 
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, DEEPONE, CANON | {"canon": "ABCD"},
+                                       {"n_kv_heads": 2}], ids=["llama", "tied", "deepone", "canon", "gqa"])
+def test_the_meta_model_has_the_models_names_and_shapes_and_runs_no_initialiser(overrides):
+    """meta_model (what the counts, the memory estimate and the checkpoint checks read) is the model, uninitialised:
+    no initialiser reaches torch (the meta versions of normal_ and erfinv_ cost an import of torch._dynamo)."""
+    config = tiny(**overrides)
+    real, meta = Transformer(config), meta_model(config)
+    assert {n: t.shape for n, t in meta.state_dict().items()} == {n: t.shape for n, t in real.state_dict().items()}
+    assert all(t.is_meta for t in meta.state_dict().values())
+    assert (meta.lm_head.weight is meta.embed_tokens.weight) == config.tie_embeddings
+
+    class InPlaceOps(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in ("aten::normal_", "aten::uniform_", "aten::erfinv_"):
+                self.seen.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with InPlaceOps():
+        meta_model(config)
+    assert InPlaceOps.seen == []
+    with InPlaceOps(), torch.device("meta"):  # what the check can see: the initialisers without SkipInPlace
+        Transformer(config)
+    assert "aten::normal_" in InPlaceOps.seen
 
 # -----------------------------------------------------------------------------------------------
 # 2. Packed documents
