@@ -508,21 +508,22 @@ class Transformer(nn.Module):
 
 
 
-class SkipInPlace(torch.overrides.TorchFunctionMode):
-    """In-place ops (named with a trailing _, as tensor.normal_ and nn.init.trunc_normal_) do nothing: on the meta
-    device they have no values to change, and the meta versions of normal_ and erfinv_ (the initialisers') import
-    torch._dynamo at their first use, 1.3 s a process."""
+class SkipInitialisers(torch.overrides.TorchFunctionMode):
+    """torch.nn.init's functions and the random fills they use do nothing: on the meta device there are no values
+    to set, and the meta versions of normal_ and erfinv_ import torch._dynamo at their first use, 1.3 s a process."""
+    RANDOM_FILLS = (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.erfinv_)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name, kwargs = getattr(func, "__name__", ""), kwargs or {}
-        if name.endswith("_") and not name.endswith("__"):  # the tensor changed in place, as such an op returns it
-            return next(t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor))
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in self.RANDOM_FILLS:
+            return next(t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor))  # filled in place
         return func(*args, **kwargs)
 
 
 def meta_model(config):
     """A Transformer of this config on the meta device, uninitialised: its names and shapes, with no memory and
     no time spent."""
-    with torch.device("meta"), SkipInPlace():
+    with torch.device("meta"), SkipInitialisers():
         return Transformer(config)
 
 # -----------------------------------------------------------------------------------------------

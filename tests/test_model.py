@@ -114,6 +114,7 @@ def test_the_meta_model_has_the_models_names_and_shapes_and_runs_no_initialiser(
     real, meta = Transformer(config), meta_model(config)
     assert {n: t.shape for n, t in meta.state_dict().items()} == {n: t.shape for n, t in real.state_dict().items()}
     assert all(t.is_meta for t in meta.state_dict().values())
+    assert [p.requires_grad for p in meta.parameters()] == [p.requires_grad for p in real.parameters()]
     assert (meta.lm_head.weight is meta.embed_tokens.weight) == config.tie_embeddings
 
     class InPlaceOps(TorchDispatchMode):
@@ -127,7 +128,7 @@ def test_the_meta_model_has_the_models_names_and_shapes_and_runs_no_initialiser(
     with InPlaceOps():
         meta_model(config)
     assert InPlaceOps.seen == []
-    with InPlaceOps(), torch.device("meta"):  # what the check can see: the initialisers without SkipInPlace
+    with InPlaceOps(), torch.device("meta"):  # what the check can see: the initialisers without SkipInitialisers
         Transformer(config)
     assert "aten::normal_" in InPlaceOps.seen
 
