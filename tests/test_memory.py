@@ -241,6 +241,7 @@ VARIANTS = [{}, {"n_kv_heads": 2}, {"position": "alibi", "alibi_trainable": True
             {"canon": "ABCD", "position": "nope", "qk_norm": True}, {"tie_embeddings": True}]
 
 
+@pytest.mark.slow  # ~10 s for the 7 variants, each a few fake steps: out of the quick half
 @pytest.mark.parametrize("overrides", VARIANTS, ids=["llama", "gqa", "alibi", "nope_qk_norm", "deepone", "canon",
                                                      "tied"])
 def test_the_quick_bound_is_above_every_estimate(overrides):
