@@ -260,6 +260,13 @@ def act_on(run, command):
 
 # ----------------------------------------------------------------------------- the step and eval
 
+def document_ids_for(run, x, doc_ids):
+    """What the model is given for doc_ids: a compiled model always gets document ids (zeros where a batch has no
+    boundary: one document a row, the same causal mask), so that one graph serves every batch; a compiled graph
+    with doc_ids=None would be a second compile. Eager, None keeps sdpa's causal fast path."""
+    return torch.zeros_like(x) if doc_ids is None and run.cfg.compile else doc_ids
+
+
 def train_step(run, lr):
     """One optimizer step: micro-batches, loss, backward, clip, update. Returns (summed loss, target count, grad
     norm). A non-finite gradient norm stops the run before the update, so the weights stay as they were."""
@@ -287,7 +294,7 @@ def train_step(run, lr):
                 run.model.set_requires_gradient_sync(last_micro)
             with run.model.no_sync() if isinstance(run.model, DistributedDataParallel) and not last_micro else nullcontext():
                 with run.autocast:
-                    loss_sum = run.model(x, doc_ids, y)
+                    loss_sum = run.model(x, document_ids_for(run, x, doc_ids), y)
                 (loss_sum * scale).backward()
             step_loss += loss_sum.detach()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -329,7 +336,7 @@ def evaluate(run):
                     if layout.pipelined:
                         totals[i, 0] += parallel.pipeline_eval_loss(run.pipeline, layout, x, y, doc_ids).double()
                     else:
-                        totals[i, 0] += run.model(x, doc_ids, y).double()
+                        totals[i, 0] += run.model(x, document_ids_for(run, x, doc_ids), y).double()
                 if layout.last_stage:  # one count per replica
                     totals[i, 1] += (y != -1).sum()
     except control.Stopped:

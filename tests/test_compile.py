@@ -1,6 +1,6 @@
 """compile=True: train.py under torch.compile follows the eager run's trajectory, the model compiled whole.
 
-One compiled run at the tiny shape of test_train.py (~20 s on 2 cores with a cold inductor cache, most of it
+One compiled run at the tiny shape of test_train.py (~45 s on 2 cores with a cold inductor cache, most of it
 compiling; a few seconds when torch's on-disk cache already holds the kernels). The chunked loss is the default,
 so this also compiles model.ChunkedCrossEntropy (an autograd.Function with a loop over row chunks) and sdpa with a
 boolean document mask. The GPU side of compile (flex attention, bf16, max-autotune) is in test_gpu.py.
@@ -36,8 +36,9 @@ def test_compiled_training_matches_eager_for_20_steps(tiny_data, tmp_path, fresh
     assert train.main(common + ["run_name=compiled", "compile=True"]) == 0
 
     # Really compiled, and whole: a graph break (an unsupported op, the autograd.Function falling back) would
-    # leave parts of the model to eager Python and show up here
-    assert fresh_dynamo["stats"]["unique_graphs"] >= 2, dict(fresh_dynamo["stats"])  # training and eval
+    # leave parts of the model to eager Python and show up here. Two graphs, training and eval, whether or not a
+    # micro-batch holds a document boundary (the tiny corpus has batches of both kinds)
+    assert fresh_dynamo["stats"]["unique_graphs"] == 2, dict(fresh_dynamo["stats"])
     assert not fresh_dynamo["graph_break"], dict(fresh_dynamo["graph_break"])
 
     eager, eager_evals = read_log(tmp_path / "eager")
