@@ -298,13 +298,15 @@ def test_hub_functions_are_the_only_network(tmp_path, monkeypatch):
     assert {s: mirrored[s] for s in ("train", "val")} == {s: meta[s] for s in ("train", "val")}
 
 
-def test_hub_errors_are_one_line(tmp_path, monkeypatch):
+def test_hub_errors_are_one_line(tmp_path, monkeypatch, capsys, hf_cache):
     # offline mode makes huggingface_hub fail exactly where the network would, without any network
-    result = run_cli("tinystories", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: cannot list roneneldan/TinyStories@main on the Hugging Face Hub")
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(prepare.main, ["tinystories"]) == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith("error: cannot list roneneldan/TinyStories@main on the Hugging Face Hub"), stderr
     with pytest.raises(OSError, match="^cannot download data/x.parquet of roneneldan/TinyStories@abc: [^\n]*$"):
         sources.hub_download("roneneldan/TinyStories", "data/x.parquet", "abc")
 
