@@ -3,7 +3,8 @@
 Top to bottom:
 - make_schedule, setup_distributed, open_data, build_model_config: the config (train.TrainConfig) made into
   objects: the learning-rate schedule, the process group, the data, the model's shape.
-- GPU_PEAK_FLOPS, measured_cpu_peak, peak_flops: what a device can do, beside the model's FLOP count for MFU.
+- GPU_PEAK_FLOPS, card_peak, native_bf16, measured_cpu_peak, peak_flops: what a device can do, beside the model's
+  FLOP count for MFU.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
   resumed from the newest checkpoint that loads with the same global batch, or from scratch only where nothing
   would be lost); the run directory is locked first, so that one process at a time writes it; check_memory refuses
@@ -88,13 +89,34 @@ def build_model_config(cfg, model_overrides, vocab_size):
 # MFU (model FLOPs utilisation) = model.flops_per_token(config, seq_len) * tokens per second / (peak_flops(device) *
 # processes): the model's FLOPs (model.py says how they are counted) over what the devices could do.
 
-# bf16 dense tensor-core peaks (FLOP/s, no sparsity) of cards the reference experiments and their readers use,
-# from the vendors' data sheets; a card not listed needs peak_flops=... (looked up by substring of its name)
+# bf16 dense tensor-core peaks (FLOP/s, no sparsity, fp32 accumulation) from the vendors' data sheets, keyed by the
+# exact name torch.cuda.get_device_name gives: a substring would read "NVIDIA L40" as an L4, every H100 as the SXM
+# and a 3090 Ti as a 3090. None: the card has no bf16 tensor cores (V100, T4 emulate bf16), so no bf16 peak and no
+# MFU. A card not listed needs peak_flops=...
 GPU_PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12,  # SXM; the PCIe H100 is 756e12
-    "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+    "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12,
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 NVL": 835e12, "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA L40S": 362e12, "NVIDIA L40": 181e12, "NVIDIA L4": 121e12, "NVIDIA A10": 125e12, "NVIDIA A10G": 70e12,
+    "NVIDIA GeForce RTX 4090": 165e12, "NVIDIA GeForce RTX 3090 Ti": 80e12, "NVIDIA GeForce RTX 3090": 71e12,
+    "Tesla V100-SXM2-16GB": None, "Tesla V100-SXM2-32GB": None, "Tesla V100-PCIE-16GB": None,
+    "Tesla V100-PCIE-32GB": None, "Tesla T4": None,
 }
+
+
+def card_peak(name):
+    """(bf16 FLOP/s or None, where the figure comes from) of the card torch names `name`."""
+    if name not in GPU_PEAK_FLOPS:
+        return None, f"unknown card {name!r}: give its peak as peak_flops=... for an mfu"
+    peak = GPU_PEAK_FLOPS[name]
+    return peak, f"{name} bf16 dense peak" if peak else f"{name} has no bf16 tensor cores: no mfu"
+
+
+def native_bf16(device):
+    """Whether this CUDA device computes bf16 natively (compute capability 8.0, Ampere, or later); before that
+    torch emulates it, slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def measured_cpu_peak(size=1024, seconds=0.3):
@@ -113,11 +135,7 @@ def peak_flops(device):
     """(FLOP/s, where the figure comes from) of one device: a CUDA card's bf16 peak from GPU_PEAK_FLOPS, or this
     CPU's measured fp32 matmul rate. None for an unknown card."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for card, peak in GPU_PEAK_FLOPS.items():
-            if card in name:
-                return peak, f"{card} bf16 dense peak"
-        return None, f"unknown card {name!r}"
+        return card_peak(torch.cuda.get_device_name(device))
     return measured_cpu_peak(), "measured fp32 matmul"
 
 
@@ -196,7 +214,9 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     if schedule.total_steps < 1:
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32")
+    # auto: bf16 autocast where the device computes bf16 natively, fp32 elsewhere (the CPU, a V100, a T4)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" and native_bf16(device)
+                                                   else "fp32")
     check_memory(cfg, model_config, layout, device, dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
     if device.type == "cuda":

@@ -99,7 +99,8 @@ class TrainConfig:
     # precision and speed
     device: str = "auto"                # "auto" (cuda if available) | "cpu" | "cuda"
     dtype: str = "auto"                 # "fp32" | "bf16-mixed" (fp32 weights, bf16 autocast) | "bf16" (pure bf16
-                                        # weights, stochastic rounding: ours only); auto: bf16-mixed on CUDA, else fp32
+                                        # weights, stochastic rounding: ours only); auto: bf16-mixed on CUDA cards with
+                                        # native bf16 (Ampere and later), else fp32
     compile: bool = False               # torch.compile the model (~20 s up front, ~10% faster on CPU)
     compile_mode: str = "default"       # torch.compile's mode: "default" | "reduce-overhead" | "max-autotune" (the
                                         # reference's; slow to compile) | "max-autotune-no-cudagraphs"

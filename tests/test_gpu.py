@@ -257,3 +257,28 @@ def test_bf16_mixed_training_follows_fp32(tiny_data, tmp_path, device):
     assert len(bf16) == 20 and worst <= 0.02
     assert bf16[-1]["loss"] < bf16[0]["loss"] - 1.0
     assert abs(fp32_evals[-1]["eval_loss"] - bf16_evals[-1]["eval_loss"]) <= 0.02 * fp32_evals[-1]["eval_loss"]
+
+
+# ----------------------------------------------------------------------------- the card table, on any machine
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA L40", 181e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),  # not each other's
+    ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA GeForce RTX 3090 Ti", 80e12), ("NVIDIA GeForce RTX 3090", 71e12), ("NVIDIA GeForce RTX 4090", 165e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12),
+    ("Tesla V100-SXM2-16GB", None), ("Tesla T4", None),  # no bf16 tensor cores: no bf16 peak
+    ("NVIDIA GeForce RTX 2080", None), ("NVIDIA H100", None),  # not a name torch gives: unknown, not guessed
+])
+def test_cards_are_matched_by_their_exact_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    got, source = runs.peak_flops(torch.device("cuda"))
+    assert got == peak, source
+    assert name in source and (peak is not None or "no mfu" in source or "peak_flops=" in source)
+
+
+@pytest.mark.parametrize("capability, native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((8, 6), True),
+                                                ((9, 0), True)])
+def test_bf16_is_native_from_ampere_on(monkeypatch, capability, native):
+    """dtype=auto picks bf16-mixed only where native_bf16: a V100 (7.0) or a T4 (7.5) would emulate it."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert runs.native_bf16(torch.device("cuda")) == native
