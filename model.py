@@ -507,7 +507,6 @@ class Transformer(nn.Module):
         return out
 
 
-
 class SkipInitialisers(torch.overrides.TorchFunctionMode):
     """torch.nn.init's functions and the random fills they use do nothing: on the meta device there are no values
     to set, and the meta versions of normal_ and erfinv_ import torch._dynamo at their first use, 1.3 s a process."""
@@ -525,6 +524,7 @@ def meta_model(config):
     no time spent."""
     with torch.device("meta"), SkipInitialisers():
         return Transformer(config)
+
 
 # -----------------------------------------------------------------------------------------------
 # Parameter and FLOP counts
