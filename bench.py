@@ -259,7 +259,7 @@ def bench_loader(args):
         batch_times, step_times = [], []
         for step in range(args.steps + 2):
             start = time.perf_counter()
-            x, y, doc_ids = training_data.micro_batch(step, 0, 0, args.batch_size, 1, 1)
+            x, y, doc_ids, _ = training_data.micro_batch(step, 0, 0, args.batch_size, 1, 1)
             loaded = time.perf_counter()
             (model(x, doc_ids, y) / (y != -1).sum()).backward()
             optimizer.step()

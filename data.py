@@ -46,6 +46,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tiktoken
@@ -334,21 +335,34 @@ class Source:
         return row, min(used, self.seq_len)
 
 
-def make_batch(blocks, eot_id, device="cpu"):
-    """[(tokens, targets), ...] -> (x, y, doc_ids): x and y (B, seq_len) int64, y = x shifted, -1 on padding.
+class Batch(NamedTuple):
+    """One batch of rows, on the device it trains on."""
+    x: torch.Tensor                # (B, seq_len) int64 token ids
+    y: torch.Tensor                # (B, seq_len) int64 next tokens, -1 where there is none (padding)
+    doc_ids: torch.Tensor | None   # (B, seq_len) document index of each token; None: no row holds a boundary
+    targets: int                   # how many of y are not -1: counted on the host, so no step waits on the device
+
+
+def make_batch(blocks, eot_id, device="cpu", n_rows=None):
+    """[(tokens, targets), ...] -> Batch: y = x shifted, -1 on padding.
 
     doc_ids is None when no row holds a document boundary (the model then uses plain causal
-    attention, its fastest path); otherwise it numbers the documents of each row.
+    attention, its fastest path); otherwise it numbers the documents of each row. n_rows: pad the batch to
+    this many rows with rows of no targets (an eval's last batch keeps the shape of the others, so a
+    compiled model compiles nothing new for it).
     """
-    rows = torch.from_numpy(np.stack([tokens for tokens, _ in blocks]).astype(np.int64))
+    padding = [(blocks[0][0], 0)] * (n_rows - len(blocks)) if n_rows else []
+    tokens = np.stack([tokens for tokens, _ in blocks + padding]).astype(np.int64)
+    has_boundary = bool((tokens[:, :-1] == eot_id).any())  # numpy: no torch scalar read, on any device
+    rows = torch.from_numpy(tokens)
     x, y = rows[:, :-1], rows[:, 1:].clone()
-    for i, (_, targets) in enumerate(blocks):
+    for i, (_, targets) in enumerate(blocks + padding):
         y[i, targets:] = -1
-    doc_ids = document_ids(x, eot_id) if bool((x == eot_id).any()) else None
-    if torch.device(device).type == "cuda":
+    doc_ids = document_ids(x, eot_id) if has_boundary else None
+    if torch.device(device).type == "cuda":  # pinned, so that the copies run beside the step
         x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        doc_ids = None if doc_ids is None else doc_ids.to(device, non_blocking=True)
-    return x, y, doc_ids
+        doc_ids = None if doc_ids is None else doc_ids.pin_memory().to(device, non_blocking=True)
+    return Batch(x, y, doc_ids, sum(targets for _, targets in blocks))
 
 
 # -----------------------------------------------------------------------------
@@ -582,11 +596,12 @@ class TrainingData:
         return {name: d for entry, counts in zip(self.entries, self.mixture.drawn) for name, d in zip(entry, counts)}
 
     def eval_batches(self, name, n_rows, rank, world_size, batch_size, device="cpu"):
-        """This rank's share of a fixed, evenly spread set of n_rows validation blocks of `name`."""
+        """This rank's share of a fixed, evenly spread set of n_rows validation blocks of `name`, in Batches of
+        batch_size rows (a last, partial one padded with rows of no targets)."""
         source = self.val[name]
         rows = eval_blocks(source.n_blocks, n_rows)[rank::world_size]
         for i in range(0, len(rows), batch_size):
-            yield make_batch([source.block(b) for b in rows[i:i + batch_size]], self.eot_id, device)
+            yield make_batch([source.block(b) for b in rows[i:i + batch_size]], self.eot_id, device, n_rows=batch_size)
 
     def eval_summary(self, totals):
         """{name: (loss sum, targets)} -> (loss per token, bits per byte, {"eval_loss/<name>": loss per token}).

@@ -163,7 +163,9 @@ class StageModel(model_lib.Transformer):
         """h: token ids (B, T) on the first stage, the previous stage's output (B, T, dim) on the others; doc_ids
         (B, T) travels along the pipeline (all zeros: one document a row). Returns the next stage's inputs, or on
         the last stage the final norm's output."""
-        one_document = not bool(doc_ids.any())
+        # sdpa keeps its causal fast path for a batch without a boundary (which costs a read of the device); flex
+        # takes the ids as they are: the same block mask, and no wait
+        one_document = self.config.attn != "flex" and not bool(doc_ids.any())
         cos, sin, distance, mask, positions = self.block_inputs(h, None if one_document else doc_ids)
         if self.first:
             h = self.embed_tokens(h)
@@ -202,9 +204,9 @@ def pipeline_step(pipeline, layout, micro_batches, scale):
     """Forward and backward of a step's micro-batches through the pipeline, then the gradients summed over the
     stage's replicas; returns the summed loss (the last stage's, 0 on the others). The schedule cuts the
     concatenated rows back into the same micro-batches."""
-    x = torch.cat([x for x, _, _ in micro_batches])
-    y = torch.cat([y for _, y, _ in micro_batches])
-    doc_ids = torch.cat([torch.zeros_like(x) if d is None else d for x, _, d in micro_batches])
+    x = torch.cat([batch.x for batch in micro_batches])
+    y = torch.cat([batch.y for batch in micro_batches])
+    doc_ids = torch.cat([torch.zeros_like(b.x) if b.doc_ids is None else b.doc_ids for b in micro_batches])
     pipeline.loss_scale, pipeline.loss_sums = scale, []
     if layout.first_stage:
         pipeline.schedule.step(x, doc_ids)

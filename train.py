@@ -210,18 +210,26 @@ def format_duration(seconds):
 
 # ----------------------------------------------------------------------------- run control (control.py)
 
-def agree(run, step_loss, target_count):
-    """(loss, signalled, command) that every rank agrees on, in one small all-reduce a step: the step's mean
-    loss (for the divergence guard), a stop signal received by any rank, and the command rank 0 found."""
+def to_host(values):
+    """A device tensor's values as Python floats: the training step's one host synchronisation (train_step). Every
+    other read of the device in a step (.item(), float(t), `if t:`) would be another wait; tests count them."""
+    return values.tolist()
+
+
+def agree(run, step_loss, target_count, grad_norm):
+    """(loss, grad norm, signalled, command) that every rank agrees on: the step's mean loss, the gradient norm (the
+    same on every rank), a stop signal received by any rank and the command rank 0 found; one small all-reduce,
+    then one read of the device (to_host)."""
     command = control.read(run.run_dir) if run.master else ""
     command_number = control.COMMANDS.index(command) + 1 if command else 0  # 0: no command
-    status = torch.tensor([step_loss.item(), float(control.stop_requested()), float(command_number)],
-                          device=run.device)
+    flags = torch.tensor([float(control.stop_requested()), float(command_number)], device=run.device)
+    status = torch.cat([step_loss.reshape(1).float(), flags])
     if run.world_size > 1:
         dist.all_reduce(status)
-    command_number = int(status[2].item())
-    return (status[0].item() / target_count.item(), status[1].item() > 0,
-            control.COMMANDS[command_number - 1] if command_number else "")
+    loss_sum, stops, command_number, count, norm = to_host(torch.cat([status, target_count.reshape(1),
+                                                                      grad_norm.reshape(1).float()]))
+    return (loss_sum / count, norm, stops > 0,
+            control.COMMANDS[int(command_number) - 1] if command_number else "")
 
 
 def stop_agreed(run, group=None):
@@ -262,15 +270,18 @@ def act_on(run, command):
 # ----------------------------------------------------------------------------- the step and eval
 
 def document_ids_for(run, x, doc_ids):
-    """What the model is given for doc_ids: a compiled model always gets document ids (zeros where a batch has no
-    boundary: one document a row, the same causal mask), so that one graph serves every batch; a compiled graph
-    with doc_ids=None would be a second compile. Eager, None keeps sdpa's causal fast path."""
-    return torch.zeros_like(x) if doc_ids is None and run.cfg.compile else doc_ids
+    """What the model is given for doc_ids: a compiled model, and flex attention, always get document ids (zeros
+    where a batch has no boundary: one document a row, the same causal mask), so that one graph and one kind of
+    block mask serve every batch; a compiled graph with doc_ids=None would be a second compile. Eager sdpa gets
+    None, which keeps its causal fast path."""
+    always = run.cfg.compile or run.cfg.attn == "flex"
+    return torch.zeros_like(x) if doc_ids is None and always else doc_ids
 
 
 def train_step(run, lr):
-    """One optimizer step: micro-batches, loss, backward, clip, update. Returns (summed loss, target count, grad
-    norm). A non-finite gradient norm stops the run before the update, so the weights stay as they were."""
+    """One optimizer step: micro-batches, loss, backward, clip, update. Returns (mean loss, grad norm, signalled,
+    command) as agree() gives them, after the step's one host synchronisation. A non-finite gradient norm stops
+    the run before the update, so the weights stay as they were."""
     cfg, layout = run.cfg, run.layout
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -278,7 +289,7 @@ def train_step(run, lr):
                                                    layout.dp_size, run.device) for m in range(cfg.grad_accum)]
     # Normalise by the number of target tokens in the whole global batch, so the gradient is
     # that of the mean loss over the step whatever the split into processes and micro-steps.
-    target_count = torch.tensor(float(sum(int((y != -1).sum()) for _, y, _ in micro_batches)), device=run.device)
+    target_count = torch.tensor(float(sum(batch.targets for batch in micro_batches)), device=run.device)
     if layout.dp_size > 1:
         dist.all_reduce(target_count, group=layout.dp_group)
     # DDP and FSDP average gradients over the replicas; scaling by dp_size turns that into the sum (pipelines'
@@ -289,7 +300,7 @@ def train_step(run, lr):
             step_loss = parallel.pipeline_step(run.pipeline, layout, micro_batches, scale)
     else:
         step_loss = torch.zeros((), device=run.device)
-        for m, (x, y, doc_ids) in enumerate(micro_batches):
+        for m, (x, y, doc_ids, _) in enumerate(micro_batches):
             last_micro = m == cfg.grad_accum - 1
             if layout.sharded:  # reduce-scatter the gradients once, after the last micro-batch
                 run.model.set_requires_gradient_sync(last_micro)
@@ -300,14 +311,15 @@ def train_step(run, lr):
             step_loss += loss_sum.detach()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = parallel.gradient_norm(run.raw_model.parameters(), max_norm, layout)
-    if not torch.isfinite(grad_norm):  # the same on every rank: the gradients were all-reduced
+    loss, grad_norm, signalled, command = agree(run, step_loss, target_count, grad_norm)
+    if not math.isfinite(grad_norm):  # the same on every rank: the gradients were all-reduced
         newest = files.step_checkpoints(run.run_dir)
-        raise UserError(f"loss diverged at step {run.step + 1}: the gradient norm is {grad_norm.item()} (loss "
-                        f"{step_loss.item() / target_count.item():.4g} on this rank); stopped before the update, "
-                        f"nothing saved; the newest checkpoint is {newest[-1] if newest else 'none'}")
+        raise UserError(f"loss diverged at step {run.step + 1}: the gradient norm is {grad_norm} (loss {loss:.4g}); "
+                        f"stopped before the update, nothing saved; the newest checkpoint is "
+                        f"{newest[-1] if newest else 'none'}")
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return step_loss, target_count, grad_norm
+    return loss, grad_norm, signalled, command
 
 
 @torch.no_grad()
@@ -329,7 +341,7 @@ def evaluate(run):
     totals = torch.zeros(len(training_data.eval_names) + 1, 2, dtype=torch.float64, device=run.device)
     try:
         for i, name in enumerate(training_data.eval_names):
-            for x, y, doc_ids in training_data.eval_batches(name, n_rows, layout.dp_rank, layout.dp_size,
+            for x, y, doc_ids, targets in training_data.eval_batches(name, n_rows, layout.dp_rank, layout.dp_size,
                                                             cfg.batch_size, run.device):
                 if stop_now():
                     raise control.Stopped
@@ -339,7 +351,7 @@ def evaluate(run):
                     else:
                         totals[i, 0] += run.model(x, document_ids_for(run, x, doc_ids), y).double()
                 if layout.last_stage:  # one count per replica
-                    totals[i, 1] += (y != -1).sum()
+                    totals[i, 1] += targets
     except control.Stopped:
         totals[-1, 0] = 1
     finally:
@@ -423,9 +435,8 @@ def training_loop(run):
     while run.step < run_steps:
         # ---- the step
         lr = sched.lr_at(run.step, run.schedule)
-        step_loss, target_count, grad_norm = train_step(run, lr)
+        loss, grad_norm, signalled, command = train_step(run, lr)
         run.step += 1
-        loss, signalled, command = agree(run, step_loss, target_count)
         if losses_seen == 0:  # the optimizer state exists now
             run.say(parallel.memory_line(run.raw_model, run.optimizer, run.layout, run.device))
 
@@ -447,12 +458,12 @@ def training_loop(run):
             last_time, last_step = now, run.step
             # model FLOPs per second (model.flops_per_token) over what the devices could do (runs.peak_flops)
             mfu = run.flops_per_token * tok_per_s / (run.peak_flops * run.world_size) if run.peak_flops else None
-            run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f}"
+            run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f}"
                     f" | {tok_per_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
                     + f" | eta {format_duration(eta)}")
             drawn = run.training_data.drawn() if len(run.training_data.names) > 1 else {}  # a curriculum's progress
             run.log({"step": run.step, "tokens": run.step * run.tokens_per_step, "loss": loss, "lr": lr,
-                     "grad_norm": grad_norm.item(), "tok_per_s": tok_per_s, "time": now}
+                     "grad_norm": grad_norm, "tok_per_s": tok_per_s, "time": now}
                     | ({"mfu": mfu} if mfu is not None else {}) | {f"drawn/{name}": n for name, n in drawn.items()})
 
         # ---- run control

@@ -30,16 +30,21 @@ def fresh_dynamo():
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_for_20_steps(tiny_data, tmp_path, fresh_dynamo):
-    common = run_args(tiny_data, tmp_path, "max_steps=20", "eval_interval=10", "sample_tokens=0")
+    # eval_iters=40: every eval reads the whole val split, 130 blocks, so its last batch holds 2 rows of 4
+    common = run_args(tiny_data, tmp_path, "max_steps=20", "eval_interval=10", "eval_iters=40", "sample_tokens=0")
     assert train.main(common + ["run_name=eager"]) == 0
     assert not fresh_dynamo["stats"]  # nothing compiled without compile=True
     assert train.main(common + ["run_name=compiled", "compile=True"]) == 0
 
     # Really compiled, and whole: a graph break (an unsupported op, the autograd.Function falling back) would
-    # leave parts of the model to eager Python and show up here. Two graphs, training and eval, whether or not a
-    # micro-batch holds a document boundary (the tiny corpus has batches of both kinds)
+    # leave parts of the model to eager Python and show up here. Two graphs, training and eval, and nothing
+    # compiled after them: not for a micro-batch without a document boundary (the tiny corpus has batches of both
+    # kinds), an eval's partial last batch (padded to the batch's shape), or the switches between train and eval
+    # (three evals)
     assert fresh_dynamo["stats"]["unique_graphs"] == 2, dict(fresh_dynamo["stats"])
     assert not fresh_dynamo["graph_break"], dict(fresh_dynamo["graph_break"])
+    recompiles = [reason for reasons in torch._dynamo.guard_failures.values() for reason in reasons]
+    assert len(recompiles) == 1 and "grad_mode" in str(recompiles[0]), recompiles  # the eval graph (no_grad), once
 
     eager, eager_evals = read_log(tmp_path / "eager")
     compiled, compiled_evals = read_log(tmp_path / "compiled")
@@ -49,5 +54,6 @@ def test_compiled_training_matches_eager_for_20_steps(tiny_data, tmp_path, fresh
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"]), a["step"]
     assert compiled[-1]["loss"] < compiled[0]["loss"] - 1.0  # it learned: the comparison is not of two flat lines
     assert [r["step"] for r in compiled_evals] == [0, 10, 20]
+    assert 130 % 4  # the eval's last batch was partial
     for a, b in zip(eager_evals, compiled_evals):  # eval runs the compiled model too, without gradients
         assert abs(a["eval_loss"] - b["eval_loss"]) <= 1e-4, (a["step"], a["eval_loss"], b["eval_loss"])

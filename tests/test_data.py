@@ -68,7 +68,8 @@ def test_blocks_are_slices_of_the_stream(token_file):
     source = data.Source(files, "uint16", seq_len=50, eot_id=EOT)
     assert source.n_blocks == (len(tokens) - 1) // 50
     blocks = [0, 3, source.n_blocks - 1]
-    x, y, doc_ids = data.make_batch([source.block(b) for b in blocks], EOT)
+    x, y, doc_ids, targets = data.make_batch([source.block(b) for b in blocks], EOT)
+    assert targets == 3 * 50  # counted on the host: every target of a "blocks" row is real
     for row, b in enumerate(blocks):
         assert x[row].tolist() == tokens[b * 50: b * 50 + 50].tolist()
         assert y[row].tolist() == tokens[b * 50 + 1: b * 50 + 51].tolist()
@@ -90,7 +91,7 @@ def test_shard_files_read_as_one_stream(tmp_path, token_file):
 def test_doc_ids_are_none_without_a_boundary(tmp_path):
     files = write_files(tmp_path, np.arange(1, 501, dtype=np.uint16), [])
     source = data.Source(files, "uint16", seq_len=10, eot_id=0)
-    x, y, doc_ids = data.make_batch([source.block(0), source.block(1)], 0)
+    x, y, doc_ids, _ = data.make_batch([source.block(0), source.block(1)], 0)
     assert doc_ids is None and x.shape == (2, 10)
 
 
@@ -210,7 +211,8 @@ def test_best_fit_rows_pad_with_ignored_targets(tmp_path):
     tokens = np.array([1, 2, 3, EOT, 4, 5, EOT, 6, EOT, 7, 8, 1, 2, 3], np.uint16)
     files = write_files(tmp_path, tokens, [])
     source = data.Source(files, "uint16", 7, EOT, packing="best_fit")  # blocks of 8 tokens
-    x, y, doc_ids = data.make_batch([source.block(b) for b in range(source.n_blocks)], EOT)
+    x, y, doc_ids, targets = data.make_batch([source.block(b) for b in range(source.n_blocks)], EOT)
+    assert targets == int((y != -1).sum())
     # [1 2 3] leads a block (no EOT before it); [EOT 7 8 1 2 3] takes a block of its own; [EOT 4 5]
     # then [EOT 6] fill the first block exactly. The second block's first pad (EOT) is the true next
     # token after its document, so it stays a target; the pad after it is not one.
@@ -345,7 +347,11 @@ def test_eval_sets_per_source_and_named(two_sources):
     assert training_data.eval_names == ["big", "small", "held_out"]
     assert list(training_data.val) == training_data.eval_names
     batches = list(training_data.eval_batches("small", 7, rank=0, world_size=1, batch_size=4))
-    assert [len(x) for x, _, _ in batches] == [4, 3] and all((x >= 10).all() for x, _, _ in batches)
+    assert all((x >= 10).all() for x, _, _, _ in batches)
+    # the last batch holds 3 blocks and a padding row of no targets: every batch has the shape a compiled model
+    # was compiled for
+    assert [len(x) for x, _, _, _ in batches] == [4, 4] and [targets for *_, targets in batches] == [4 * 50, 3 * 50]
+    assert (batches[1].y[3] == -1).all() and (batches[1].y[:3] != -1).all()
     loss, bpb, per_source = training_data.eval_summary({"big": (10.0, 10), "small": (60.0, 30), "held_out": (30.0, 10)})
     assert loss == 90.0 / 40  # small and held_out pooled; big is not in the named set
     assert bpb == pytest.approx(90.0 / math.log(2) / (30 * 3 + 10 * 4))  # the bytes of each source's text

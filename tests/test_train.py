@@ -314,3 +314,38 @@ def test_every_config_loads_and_plans(path):
     train.build_model_config(cfg, model_overrides, vocab_size=32000)
     assert train.make_schedule(cfg, dp_size=4).total_steps > 0
     data.parse_entries(cfg.data)
+
+
+# What makes a training step wait for the device: an explicit read of a value (.item(), float(t), int(t), `if t:`
+# all dispatch _local_scalar_dense), and ops whose output's size depends on the values (boolean indexing).
+DEVICE_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                torch.ops.aten.masked_select.default}
+
+
+@pytest.mark.parametrize("extra", [["grad_accum=2"], ["optimizer=muon"], ["optimizer=adafactor", "dtype=bf16"]],
+                         ids=["adamw", "muon", "bf16_adafactor"])
+def test_a_training_step_reads_the_device_once(tiny_data, tmp_path, monkeypatch, extra):
+    """At most one host synchronisation a step (on a GPU each is a stall of the queue of kernels): the step's
+    values come back in one read (train.to_host), and nothing else in the step (batch, loss, clipping, the
+    non-finite check, run control, our optimizers) reads the device. Counted on the CPU in the ops dispatched.
+    (torch_adamw is fused on CUDA, which reads nothing; its CPU foreach path reads each step count.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in DEVICE_READS:
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    reads, steps, to_host = [], [], getattr(train, "to_host", None)
+    monkeypatch.setattr(train, "to_host", lambda values: reads.append("to_host") or to_host(values), raising=False)
+    train_step = train.train_step
+
+    def counted_step(run, lr):
+        with CountReads():
+            steps.append(train_step(run, lr))
+        return steps[-1]
+
+    monkeypatch.setattr(train, "train_step", counted_step)
+    assert train.main(run_args(tiny_data, tmp_path, "max_steps=6", "sample_tokens=0", *extra)) == 0
+    assert len(steps) == 6 and reads == ["to_host"] * 6, reads
