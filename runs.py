@@ -76,6 +76,20 @@ def open_data(cfg, model_overrides):
     return training_data
 
 
+def for_device(cfg, device):
+    """cfg with its "auto" keys resolved for the device it trains on (config.json records what ran). On CUDA, the
+    reference's run: flex attention (a block mask that skips the blocks a document mask hides, where sdpa would
+    compute every score under a dense mask), torch.compile's max-autotune without CUDA graphs when compile=True
+    (CUDA graphs fight DDP's and FSDP's hooks and hold a memory pool of their own; compile_mode=max-autotune adds
+    them, compile_mode=default compiles in a fraction of the time), and bf16 autocast where the card computes bf16
+    natively. Elsewhere (the CPU): sdpa (flex has no backward there), the default mode, fp32."""
+    cuda = device.type == "cuda"
+    resolved = {"attn": "flex" if cuda else "sdpa",
+                "compile_mode": "max-autotune-no-cudagraphs" if cuda else "default",
+                "dtype": "bf16-mixed" if cuda and native_bf16(device) else "fp32"}
+    return dataclasses.replace(cfg, **{key: value for key, value in resolved.items() if getattr(cfg, key) == "auto"})
+
+
 def build_model_config(cfg, model_overrides, vocab_size):
     values = dataclasses.asdict(model_lib.PRESETS[cfg.model])
     values.update(model_overrides, vocab_size=vocab_size, **{k: getattr(cfg, k) for k in model_lib.BACKEND_FIELDS})
@@ -203,6 +217,7 @@ class Run:
 
 def start_run(cfg, model_overrides, rank, world_size, device):
     """Everything the loop needs, from the newest checkpoint that loads or from scratch; config.json written."""
+    cfg = for_device(cfg, device)
     if cfg.attn == "flex" and device.type != "cuda":
         raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
     training_data = open_data(cfg, model_overrides)
@@ -214,9 +229,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     if schedule.total_steps < 1:
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
 
-    # auto: bf16 autocast where the device computes bf16 natively, fp32 elsewhere (the CPU, a V100, a T4)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16-mixed" if device.type == "cuda" and native_bf16(device)
-                                                   else "fp32")
+    dtype = cfg.dtype
     check_memory(cfg, model_config, layout, device, dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16-mixed" else nullcontext()
     if device.type == "cuda":

@@ -42,7 +42,7 @@ import optim
 import parallel
 import sched
 from config import UserError, at_least, between, one_of, positive
-from runs import build_model_config, make_schedule, save, setup_distributed, start_run, write_samples
+from runs import build_model_config, for_device, make_schedule, save, setup_distributed, start_run, write_samples
 
 
 @dataclass
@@ -69,8 +69,8 @@ class TrainConfig:
     max_steps: int | None = None        # optional cap on steps; the schedule still follows total_tokens
     # model: a preset; every ModelConfig field (dim, n_layers, ...) may also be set as a key
     model: str = "quickstart"           # a preset of model.PRESETS: quickstart, llama-small, llama-medium, ...
-    attn: str = "sdpa"                  # model.ATTENTION: "sdpa" (fast) | "eager" (plain maths, the reference) |
-                                        # "flex" (flex_attention, CUDA only)
+    attn: str = "auto"                  # model.ATTENTION: "sdpa" (fast) | "eager" (plain maths, the reference) |
+                                        # "flex" (flex_attention, CUDA only); auto: flex on CUDA, else sdpa
     loss: str = "chunked"               # model.LOSSES: "chunked" (no (tokens, vocab) logits) | "plain" (the reference)
     # learning-rate schedule (sched.py): token amounts in millions, turned into steps at start-up
     schedule: str = "cosine"            # "cosine" | "constant" | "infinite" (Infinite-LR) | "wsd" (WSD-S)
@@ -102,8 +102,9 @@ class TrainConfig:
                                         # weights, stochastic rounding: ours only); auto: bf16-mixed on CUDA cards with
                                         # native bf16 (Ampere and later), else fp32
     compile: bool = False               # torch.compile the model (~20 s up front, ~10% faster on CPU)
-    compile_mode: str = "default"       # torch.compile's mode: "default" | "reduce-overhead" | "max-autotune" (the
-                                        # reference's; slow to compile) | "max-autotune-no-cudagraphs"
+    compile_mode: str = "auto"          # torch.compile's mode: "default" | "reduce-overhead" | "max-autotune" (the
+                                        # reference's; slow to compile) | "max-autotune-no-cudagraphs"; auto: that
+                                        # last on CUDA, default elsewhere (runs.for_device says why)
     peak_flops: float | None = None     # one device's peak FLOP/s, for mfu; None: the card's bf16 peak from
                                         # runs.GPU_PEAK_FLOPS, or on the CPU its fp32 matmul rate, measured at start
     # several processes (torchrun; parallel.py says what each mode does and what it refuses)
@@ -148,7 +149,7 @@ VALID = {
     "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
     "max_steps": at_least(1),
     # model
-    "model": one_of(*model_lib.PRESETS), "attn": one_of(*model_lib.ATTENTION), "loss": one_of(*model_lib.LOSSES),
+    "model": one_of(*model_lib.PRESETS), "attn": one_of("auto", *model_lib.ATTENTION), "loss": one_of(*model_lib.LOSSES),
     # learning-rate schedule
     "schedule": one_of(*sched.SCHEDULES), "lr": positive, "base_batch_tokens": at_least(1), "lr_alpha": at_least(0),
     "min_lr": at_least(0), "constant_lr": positive, "warmup_tokens": at_least(0), "cooldown_p": between(0, 1),
@@ -159,7 +160,7 @@ VALID = {
     "grad_clip": at_least(0), "divergence_factor": at_least(0),
     # precision and speed
     "device": one_of("auto", "cpu", "cuda"), "dtype": one_of(*DTYPES),
-    "compile_mode": one_of(*parallel.COMPILE_MODES), "peak_flops": positive, "parallel": one_of(*parallel.PARALLEL),
+    "compile_mode": one_of("auto", *parallel.COMPILE_MODES), "peak_flops": positive, "parallel": one_of(*parallel.PARALLEL),
     "pp_stages": at_least(1), "pp_schedule": one_of(*parallel.PP_SCHEDULES),
     # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
@@ -199,7 +200,7 @@ def load_config(argv):
         raise UserError("min_lr=0 needs decay_shape='linear' or 'cosine': the rsqrt decay divides by min_lr")
     # the model's shape, checked now (the data sets vocab_size later, unless a config insists on one)
     preset_vocab = model_lib.PRESETS[cfg.model].vocab_size
-    build_model_config(cfg, model_overrides, model_overrides.get("vocab_size", preset_vocab))
+    build_model_config(for_device(cfg, torch.device("cpu")), model_overrides, model_overrides.get("vocab_size", preset_vocab))
     return cfg, model_overrides
 
 

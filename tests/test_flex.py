@@ -89,3 +89,35 @@ def test_flex_gradients_match_eager_on_cuda(overrides):
         scale = p_eager.grad.abs().max().item()
         assert scale > 0, name
         assert (p_flex.grad - p_eager.grad).abs().max().item() <= 1e-3 * scale, name
+
+
+def test_the_block_mask_is_built_by_compiled_code_in_every_layout(monkeypatch):
+    """Where flex trains (attention.compiles_flex: CUDA), the block mask comes from compiled code even when the
+    model is not compiled (compile=False, and fsdp and pp, which compile the blocks, not block_inputs): the eager
+    build materialises (B, T, T) first. Here the CPU stands in for CUDA; flex_attention itself stays uncompiled."""
+    import parallel
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    built, compiled = [], torch.compile(attention.block_mask)
+    monkeypatch.setattr(attention, "compiles_flex", lambda device: True, raising=False)
+    monkeypatch.setattr(attention, "compiled_block_mask", lambda: lambda *args: built.append(args) or compiled(*args),
+                        raising=False)
+    monkeypatch.setattr(attention, "compiled_flex_attention", lambda: flex_attention)
+    model = tiny_model(attn="flex")
+    stage = parallel.StageModel(same_model(model, "flex"), 0, 1)  # pp: one stage that is first and last
+    graphs = []
+    try:
+        with torch.no_grad():
+            for seed in (2, 3):  # other documents, the same shape: the compiled builder is reused
+                idx = batch(seed)
+                doc_ids = document_ids(idx, EOT)
+                logits = model(idx, doc_ids)
+                assert_close(logits, same_model(model, "eager")(idx, doc_ids), atol=1e-5, rtol=1e-5)
+                assert_close(model.lm_head(stage(idx, doc_ids)), logits, atol=1e-6, rtol=1e-6)
+                graphs.append(counters["stats"]["unique_graphs"])
+        assert len(built) == 4  # each forward, the model's and the stage's, built its mask through compiled code
+        assert graphs[0] >= 1 and graphs[1] == graphs[0], graphs  # compiled, and nothing compiled again
+    finally:
+        torch._dynamo.reset()
+        counters.clear()

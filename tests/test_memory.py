@@ -181,7 +181,7 @@ def test_samples_that_cannot_fit_are_refused_before_training(tiny_data, tmp_path
     that can be more than the step, and is refused before anything is built, saying which sample_tokens fits."""
     cfg, overrides = train.load_config(run_args(tiny_data, tmp_path, "sample_tokens=1000000", "sample_prompts=['ab']",
                                                 "parallel=fsdp", "dim=256", "ffn_dim=512"))
-    config = runs.build_model_config(cfg, overrides, 257)
+    config = runs.build_model_config(runs.for_device(cfg, torch.device("cpu")), overrides, 257)
     step = memory.memory_estimate(config, cfg.batch_size, cfg.seq_len, "fp32", "adamw", 1, "fp32", "cpu")
     device = torch.device("cpu")
     monkeypatch.setattr(memory, "available_memory", lambda device: step["peak"] + 2**20)

@@ -3,6 +3,7 @@ miniature in exactly the keys its full config changes."""
 import dataclasses
 
 import pytest
+import torch
 
 import train
 from conftest import ROOT
@@ -14,7 +15,7 @@ GROUPS = {"default": ["high_lr", "bf16", "bf16_adafactor", "muon", "deepone", "c
 def resolved(path):
     """Every key of a config as train.py resolves it, the model's fields included (vocabulary: bytes)."""
     cfg, model_overrides = train.load_config([str(path)])
-    model_config = train.build_model_config(cfg, model_overrides, vocab_size=257)
+    model_config = train.build_model_config(train.for_device(cfg, torch.device("cpu")), model_overrides, vocab_size=257)
     keys = dataclasses.asdict(cfg) | dataclasses.asdict(model_config)
     del keys["run_name"]
     return keys
@@ -52,5 +53,5 @@ def test_the_groups_keep_the_references_tokens_per_parameter():
     import model
     for name, ratio in (("default", 20), ("ten_chinchilla", 220)):
         cfg, model_overrides = train.load_config([str(ROOT / "configs" / "mini" / f"{name}.py")])
-        params = model.parameter_summary(train.build_model_config(cfg, model_overrides, 257))["non_embedding"]
+        params = model.parameter_summary(train.build_model_config(train.for_device(cfg, torch.device("cpu")), model_overrides, 257))["non_embedding"]
         assert cfg.total_tokens * 1e6 / params == pytest.approx(ratio, rel=0.1)

@@ -305,15 +305,32 @@ def test_samples_stay_within_the_trained_context_unless_asked(tiny_data, tmp_pat
     assert capsys.readouterr().err == "note: --extrapolate: samples run to 61 tokens, past the 32 the model was trained on\n"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
-def test_every_config_loads_and_plans(path):
-    """Each shipped experiment resolves: keys and types, its model, its schedule on 4 processes, its data names."""
+CONFIGS = sorted((ROOT / "configs").glob("*.py")) + sorted((ROOT / "configs" / "mini").glob("[!_]*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_config_loads_plans_and_is_the_reference_run_on_cuda(path, monkeypatch):
+    """Each shipped experiment resolves: keys and types, its model, its schedule on 4 processes, its data names. The
+    same config, unedited, is on a CUDA card with native bf16 the reference's run: flex attention (no dense document
+    mask), max-autotune when it compiles, bf16 autocast; and on the CPU what it always ran: sdpa, the default mode
+    and fp32."""
     import data
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))  # an RTX 3090
     cfg, model_overrides = train.load_config([str(path)])
-    assert cfg.run_name == path.stem
-    train.build_model_config(cfg, model_overrides, vocab_size=32000)
+    assert cfg.run_name.endswith(path.stem)
     assert train.make_schedule(cfg, dp_size=4).total_steps > 0
     data.parse_entries(cfg.data)
+
+    on_cuda = train.for_device(cfg, torch.device("cuda", 0))
+    assert (on_cuda.attn, on_cuda.compile_mode) == ("flex", "max-autotune-no-cudagraphs")
+    assert on_cuda.dtype == ("bf16-mixed" if cfg.dtype == "auto" else cfg.dtype)  # pure bf16 where a config says so
+    assert train.build_model_config(on_cuda, model_overrides, vocab_size=32000).attn == "flex"
+    on_cpu = train.for_device(cfg, torch.device("cpu"))
+    assert (on_cpu.attn, on_cpu.compile_mode) == ("sdpa", "default")
+    assert on_cpu.dtype == ("fp32" if cfg.dtype == "auto" else cfg.dtype)
+    assert train.build_model_config(on_cpu, model_overrides, vocab_size=32000).attn == "sdpa"
+    if path == ROOT / "configs" / "default.py":  # the reference's own run compiles (the miniatures do not)
+        assert on_cuda.compile
 
 
 # What makes a training step wait for the device: an explicit read of a value (.item(), float(t), int(t), `if t:`
