@@ -443,9 +443,16 @@ class Transformer(nn.Module):
             distance = key_minus_query(positions, key_positions)
         return cos, sin, distance
 
+    def embed(self, idx):
+        """Token ids (B, T) -> the residual stream (B, T, dim). Under autocast the stream is fp32 whatever the
+        weights' dtype: FSDP's bf16-mixed gathers bf16 weights, whose lookup would start it in bf16 where DDP's
+        fp32 weights start it in fp32 (.float() of an fp32 tensor is the tensor itself)."""
+        x = self.embed_tokens(idx)
+        return x.float() if torch.is_autocast_enabled(x.device.type) else x
+
     def trunk(self, idx, cos, sin, distance, mask, positions, caches=None):
         """Token ids (B, T) through the embedding, every block and the final norm -> (B, T, dim)."""
-        x = self.embed_tokens(idx)
+        x = self.embed(idx)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, distance, positions, caches[i] if caches else None)
         return self.norm(x)

@@ -118,9 +118,12 @@ def shard(model, layout, cfg, dtype):
     compiled = compile_model(model, layout, cfg.compile_mode) if cfg.compile else model
     if layout.sharded:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        bf16_compute = on_cuda and dtype == "bf16-mixed"  # gathered weights in bf16, gradients reduced in fp32
-        policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if bf16_compute else MixedPrecisionPolicy()
+        # bf16-mixed: the weights gathered in bf16 (half the traffic; autocast would cast them anyway), the
+        # gradients reduced in fp32. cast_forward_inputs=False: FSDP would otherwise cast every block's floating
+        # inputs to bf16, the residual stream, RoPE's tables and ALiBi's distances, which DDP with autocast keeps
+        # in fp32 (ALiBi's distances are exact in bf16 only up to 256)
+        policy = (MixedPrecisionPolicy(torch.bfloat16, torch.float32, cast_forward_inputs=False)
+                  if dtype == "bf16-mixed" else MixedPrecisionPolicy())
         for block in model.layers:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
@@ -168,7 +171,7 @@ class StageModel(model_lib.Transformer):
         one_document = self.config.attn != "flex" and not bool(doc_ids.any())
         cos, sin, distance, mask, positions = self.block_inputs(h, None if one_document else doc_ids)
         if self.first:
-            h = self.embed_tokens(h)
+            h = self.embed(h)
         for block in self.layers.values():
             h = block(h, cos, sin, mask, distance, positions)
         return self.norm(h) if self.last else (h, doc_ids)

@@ -266,3 +266,39 @@ def test_a_checkpoint_from_before_names_resumes_and_a_pipeline_refuses_it(tiny_d
     assert "saved before parallel='pp' existed; resume it once under parallel='ddp'" in result.stderr
     assert train.main(args) == 0
     assert_same_losses(single / "adamw", tmp_path / "old")
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_fsdp_bf16_mixed_keeps_fp32_where_ddp_does(position):
+    """Under dtype=bf16-mixed, FSDP2 gathers bf16 weights but every module of the model sees inputs of the same
+    dtypes as under DDP with autocast: the residual stream, RoPE's tables and ALiBi's distances stay fp32 (FSDP's
+    default cast_forward_inputs would make them bf16). In this process, on a gloo group of one."""
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    cfg = SimpleNamespace(compile=False, compile_mode="default")
+    idx = torch.randint(1, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    seen, losses, gathered = {}, {}, {}
+    try:
+        for mode in ("ddp", "fsdp"):
+            torch.manual_seed(0)
+            model = Transformer(tiny(vocab_size=64, position=position, alibi_trainable=position == "alibi"))
+            # world_size=2 marks the layout sharded; fully_shard shards over the group there is, of one
+            model, _ = parallel.shard(model, parallel.Layout(mode, 0, 2), cfg, "bf16-mixed")
+            seen[mode] = []
+            for name, module in model.named_modules():
+                module.register_forward_pre_hook(
+                    lambda module, args, kwargs, name=name: seen[mode].append(
+                        (name, [t.dtype for t in [*args, *kwargs.values()] if torch.is_tensor(t) and t.is_floating_point()])),
+                    with_kwargs=True)
+            model.layers[0].self_attn.q_proj.register_forward_pre_hook(
+                lambda module, args: gathered.update({mode: module.weight.dtype}))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses[mode] = model(idx[:, :-1], targets=idx[:, 1:]).item()
+    finally:
+        torch.distributed.destroy_process_group()
+    assert gathered == {"ddp": torch.float32, "fsdp": torch.bfloat16}  # FSDP's policy is bf16, on the CPU too
+    assert seen["fsdp"] == seen["ddp"]
+    inputs = dict(seen["ddp"])
+    assert inputs["layers.1"][0] == torch.float32  # the residual stream into the second block
+    assert set(inputs["layers.0.self_attn"][1:]) == {torch.float32}  # cos and sin, or ALiBi's distances
+    assert abs(losses["fsdp"] - losses["ddp"]) <= 1e-3 * losses["ddp"]
