@@ -12,6 +12,7 @@ Top to bottom:
 - save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -145,12 +146,19 @@ def measured_cpu_peak(size=1024, seconds=0.3):
     return best
 
 
+@functools.cache
+def cpu_peak():
+    """measured_cpu_peak(), once per process, when a run starts: before its data, model or compiling load the
+    machine. Measured again later, on a loaded machine, it would come out low and every mfu after it high."""
+    return measured_cpu_peak()
+
+
 def peak_flops(device):
     """(FLOP/s, where the figure comes from) of one device: a CUDA card's bf16 peak from GPU_PEAK_FLOPS, or this
     CPU's measured fp32 matmul rate. None for an unknown card."""
     if device.type == "cuda":
         return card_peak(torch.cuda.get_device_name(device))
-    return measured_cpu_peak(), "measured fp32 matmul"
+    return cpu_peak(), "fp32 matmul, measured at start"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -217,6 +225,8 @@ class Run:
 
 def start_run(cfg, model_overrides, rank, world_size, device):
     """Everything the loop needs, from the newest checkpoint that loads or from scratch; config.json written."""
+    # first: a CPU's peak is measured before anything else here loads the machine (every rank at once, as they train)
+    peak = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else peak_flops(device)
     cfg = for_device(cfg, device)
     if cfg.attn == "flex" and device.type != "cuda":
         raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
@@ -265,7 +275,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
                                               f"{cfg.pp_schedule}" if layout.pipelined else "") + ")") if world_size > 1 else ""
         run.say(f"{world_size} process(es){layout_words} on {device.type}, {dtype}: {tokens_per_step:,} tokens/step, "
                 f"{run.schedule.total_steps} steps for {cfg.total_tokens}M tokens, peak lr {run.schedule.lr:.3g}")
-        run.peak_flops, source = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else peak_flops(device)
+        run.peak_flops, source = peak
         run.say(f"mfu counts {run.flops_per_token:.3g} FLOPs/token (with attention) against a peak of "
                 f"{run.peak_flops or 0:.3g} FLOP/s a device ({source})")
         run.log_file = open(run.run_dir / "log.jsonl", "a")

@@ -459,6 +459,10 @@ def training_loop(run):
             last_time, last_step = now, run.step
             # model FLOPs per second (model.flops_per_token) over what the devices could do (runs.peak_flops)
             mfu = run.flops_per_token * tok_per_s / (run.peak_flops * run.world_size) if run.peak_flops else None
+            if mfu is not None and mfu > 1:  # the devices did more than the peak says they can: the peak is wrong
+                run.event(f"mfu {mfu:.0%} is above 100%: {run.peak_flops:.3g} FLOP/s is too low a peak for this "
+                          f"device; no mfu from here (peak_flops=... gives the right one)")
+                run.peak_flops = mfu = None
             run.say(f"step {run.step:>6}/{run_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f}"
                     f" | {tok_per_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
                     + f" | eta {format_duration(eta)}")

@@ -366,3 +366,25 @@ def test_a_training_step_reads_the_device_once(tiny_data, tmp_path, monkeypatch,
     monkeypatch.setattr(train, "train_step", counted_step)
     assert train.main(run_args(tiny_data, tmp_path, "max_steps=6", "sample_tokens=0", *extra)) == 0
     assert len(steps) == 6 and reads == ["to_host"] * 6, reads
+
+
+def test_no_mfu_above_100_percent_from_a_bad_peak(tiny_data, tmp_path, monkeypatch):
+    """A CPU's peak is measured once a process, as a run starts (runs.cpu_peak); one measured too low (here: 1
+    kFLOP/s, as on a machine loaded while it measured) gives no mfu above 100% in the log: one event says why,
+    and the lines after it have no mfu."""
+    import runs
+    runs.cpu_peak.cache_clear()
+    measured = []
+    monkeypatch.setattr(runs, "measured_cpu_peak", lambda: measured.append(1) or 1e3)
+    try:
+        assert train.main(run_args(tiny_data, tmp_path, "max_steps=3", "sample_tokens=0", "run_name=a")) == 0
+        assert train.main(run_args(tiny_data, tmp_path, "max_steps=3", "sample_tokens=0", "run_name=b")) == 0
+    finally:
+        runs.cpu_peak.cache_clear()
+    assert measured == [1]  # once for the process, not again for the second run
+    for name in ("a", "b"):
+        records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        assert all(r.get("mfu", 0) <= 1 for r in records)
+        events = [r["event"] for r in records if "event" in r]
+        assert len(events) == 1 and "above 100%" in events[0] and "peak_flops=" in events[0], events
+        assert not any("mfu" in r for r in records if r["step"] > 1)
