@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test minis lm-eval clean
+.PHONY: quickstart test minis lm-eval gpu-check clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
@@ -39,6 +39,10 @@ lm-eval: $(VENV)/.installed-eval
 	$(PY) lm_eval_tasks/shakespeare.py
 	$(LM_EVAL) --model_args pretrained=out/quickstart/hf,add_bos_token=False --tasks shakespeare_passages
 	$(LM_EVAL) --model_args pretrained=out/quickstart/hf --tasks shakespeare_word_order
+
+# The GPU check (gpu_check.py): one RESULT line a part, ~10 minutes on one GPU; without CUDA a dry run at tiny shapes.
+gpu-check: $(VENV)/.installed
+	$(PY) gpu_check.py
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests

@@ -3,9 +3,8 @@
 1. flex attention against eager over rows of several 128-token blocks (forward; on CUDA also the loss and every
    gradient). test_flex.py covers flex's CUDA gradients for ALiBi, DeepOne and NoPE on 40-token rows (less than
    one block); this adds RoPE, the Llama default, and documents that cross block boundaries.
-2. A compiled training step: on CUDA llama-medium at 4,096 tokens a row, bf16 autocast, attn=flex, the chunked
-   loss, fused AdamW, compile_mode max-autotune-no-cudagraphs; tokens/s and MFU printed (the issue's goal on an
-   H100/H200: MFU >= 45%). On the CPU the same code at a tiny shape (sdpa, fp32, compile's default mode).
+2. gpu_check.py (make gpu-check), the GPU check's one script: here its dry run on the CPU (tiny shapes, under a
+   minute); on a CUDA machine run the script itself.
 3. Fused AdamW (optimizer=torch_adamw on CUDA) against torch's single-tensor AdamW (on the CPU: torch's fused
    CPU kernel and the foreach one build_optimizer picks there).
 4. Two GPUs under torchrun with nccl equal to one GPU with grad_accum=2 (two or more GPUs only; the CPU's gloo
@@ -13,33 +12,22 @@
 5. bf16-mixed autocast training through train.py against fp32 (on CUDA with attn=flex), loosely.
 
 Every part that needs CUDA (or two GPUs) is skipped with that reason where they are missing; the rest runs on the
-CPU in ~20 s with an empty compile cache (most of it compiling part 2), ~5 s with torch's on-disk cache warm.
-GPU_CHECK_COMPILE_MODE=default compiles part 2 faster than max-autotune.
+CPU.
 """
 import copy
 import json
-import math
-import os
-import statistics
-import time
-from contextlib import nullcontext
-from dataclasses import replace
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 import optim
-import parallel
 import runs
 import train
 from attention import document_ids
-from model import PRESETS, Transformer, flops_per_token
 from conftest import EOT, VOCAB, read_log, run_args, run_torchrun, same_model, tiny_model
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
-COMPILE_MODE = os.environ.get("GPU_CHECK_COMPILE_MODE", "max-autotune-no-cudagraphs")  # the reference's, sans graphs
 
 # uncompiled flex (the CPU path) warns once that it materialises the scores: known, and what we want here; inductor's
 # CPU back-end imports torch.utils.mkldnn, which uses torch.jit.script_method and warns (torch 2.13): not ours
@@ -103,92 +91,22 @@ def test_flex_matches_eager_over_several_blocks(device, overrides):
         assert max_relative_error(p_flex.grad, p_eager.grad) <= 1e-4, name
 
 
-# ----------------------------------------------------------------------------- 2. the compiled training step
+# ----------------------------------------------------------------------------- 2. gpu_check.py, dry run
 
-def step_setup(device):
-    """(model config, seq_len, batch_size, lr, autocast, compile mode) of part 2 on this device."""
-    if device == "cuda":  # the reference experiments' model and rows: 16,384 tokens a micro-batch
-        return (replace(PRESETS["llama-medium"], attn="flex", loss="chunked"), 4096, 4, 3e-4,
-                torch.autocast("cuda", dtype=torch.bfloat16), COMPILE_MODE)
-    # the tiny training shape of the CPU tests (conftest.TINY, the byte corpus's 257 ids): most of the kernels are
-    # those test_compile.py compiled already, in inductor's cache (with a cold cache, 11 s here against 27 s)
-    return (replace(PRESETS["quickstart"], vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_dim=64), 32, 4, 3e-3,
-            nullcontext(), "default")
-
-
-def document_batch(config, seq_len, batch_size, device):
-    """(x, y, doc_ids) of random tokens with an end-of-text every ~seq_len/4 tokens (the last id is the EOT)."""
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, config.vocab_size - 1, (batch_size, seq_len + 1), generator=generator)
-    tokens[torch.rand(tokens.shape, generator=generator) < 4 / seq_len] = config.vocab_size - 1
-    x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
-    return x, y, document_ids(x, config.vocab_size - 1)
-
-
-def timed_steps(model, raw_model, optimizer, batch, autocast, n_steps):
-    """n_steps optimizer steps on one batch as train.py's train_step takes them (the summed loss over the target
-    count, backward, clip at 1, update); returns (losses, seconds of each step), the device synchronised."""
-    x, y, doc_ids = batch
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    losses, seconds = [], []
-    for _ in range(n_steps):
-        sync()
-        start = time.perf_counter()
-        with autocast:
-            loss = model(x, doc_ids, y) / (y != -1).sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # synchronises too
-        sync()
-        seconds.append(time.perf_counter() - start)
-    return losses, seconds
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_compiled_training_step_speed_and_mfu(device):
-    """3 steps to compile and warm up, then 10 timed (5 on the CPU): tokens/s from the median step, MFU from
-    model.flops_per_token and runs.peak_flops as train.py logs it. The loss is finite and falls (one batch, learned
-    by heart)."""
-    config, seq_len, batch_size, lr, autocast, mode = step_setup(device)
-    torch._dynamo.reset()  # a clean count of graphs, and no other test's compiled frames against the limit
-    counters.clear()
-    torch.manual_seed(0)
-    raw_model = Transformer(config).to(device)
-    optimizer = optim.build_optimizer("torch_adamw", raw_model, lr=lr, weight_decay=0.1, betas=(0.9, 0.95),
-                                      eps=1e-8, seed=0)  # fused on CUDA
-    model = parallel.compile_model(raw_model, parallel.Layout("ddp"), mode)  # as train.py compiles it
-    batch = document_batch(config, seq_len, batch_size, device)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py runs on CUDA
-        torch.cuda.reset_peak_memory_stats()
-
-    start = time.perf_counter()
-    warm_losses, _ = timed_steps(model, raw_model, optimizer, batch, autocast, 3)  # compiles
-    compile_seconds = time.perf_counter() - start
-    losses, seconds = timed_steps(model, raw_model, optimizer, batch, autocast, 10 if device == "cuda" else 5)
-    graphs = counters["stats"]["unique_graphs"]
-    torch._dynamo.reset()
-
-    losses = warm_losses + losses
-    tokens_per_s = batch_size * seq_len / statistics.median(seconds)
-    peak, source = runs.peak_flops(torch.device(device))
-    count = flops_per_token(config, seq_len)
-    mfu = count * tokens_per_s / peak if peak else None
-    memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else ""
-    print(f"\ncompiled step on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({mode}, {graphs} "
-          f"graph(s), {compile_seconds:.0f} s for the first 3 steps): {config.dim}x{config.n_layers}, attn "
-          f"{config.attn}, {batch_size}x{seq_len} tokens: median step {1000 * statistics.median(seconds):.1f} ms, "
-          f"{tokens_per_s:,.0f} tok/s, {count:.3g} FLOPs/token, MFU "
-          + (f"{100 * mfu:.1f}% of {peak:.3g} FLOP/s ({source})" if mfu is not None else f"unknown ({source})")
-          + memory + f"\nlosses {[round(loss, 3) for loss in losses]}")
-    assert all(math.isfinite(loss) for loss in losses)
-    assert losses[-1] < losses[0] - 0.1  # the same batch again and again: it is learned
-    if mfu is not None:
-        assert 0 < mfu < 1
-    if device == "cuda" and mfu is not None:  # a known card: anything below this is a broken path, not tuning
-        assert mfu > 0.10
+def test_the_gpu_check_dry_runs_on_the_cpu(tiny_data, capsys):
+    """make gpu-check's script without CUDA: every part that the CPU can run, at tiny shapes, one RESULT line a part,
+    each ok (ddp skipped for want of two GPUs). On a CUDA machine it runs at the reference's shapes instead."""
+    import gpu_check
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA, run make gpu-check: the full check, ~10 minutes")
+    status = gpu_check.main(["--data-dir", str(tiny_data), "--data", "tiny"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
+    assert [line.split()[1] for line in lines] == ["card", "flex", "flex", "step", "ddp", "train"], lines
+    assert status == 0 and all(line.endswith(" ok") for line in lines), lines
+    step = dict(word.split("=", 1) for word in lines[3].split()[2:-1])
+    assert step["recompiles"] == "0" and 0 < float(step["mfu"]) < 1
+    train_line = dict(word.split("=", 1) for word in lines[5].split()[2:-1])
+    assert (train_line["attn"], train_line["dtype"], train_line["steps"]) == ("sdpa", "fp32", "20")
 
 
 # ----------------------------------------------------------------------------- 3. fused AdamW

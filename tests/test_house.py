@@ -43,11 +43,14 @@ HOMES = {
     "run_main": "config.py", "one_line": "config.py", "ArgumentParser": "config.py",  # the command line
 }
 # The command-line scripts. model.py, with its summary command, is the model's library first: everything imports it.
-SCRIPTS = ["train.py", "prepare.py", "sample.py", "export.py", "plot.py", "bench.py", "lm_eval_tasks/shakespeare.py"]
+SCRIPTS = ["train.py", "prepare.py", "sample.py", "export.py", "plot.py", "bench.py", "gpu_check.py",
+           "lm_eval_tasks/shakespeare.py"]
 SCRIPT_IMPORTS = {  # the only scripts that scripts import, each for a reason
     ("plot.py", "train"): "plot.py lr lays a config out as a run would: train.py declares the defaults",
     ("bench.py", "prepare"): "bench.py prepare measures prepare.py's own tokenize-and-write loop",
     ("bench.py", "export"): "bench.py train builds transformers' Llama from export.hf_config",
+    ("gpu_check.py", "train"): "the GPU check runs train.py as a user does: a checkpoint, a resume, a sample",
+    ("gpu_check.py", "prepare"): "the GPU check prepares the embedded Shakespeare to train on",
 }
 
 
