@@ -40,7 +40,7 @@ lm-eval: $(VENV)/.installed-eval
 	$(LM_EVAL) --model_args pretrained=out/quickstart/hf,add_bos_token=False --tasks shakespeare_passages
 	$(LM_EVAL) --model_args pretrained=out/quickstart/hf --tasks shakespeare_word_order
 
-# The GPU check (gpu_check.py): one RESULT line a part, ~10 minutes on one GPU; without CUDA a dry run at tiny shapes.
+# The GPU check (gpu_check.py): one RESULT line a part; without CUDA a dry run at tiny shapes.
 gpu-check: $(VENV)/.installed
 	$(PY) gpu_check.py
 

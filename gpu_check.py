@@ -1,6 +1,6 @@
 """The GPU check: what only a CUDA card runs, in one command and one RESULT line a part (make gpu-check).
 
-    python gpu_check.py                         # every part, ~10 minutes on one GPU from a cold compile cache
+    python gpu_check.py                         # every part (meant to fit 10 minutes on one GPU; not yet timed on one)
     python gpu_check.py --compile-mode default  # compiles in a fraction of max-autotune's time
 
 1. card: its name, compute capability, SMs and memory, and the peak MFU is counted against (runs.peak_flops).
