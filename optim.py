@@ -28,19 +28,24 @@ import torch
 # Stochastic rounding
 
 
-def stochastic_round(x, generator):
-    """fp32 tensor -> bf16 tensor, rounding each element up or down at random: E[result] = x.
+def stochastic_round_(x, generator):
+    """fp32 tensor -> bf16 tensor, rounding each element up or down at random: E[result] = x. Overwrites x.
 
-    bf16 is the top 16 bits of fp32. Truncating the low 16 bits rounds towards zero; adding one unit
-    to the kept half (0x10000) rounds away from zero. Going away with probability low16 / 2^16 (the
-    fraction of the way to the next bf16 value) makes the result unbiased (docs/reference.md,
-    "Stochastic rounding").
+    bf16 is the top 16 bits of fp32. With r uniform in [0, 2^16), adding 0xFFFF - r to the bits carries one unit
+    into the kept half (rounds away from zero) exactly when r < low16, i.e. with probability low16 / 2^16, the
+    fraction of the way to the next bf16 value: the result is unbiased (docs/reference.md, "Stochastic rounding").
+    Clearing the low 16 bits then leaves a bf16 value. r is drawn as the int16 r - 2^15 (half the memory of an
+    int32; on the CPU the generator yields the same numbers either way), so the addend is 0x7FFF - (r - 2^15).
     """
-    bits = x.float().view(torch.int32)
-    low_bits = bits & 0xFFFF
-    random_bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    rounded = (bits - low_bits) + (random_bits < low_bits).int() * 0x10000
-    return rounded.view(torch.float32).bfloat16()  # exact: the low 16 bits are now zero
+    bits = x.view(torch.int32)
+    r = torch.randint(-(1 << 15), 1 << 15, x.shape, dtype=torch.int16, device=x.device, generator=generator)
+    bits.sub_(r).add_(0x7FFF).bitwise_and_(~0xFFFF)  # int32 arithmetic on the bit pattern, sign bit untouched
+    return x.bfloat16()  # exact: the low 16 bits are zero
+
+
+def stochastic_round(x, generator):
+    """stochastic_round_ on an fp32 copy of x."""
+    return stochastic_round_(x.to(torch.float32, copy=True), generator)
 
 
 def is_dtensor(t):
@@ -92,6 +97,60 @@ def muon_param_groups(model, lr, adamw_lr, weight_decay):
 
 
 # -----------------------------------------------------------------------------------------------
+# Flat updates: weights and states held in bf16, updated a bucket at a time in a few ops
+
+BUCKET_NUMEL = 1 << 25  # weights a flat update takes at most (a larger tensor is a bucket alone): bounds its buffers
+
+
+def buckets(items, key, numel):
+    """items, in order, split by key(item) (e.g. the dtype: one gather takes one dtype) into runs of at most
+    BUCKET_NUMEL elements."""
+    by_key = {}
+    for item in items:
+        by_key.setdefault(key(item), []).append(item)
+    result = []
+    for run in by_key.values():
+        result.append([])
+        size = 0
+        for item in run:
+            if result[-1] and size + numel(item) > BUCKET_NUMEL:
+                result.append([])
+                size = 0
+            result[-1].append(item)
+            size += numel(item)
+    return result
+
+
+def gather(tensors):
+    """A new fp32 vector holding the tensors (of one dtype, any shapes, none 0-d or empty) one after another: one
+    op however many they are (_chunk_cat writes in its out tensor's dtype)."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=tensors[0].device)
+    torch._chunk_cat(tensors, dim=0, num_chunks=1, out=flat.view(1, -1))
+    return flat
+
+
+def gathered_grads(params):
+    """The params' gradients in fp32, as views of one gathered vector (a 0-d gradient needs a 1-D view)."""
+    grads = [local(p.grad) for p in params]
+    return gather([g if g.dim() else g.view(1) for g in grads]).split_with_sizes([g.numel() for g in grads])
+
+
+def adamw_moments_(m, v, g, m_weight, v_decay, v_weight):
+    """m = lerp(m, g, m_weight); v = v_decay*v + v_weight*g*g (lerp(v, g^2, 1-b2) without a g^2 tensor). In place on
+    lists, with foreach ops; each coefficient a number or a list (one per tensor)."""
+    torch._foreach_lerp_(m, g, m_weight)
+    torch._foreach_mul_(v, v_decay)
+    torch._foreach_addcmul_(v, g, g, v_weight)
+
+
+def adamw_step_(p, m, v, eps, step_sizes):
+    """p += step_size * m / (sqrt(v) + eps), in place on lists (see StochasticRoundingOptimizer.adamw_update)."""
+    denominators = torch._foreach_sqrt(v)
+    torch._foreach_add_(denominators, eps)
+    torch._foreach_addcdiv_(p, m, denominators, step_sizes)
+
+
+# -----------------------------------------------------------------------------------------------
 # What the three optimizers share
 
 
@@ -112,6 +171,7 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"{name}: all parameters must be on one device, got {sorted(map(str, devices))}")
         self.generator = torch.Generator(devices.pop()).manual_seed(seed)  # the bits of stochastic rounding
+        self.views = {}  # bucket name -> (storages, 1-D views of its weights and states): see flat_views
 
     def state_dict(self):
         """torch's state dict plus "generator": the random generator's state (a uint8 tensor)."""
@@ -132,7 +192,8 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
         self.generator.set_state(generator_state.cpu())
 
     def write_back(self, stored, working):
-        """Store each fp32 working tensor into its stored tensor; bf16 ones get stochastic rounding.
+        """Store each fp32 working tensor into its stored tensor; bf16 ones get stochastic rounding (one tensor at a
+        time: Muon's matrices).
 
         An fp32 stored tensor is its own working tensor (x.float() returns x), updated in place already.
         """
@@ -140,8 +201,42 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
             if target is not value:
                 target.copy_(stochastic_round(value, self.generator))
 
-    def adamw_update(self, params, lr, betas, eps, weight_decay):
-        """The AdamW rule on the params (of one group) that have gradients.
+    def flat_views(self, tensors, name):
+        """1-D views of the weights and states of bucket `name`, kept from step to step: making them is one op per
+        tensor, which the flat update exists to avoid. Made again where a storage changed (load_state_dict puts in
+        new state tensors); comparing storages dispatches nothing."""
+        storages = [(t.untyped_storage()._cdata, t.storage_offset(), t.shape) for t in tensors]
+        if name not in self.views or self.views[name][0] != storages:
+            self.views[name] = (storages, [t.view(-1) for t in tensors])
+        return self.views[name][1]
+
+    def working_copies(self, stored, name):
+        """fp32 1-D working tensors for the stored weights and states (in order), and what round_back needs. An fp32
+        tensor is its own (updated in place); the bf16 ones are copied into one fp32 buffer by one op."""
+        views = self.flat_views(stored, name)
+        rounded = [t for t in views if t.dtype == torch.bfloat16]
+        buffer = gather(rounded)
+        pieces = iter(buffer.split_with_sizes([t.numel() for t in rounded]))
+        return [next(pieces) if t.dtype == torch.bfloat16 else t for t in views], (buffer, rounded)
+
+    def round_back(self, copies):
+        """Write a working_copies buffer back into its bf16 tensors: stochastic rounding with one draw for the whole
+        buffer (the tensors in their order in `stored`), then one op that copies each part to its tensor."""
+        buffer, rounded = copies
+        rounded_buffer = stochastic_round_(buffer, self.generator)
+        torch.split_with_sizes_copy(rounded_buffer, [t.numel() for t in rounded], out=rounded)
+
+    def adamw_state(self, p):
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype)  # m
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype)  # v
+        state["step"] += 1
+        return state
+
+    def adamw_update(self, groups):
+        """The AdamW rule on the params that have gradients, of groups [(params, lr, betas, eps, weight_decay)].
 
         p -= lr*wd*p;  m = lerp(m, g, 1-b1);  v = lerp(v, g^2, 1-b2)
         p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps*sqrt(1-b2^t))
@@ -149,39 +244,48 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
         scale eps by sqrt(1-b2^t), which adds it to the bias-corrected sqrt(v / (1-b2^t)) as
         torch.optim.AdamW does, so that eps means what torch's eps means. The two differ only in the
         first ~1/(1-b2) steps, for gradients within a few orders of magnitude of eps.
+
+        fp32 weights with fp32 state update in place, a group at a time with foreach ops. Anything held in bf16
+        goes to adamw_flat, every group's together.
         """
-        beta1, beta2 = betas
-        params = [p for p in params if p.grad is not None]
-        # fp32 weights with fp32 state update in place, all at once with foreach kernels (fast). Anything
-        # held in bf16 goes one tensor at a time through fp32 working copies, so the copies stay small.
-        all_fp32 = [p.dtype == self.state_dtype == torch.float32 for p in params]
-        in_place = [p for p, fp32 in zip(params, all_fp32) if fp32]
-        batches = ([in_place] if in_place else []) + [[p] for p, fp32 in zip(params, all_fp32) if not fp32]
-        for batch in batches:
-            for p in batch:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype)  # m
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype)  # v
-                state["step"] += 1
-            states = [self.state[p] for p in batch]
-            n = len(batch)
-            stored = [local(t) for t in batch + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]]
-            working = [t.float() for t in stored]  # p, m, v in fp32: the tensors themselves when fp32
-            p32, m32, v32 = working[:n], working[n:2 * n], working[2 * n:]
-            g32 = [local(p.grad).float() for p in batch]
+        flat = []
+        for params, lr, (beta1, beta2), eps, weight_decay in groups:
+            params = [p for p in params if p.grad is not None and p.numel()]
+            all_fp32 = [p.dtype == self.state_dtype == torch.float32 for p in params]
+            flat += [(p, lr, beta1, beta2, eps, weight_decay) for p, fp32 in zip(params, all_fp32) if not fp32]
+            params = [p for p, fp32 in zip(params, all_fp32) if fp32]
+            if not params:
+                continue
+            states = [self.adamw_state(p) for p in params]
+            p32 = [local(p) for p in params]
+            m32, v32 = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
+            sqrt_corrections = [math.sqrt(1 - beta2 ** s["step"]) for s in states]
             if weight_decay:
                 torch._foreach_mul_(p32, 1 - lr * weight_decay)
-            torch._foreach_lerp_(m32, g32, 1 - beta1)
-            torch._foreach_mul_(v32, beta2)  # lerp(v, g^2, 1-b2) = b2*v + (1-b2)*g*g, without a g^2 tensor
-            torch._foreach_addcmul_(v32, g32, g32, 1 - beta2)
-            sqrt_corrections = [math.sqrt(1 - beta2 ** s["step"]) for s in states]
-            step_sizes = [-lr * c / (1 - beta1 ** s["step"]) for c, s in zip(sqrt_corrections, states)]
-            denominators = torch._foreach_sqrt(v32)
-            torch._foreach_add_(denominators, [eps * c for c in sqrt_corrections])
-            torch._foreach_addcdiv_(p32, m32, denominators, step_sizes)
-            self.write_back(stored, working)
+            adamw_moments_(m32, v32, [local(p.grad) for p in params], 1 - beta1, beta2, 1 - beta2)
+            adamw_step_(p32, m32, v32, [eps * c for c in sqrt_corrections],
+                        [-lr * c / (1 - beta1 ** s["step"]) for c, s in zip(sqrt_corrections, states)])
+        for i, bucket in enumerate(buckets(flat, lambda item: item[0].dtype, lambda item: item[0].numel())):
+            self.adamw_flat(bucket, f"adamw {i}")
+
+    def adamw_flat(self, bucket, name):
+        """adamw_update's rule on a bucket of (p, lr, beta1, beta2, eps, weight_decay), some of p, m, v held in bf16:
+        ~20 ops however many tensors, the same maths (foreach, with a coefficient per tensor) on fp32 copies."""
+        params = [p for p, *_ in bucket]
+        states = [self.adamw_state(p) for p in params]
+        stored = [local(t) for p, s in zip(params, states) for t in (p, s["exp_avg"], s["exp_avg_sq"])]
+        working, copies = self.working_copies(stored, name)
+        p32, m32, v32 = working[0::3], working[1::3], working[2::3]
+        decay = [1 - lr * weight_decay for _, lr, _, _, _, weight_decay in bucket]
+        if any(d != 1 for d in decay):
+            torch._foreach_mul_(p32, decay)
+        betas = [(beta1, beta2) for _, _, beta1, beta2, _, _ in bucket]
+        adamw_moments_(m32, v32, gathered_grads(params), [1 - b1 for b1, _ in betas], [b2 for _, b2 in betas],
+                       [1 - b2 for _, b2 in betas])  # the fp32 gradients are freed on return
+        sqrt_corrections = [math.sqrt(1 - beta2 ** s["step"]) for (_, beta2), s in zip(betas, states)]
+        adamw_step_(p32, m32, v32, [eps * c for (*_, eps, _), c in zip(bucket, sqrt_corrections)],
+                    [-lr * c / (1 - beta1 ** s["step"]) for (_, lr, beta1, *_), c, s in zip(bucket, sqrt_corrections, states)])
+        self.round_back(copies)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -204,8 +308,7 @@ class AdamW(StochasticRoundingOptimizer):
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            self.adamw_update(group["params"], group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        self.adamw_update([(g["params"], g["lr"], g["betas"], g["eps"], g["weight_decay"]) for g in self.param_groups])
 
 
 # -----------------------------------------------------------------------------------------------
@@ -342,10 +445,9 @@ class Muon(StochasticRoundingOptimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             if not group["use_muon"]:
-                self.adamw_update(group["params"], lr, group["adamw_betas"], group["adamw_eps"], weight_decay)
                 continue
+            lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -362,6 +464,9 @@ class Muon(StochasticRoundingOptimizer):
                 p32.mul_(1 - lr * weight_decay)
                 p32.add_(update, alpha=-muon_lr(lr, group["adjust_lr_fn"], p.shape))
                 self.write_back(stored, working)
+        # the other groups, after the matrices (muon_param_groups lists them after), all in one AdamW update
+        self.adamw_update([(g["params"], g["lr"], g["adamw_betas"], g["adamw_eps"], g["weight_decay"])
+                           for g in self.param_groups if not g["use_muon"]])
 
 
 # -----------------------------------------------------------------------------------------------
