@@ -278,13 +278,14 @@ def ops_in_a_step(name, n_layers, dtype, state_dtype):
     return counter.count
 
 
-@pytest.mark.parametrize("name", ["adamw"])
-def test_a_pure_bf16_step_takes_a_few_ops_however_many_tensors(name):
-    """llama-medium's 147 tensors in bf16, weights and state: within 3x of the ops of fp32 AdamW's foreach step
-    (15), and no more for 16 layers than for 2. One tensor at a time it took ~7,300 (AdamW), ~8,800 (Adafactor)."""
+@pytest.mark.parametrize("name, times", [("adamw", 3), ("adafactor", 4)])
+def test_a_pure_bf16_step_takes_a_few_ops_however_many_tensors(name, times):
+    """llama-medium's 147 tensors in bf16, weights and state: a few times the ops of fp32 AdamW's foreach step
+    (15), and no more for 16 layers than for 2. One tensor at a time it took ~7,300 (AdamW), ~8,800 (Adafactor).
+    Measured: AdamW 23; Adafactor 51 (its factored means take a few ops per column count: two here), so 4x."""
     fp32 = ops_in_a_step("adamw", 16, torch.float32, None)
     bf16 = ops_in_a_step(name, 16, torch.bfloat16, torch.bfloat16)
-    assert bf16 <= 3 * fp32, (bf16, fp32)
+    assert bf16 <= times * fp32, (bf16, fp32)
     assert ops_in_a_step(name, 2, torch.bfloat16, torch.bfloat16) == bf16
 
 
@@ -339,6 +340,34 @@ def test_adafactor_matches_the_reference_formulas(d):
             assert clipped > 0  # the clip was exercised
     assert optimizer.state[params[0]]["row_var"].shape == (24,)  # factored: O(rows + cols)
     assert optimizer.state[params[0]]["col_var"].shape == (40,)
+
+
+def test_adafactor_matches_the_reference_formulas_across_shapes():
+    """The flat update over matrices of two column counts (in an order it sorts), a vector and a scalar, in two
+    groups: each tensor as docs/reference.md's formulas for it alone."""
+    shapes = [(24, 40), (40,), (16, 24), (), (12, 40), (40, 24)]
+    generator = torch.Generator().manual_seed(6)
+    params = [torch.nn.Parameter(0.1 * torch.randn(shape, generator=generator)) for shape in shapes]
+    start = [p.detach().clone() for p in params]
+    grads = [[torch.randn(shape, generator=generator) * (1 + i) for _ in range(10)] for i, shape in enumerate(shapes)]
+    optimizer = Adafactor([{"params": params[::2]}, {"params": params[1::2], "weight_decay": 0.0}], lr=1e-2,
+                          weight_decay=0.1, d=0.5)
+    for step in range(10):
+        for p, g in zip(params, grads):
+            p.grad = g[step]
+        optimizer.step()
+    for i, (p, p0, g) in enumerate(zip(params, start, grads)):
+        expected, _ = reference_adafactor(p0, g, lr=1e-2, weight_decay=0.1 if i % 2 == 0 else 0.0, d=0.5)
+        assert_close(p.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_adafactor_with_bf16_state_stays_close_to_fp32():
+    shapes = [(48, 16), (16, 48), (32,)]
+    ours, fp32 = random_problem(shapes), random_problem(shapes)
+    run_random_gradients([Adafactor(ours, lr=1e-2, state_dtype=torch.bfloat16)], ours)
+    run_random_gradients([Adafactor(fp32, lr=1e-2)], fp32)
+    for a, b in zip(ours, fp32):
+        assert_close(a, b, rtol=0, atol=5e-3)
 
 
 def test_adafactor_is_exact_for_a_rank_one_second_moment():
