@@ -17,7 +17,7 @@ Flat updates. Tensor by tensor, a bf16 step dispatched ~7,300 ops (AdamW) or ~8,
 llama-medium's 147 tensors, each a kernel launch on a GPU. Instead the tensors of a bucket (one dtype, at most
 BUCKET_NUMEL weights) are gathered into fp32 rows by one op each (_chunk_cat), updated there, rounded with one
 random draw and scattered back by one op (split_with_sizes_copy): ~23 ops a step for AdamW, ~51 for Adafactor
-(fp32 AdamW's foreach step: 15). The buffers cost, during step(), about 18 bytes per weight of a bucket for
+(fp32 AdamW's foreach step: 15); of them 19 and 37 launch a kernel, views aside (fp32 AdamW: 13). The buffers cost, during step(), about 18 bytes per weight of a bucket for
 AdamW with bf16 weights and moments (p, m, v and g in fp32, then the random bits), 16 for Adafactor: at most
 ~600 MB a bucket. AdamW with fp32 weights and state keeps its foreach update in place; Muon's matrices go one at
 a time (Newton-Schulz is matmuls per matrix anyway), its other groups through AdamW's flat update.

@@ -250,14 +250,16 @@ def test_loading_state_into_a_stepped_optimizer_replaces_what_it_updates():
 
 
 class CountOps(TorchDispatchMode):
-    """The number of aten ops dispatched (each a kernel launch on a GPU, but for views)."""
+    """The number of aten ops dispatched that do work: on a GPU each is a kernel launch. Views (a split, a view of
+    other dtype) and the profiler's markers around step() launch nothing and are not counted."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        if not func.is_view and not func.__name__.startswith("_record_function"):
+            self.count += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -278,14 +280,15 @@ def ops_in_a_step(name, n_layers, dtype, state_dtype):
     return counter.count
 
 
-@pytest.mark.parametrize("name, times", [("adamw", 3), ("adafactor", 4)])
-def test_a_pure_bf16_step_takes_a_few_ops_however_many_tensors(name, times):
-    """llama-medium's 147 tensors in bf16, weights and state: a few times the ops of fp32 AdamW's foreach step
-    (15), and no more for 16 layers than for 2. One tensor at a time it took ~7,300 (AdamW), ~8,800 (Adafactor).
-    Measured: AdamW 23; Adafactor 51 (its factored means take a few ops per column count: two here), so 4x."""
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_a_pure_bf16_step_takes_a_few_ops_however_many_tensors(name):
+    """llama-medium's 147 tensors in bf16, weights and state: at most 3 times the ops of fp32 AdamW's foreach step
+    (13 that do work), and no more for 16 layers than for 2. One tensor at a time it took ~7,300 (AdamW) and ~8,800
+    (Adafactor) ops. Measured at the merge: AdamW 19, Adafactor 37 (its factored means take a few ops per column
+    count: two here); with views counted too, 23 and 51 against 15."""
     fp32 = ops_in_a_step("adamw", 16, torch.float32, None)
     bf16 = ops_in_a_step(name, 16, torch.bfloat16, torch.bfloat16)
-    assert bf16 <= times * fp32, (bf16, fp32)
+    assert bf16 <= 3 * fp32, (bf16, fp32)
     assert ops_in_a_step(name, 2, torch.bfloat16, torch.bfloat16) == bf16
 
 
