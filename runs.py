@@ -148,7 +148,7 @@ def measured_cpu_peak(size=1024, seconds=0.3):
 
 @functools.cache
 def cpu_peak():
-    """measured_cpu_peak(), once per process, when a run starts: before its data, model or compiling load the
+    """measured_cpu_peak(), once per process, when a run starts: before its model, compiling or batches load the
     machine. Measured again later, on a loaded machine, it would come out low and every mfu after it high."""
     return measured_cpu_peak()
 
@@ -225,8 +225,6 @@ class Run:
 
 def start_run(cfg, model_overrides, rank, world_size, device):
     """Everything the loop needs, from the newest checkpoint that loads or from scratch; config.json written."""
-    # first: a CPU's peak is measured before anything else here loads the machine (every rank at once, as they train)
-    peak = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else peak_flops(device)
     cfg = for_device(cfg, device)
     if cfg.attn == "flex" and device.type != "cuda":
         raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
@@ -238,6 +236,9 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     schedule = make_schedule(cfg, layout.dp_size)  # laid out over total_tokens even when max_steps stops earlier
     if schedule.total_steps < 1:
         raise UserError(f"total_tokens={cfg.total_tokens}M is less than one step of {tokens_per_step:,} tokens")
+    # A CPU's peak, measured once the command is known to be good and before the model, its compiling or the data
+    # loader load the machine (every rank at once, as they train)
+    peak = (cfg.peak_flops, "peak_flops") if cfg.peak_flops else peak_flops(device)
 
     dtype = cfg.dtype
     check_memory(cfg, model_config, layout, device, dtype)

@@ -98,14 +98,14 @@ def test_training_with_the_chunked_loss_matches_the_plain_one(tiny_data, tmp_pat
 def test_the_logged_mfu_matches_an_independent_count(tiny_data, tmp_path, capsys):
     """mfu = (6 x matmul weights + attention) x tokens/s / peak, the count written out here from the shapes; the run
     prints both counts at its start, each labelled."""
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=6", "peak_flops=1e9")) == 0
+    assert train.main(run_args(tiny_data, tmp_path, "run_name=m", "max_steps=6", "peak_flops=1e12")) == 0
     lines, _ = read_log(tmp_path / "m")
     vocab, dim, layers, ffn, seq_len = 257, 32, 2, 64, 32  # TINY in test_train.py; MHA, untied
     per_layer = 4 * dim * dim + 3 * dim * ffn  # q, k, v, o; gate, up, down
     six_n = 6 * (layers * per_layer + vocab * dim)
     count = six_n + 12 * layers * dim * seq_len
     for r in lines:
-        assert r["mfu"] == pytest.approx(count * r["tok_per_s"] / 1e9, rel=0.02)
+        assert r["mfu"] == pytest.approx(count * r["tok_per_s"] / 1e12, rel=0.02)
     out = capsys.readouterr().out
     assert f"| FLOPs/token (6N): {six_n:.2e} | FLOPs/token (with attention, seq_len {seq_len}): {count:.2e}" in out
-    assert f"mfu counts {count:.3g} FLOPs/token (with attention) against a peak of 1e+09 FLOP/s a device" in out
+    assert f"mfu counts {count:.3g} FLOPs/token (with attention) against a peak of 1e+12 FLOP/s a device" in out

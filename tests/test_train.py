@@ -122,7 +122,7 @@ def test_torchrun_two_processes_match_one_with_grad_accum(two_corpora, tmp_path)
     (["data=nowhere"], "nowhere"),
     (["vocab_size=32000"], "vocab_size=32000 but"),
     (["tokenizer=cl100k_32k"], "tokenizer='cl100k_32k' but"),
-    (["attn=flash"], "attn='flash' is not one of sdpa, eager, flex"),
+    (["attn=flash"], "attn='flash' is not one of auto, sdpa, eager, flex"),
     (["attn=flex"], "attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here"),
     (["data=tiny,tiny", "mixture=fixed"], "'tiny,tiny' names a source twice"),
     (["mixture=fixed", "mixture_weights=[1, 2]"], "mixture='fixed' needs one non-negative weight per data entry (1)"),
