@@ -268,7 +268,7 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
         """
         flat = []
         for params, lr, (beta1, beta2), eps, weight_decay in groups:
-            params = [p for p in params if p.grad is not None and p.numel()]
+            params = [p for p in params if p.grad is not None and local(p).numel()]  # FSDP: a shard may be empty
             all_fp32 = [p.dtype == self.state_dtype == torch.float32 for p in params]
             flat += [(p, lr, beta1, beta2, eps, weight_decay) for p, fp32 in zip(params, all_fp32) if not fp32]
             params = [p for p, fp32 in zip(params, all_fp32) if fp32]
@@ -283,7 +283,7 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
             adamw_moments_(m32, v32, [local(p.grad) for p in params], 1 - beta1, beta2, 1 - beta2)
             adamw_step_(p32, m32, v32, [eps * c for c in sqrt_corrections],
                         [-lr * c / (1 - beta1 ** s["step"]) for c, s in zip(sqrt_corrections, states)])
-        for i, bucket in enumerate(buckets(flat, lambda item: item[0].dtype, lambda item: item[0].numel())):
+        for i, bucket in enumerate(buckets(flat, lambda item: item[0].dtype, lambda item: local(item[0]).numel())):
             self.adamw_flat(bucket, f"adamw {i}")
 
     def adamw_flat(self, bucket, name):
@@ -298,7 +298,7 @@ class StochasticRoundingOptimizer(torch.optim.Optimizer):
         if any(d != 1 for d in decay):
             torch._foreach_mul_(p32, decay)
         betas = [(beta1, beta2) for _, _, beta1, beta2, _, _ in bucket]
-        grads = gather(grads_of(params)).split_with_sizes([p.numel() for p in params], dim=1)
+        grads = gather(grads_of(params)).split_with_sizes([local(p).numel() for p in params], dim=1)
         adamw_moments_(m32, v32, grads, [1 - b1 for b1, _ in betas], [b2 for _, b2 in betas], [1 - b2 for _, b2 in betas])
         del grads  # 4 bytes a weight that adamw_step_ can use
         sqrt_corrections = [math.sqrt(1 - beta2 ** s["step"]) for (_, beta2), s in zip(betas, states)]

@@ -65,6 +65,18 @@ def test_fsdp_on_two_processes_matches_one_with_grad_accum(tiny_data, tmp_path, 
     assert (tmp_path / "fsdp" / "samples.txt").read_text() == (single / optimizer / "samples.txt").read_text()
 
 
+def test_pure_bf16_under_fsdp_follows_one_process(tiny_data, tmp_path):
+    """bf16 weights and AdamW moments, sharded: the flat update takes each process's shards (their local sizes, not
+    the whole tensors'). The rounding draws differ from one process's, so the losses agree loosely."""
+    common = run_args(tiny_data, tmp_path, "max_steps=8", "eval_interval=8", "sample_tokens=0", "dtype=bf16",
+                      "optimizer_state=bf16")
+    assert train.main(common + ["grad_accum=2", "run_name=one"]) == 0
+    result = run_torchrun(common + ["parallel=fsdp", "run_name=fsdp"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (one, _), (fsdp, _) = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
+    assert len(fsdp) == 8 and all(abs(a - b) <= 0.02 * a for a, b in zip(one, fsdp)), (one, fsdp)
+
+
 def test_a_two_stage_pipeline_matches_one_process(tiny_data, tmp_path, single):
     """pp on 2 processes: 2 stages of the 2 blocks, the step's 2 micro-batches through 1f1b (gpipe: in
     test_a_run_moves_between_layouts)."""
