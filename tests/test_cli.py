@@ -39,6 +39,7 @@ BAD_ARGUMENTS = [
     (["gpu_check.py", "--bogus"], "unrecognized arguments: --bogus"),
     (["gpu_check.py", "--compile-mode", "fast"], "argument --compile-mode: invalid choice: 'fast'"),
     (["gpu_check.py", "--data-dir", "{tmp}"], "{tmp}/shakespeare/meta.json not found: prepare the data first"),
+    (["sweep.py", "configs/quickstart.py", "lr=1e-3,3e-3", "--bogus"], "unrecognized arguments: --bogus"),
     (["model.py", "quickstart", "--bogus"], "expected key=value, got '--bogus'"),
     (["model.py", "quickstart", "dim=wide"], "dim must be int, got 'wide'"),
     (["model.py", "nopreset"], "unknown preset 'nopreset'"),
@@ -68,7 +69,7 @@ def one_error_line(status, err, expected):
     return status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
 
 
-@pytest.mark.integration  # 9 scripts in their own processes
+@pytest.mark.integration  # 10 scripts in their own processes
 def test_every_script_ends_a_mistake_in_one_error_line_and_status_2(tmp_path, capsys):
     """Each script's first case in its own process, as a user runs it (the import and `__main__` included, all at
     once: each process spends most of its time importing torch); the others through the same run_main, in this

@@ -43,7 +43,7 @@ HOMES = {
     "run_main": "config.py", "one_line": "config.py", "ArgumentParser": "config.py",  # the command line
 }
 # The command-line scripts. model.py, with its summary command, is the model's library first: everything imports it.
-SCRIPTS = ["train.py", "prepare.py", "sample.py", "export.py", "plot.py", "bench.py", "gpu_check.py",
+SCRIPTS = ["train.py", "prepare.py", "sample.py", "export.py", "plot.py", "bench.py", "gpu_check.py", "sweep.py",
            "lm_eval_tasks/shakespeare.py"]
 SCRIPT_IMPORTS = {  # the only scripts that scripts import, each for a reason
     ("plot.py", "train"): "plot.py lr lays a config out as a run would: train.py declares the defaults",
@@ -51,6 +51,7 @@ SCRIPT_IMPORTS = {  # the only scripts that scripts import, each for a reason
     ("bench.py", "export"): "bench.py train builds transformers' Llama from export.hf_config",
     ("gpu_check.py", "train"): "the GPU check runs train.py as a user does: a checkpoint, a resume, a sample",
     ("gpu_check.py", "prepare"): "the GPU check prepares the embedded Shakespeare to train on",
+    ("sweep.py", "train"): "a sweep checks every point's config as train.py does, before it starts any",
 }
 
 
