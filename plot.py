@@ -1,7 +1,7 @@
 """Plots and summaries of runs, and of learning-rate schedules.
 
     python plot.py out/RUN [out/RUN2 ...] [--smooth 10] [--perplexity] [--grad-norm] [--x-axis tokens] [--output x.png]
-    python plot.py summary out/* [--format md]
+    python plot.py summary out/* [--format md] [--baseline RUN_OR_GROUP]
     python plot.py lr configs/ten_chinchilla.py configs/wsd.py [key=value ...] [--world-size 4] [--output lr.png]
 
 A plot reads out/<run>/log.jsonl (its keys: docs/training.md) and draws, by default, the train loss and the
@@ -21,7 +21,9 @@ An early spike such as the loss at step 0 (about ln(vocabulary size)) then no lo
 the curve.
 
 `summary` prints one line per run: the best eval loss, its perplexity, the step and tokens where
-it was reached, the final train loss, the median tokens/s and the median MFU.
+it was reached, the final train loss, the median tokens/s and the median MFU. Runs whose config.json differ only
+in their seed are then pooled, a line per group: n, mean ± std of the best and the final eval loss; with
+--baseline, each group's difference to it with Welch's 95% interval and a verdict (stats.py).
 
 `lr` draws the learning rate of each config over its whole budget, without training: the
 schedule is a pure function of the step (sched.py), laid out exactly as train.py would lay it
@@ -474,22 +476,56 @@ def summary_row(name, s):
             cell(s["median_mfu"], ".1%")]
 
 
-def format_table(rows, markdown=False):
-    """Rows of cells under SUMMARY_COLUMNS: a Markdown table, or aligned text (names left, numbers right)."""
+def format_table(rows, markdown=False, columns=SUMMARY_COLUMNS):
+    """Rows of cells under columns: a Markdown table, or aligned text (names left, numbers right)."""
     if markdown:
-        lines = [SUMMARY_COLUMNS, ["---"] + ["---:"] * (len(SUMMARY_COLUMNS) - 1), *rows]
+        lines = [columns, ["---"] + ["---:"] * (len(columns) - 1), *rows]
         return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-    widths = [max(len(cells[i]) for cells in [SUMMARY_COLUMNS, *rows]) for i in range(len(SUMMARY_COLUMNS))]
+    widths = [max(len(cells[i]) for cells in [columns, *rows]) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-                     for cells in [SUMMARY_COLUMNS, *rows])
+                     for cells in [columns, *rows])
+
+
+GROUP_COLUMNS = ["group", "n", "best eval loss", "final eval loss", "vs baseline (95% interval)", "verdict"]
+
+
+def group_rows(runs, baseline):
+    """A row per seed group (stats.seed_groups) of runs {name: (config, records)}: mean ± std of the best and the
+    final eval loss, and against the baseline group the difference of the best with Welch's 95% interval."""
+    import stats
+    groups = stats.seed_groups({name: config for name, (config, _) in runs.items()})
+    best = {g: [summarize(runs[r][1])["best_eval_loss"] for r in members] for g, members in groups.items()}
+    final = {g: [[x["eval_loss"] for x in runs[r][1] if "eval_loss" in x][-1] for r in members]
+             for g, members in groups.items()}
+    if baseline is not None and baseline not in groups:
+        baseline = next((g for g, members in groups.items() if baseline in members), baseline)
+        if baseline not in groups:
+            raise UserError(f"--baseline {baseline}: no such run or group among {', '.join(groups)}")
+    rows = []
+    for g in groups:
+        compared, word = "", ""
+        if baseline is not None and g != baseline:
+            if len(best[g]) < 2 or len(best[baseline]) < 2:
+                compared, word = "-", "needs 2+ seeds a group"
+            else:
+                interval = stats.welch_interval(best[g], best[baseline])
+                mean = statistics.fmean(best[g]) - statistics.fmean(best[baseline])
+                compared = f"{mean:+.4f}" + ("" if interval is None else f" [{interval[0]:+.4f}, {interval[1]:+.4f}]")
+                word = stats.verdict(interval)
+        rows.append([g, str(len(groups[g])), "{:.4f} ± {:.4f}".format(*stats.mean_std(best[g])[:2]),
+                     "{:.4f} ± {:.4f}".format(*stats.mean_std(final[g])[:2]), compared or ("baseline" if g == baseline
+                                                                                             else "-"), word])
+    return rows
 
 
 def summary(argv):
     parser = ArgumentParser(prog="plot.py summary", description="one line per run: best eval loss, final loss, speed")
     parser.add_argument("runs", nargs="+", help="run directories (paths without a log line are skipped)")
     parser.add_argument("--format", choices=["text", "md"], default="text")
+    parser.add_argument("--baseline", help="a run or seed group: every group's difference to it, with Welch's 95%% "
+                                           "interval and a verdict (better, worse, within noise)")
     args = parser.parse_args(argv)
-    rows = []
+    rows, runs = [], {}
     for path in args.runs:
         has_log = (Path(path) / "log.jsonl").is_file()
         records = read_log(path) if has_log else []
@@ -497,10 +533,18 @@ def summary(argv):
             print(f"note: skipping {path}: {'its log.jsonl holds no log line yet' if has_log else 'no log.jsonl'}",
                   file=sys.stderr)
             continue
-        rows.append(summary_row(Path(path).resolve().name, summarize(records)))
+        name = Path(path).resolve().name
+        rows.append(summary_row(name, summarize(records)))
+        config_path = Path(path) / "config.json"
+        if any("eval_loss" in r for r in records):
+            runs[name] = (json.loads(config_path.read_text()) if config_path.is_file() else {"run_name": name}, records)
     if not rows:
         raise UserError("none of the paths holds a log line (out/<run>/log.jsonl)")
     print(format_table(rows, markdown=args.format == "md"))
+    groups = group_rows(runs, args.baseline)
+    if args.baseline is not None or any(row[1] != "1" for row in groups):  # seeds to pool, or a comparison asked for
+        print()
+        print(format_table(groups, markdown=args.format == "md", columns=GROUP_COLUMNS))
     return 0
 
 

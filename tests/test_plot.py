@@ -307,6 +307,34 @@ def test_summary_numbers_in_both_formats(tmp_path, capsys):
         "| best | 2.5000 | 12.18 | 10 | 40,960 | 2.4000 | 200 | 20.0% |"]
 
 
+def test_summary_pools_seeds_and_compares_groups_with_welch(tmp_path, capsys):
+    """Runs whose config.json differ only in the seed are one group: mean ± std of the best and final eval loss;
+    --baseline gives each group's difference to it with Welch's 95% interval (test_stats.py computes this one by
+    hand: -0.3 +- 0.2267) and the verdict."""
+    def write(name, seed, lr, best):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"run_name": name, "seed": seed, "lr": lr, "out_dir": "out"}))
+        records = [{"step": 0, "eval_loss": 5.0}, {"step": 10, "loss": 3.0, "tok_per_s": 1.0},
+                   {"step": 10, "eval_loss": best}, {"step": 20, "eval_loss": best + 0.05}]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(run)
+
+    runs = [write(f"a-seed{i}", i, 1e-3, best) for i, best in zip((1, 2, 3), (1.0, 1.2, 1.1))]
+    runs += [write(f"b-seed{i}", i, 3e-3, best) for i, best in zip((1, 2, 3), (1.3, 1.5, 1.4))]
+    runs += [write("c", 1, 1e-2, 2.0)]
+    assert plot.main(["summary", *runs, "--baseline", "b"]) == 0
+    out = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert out[0].split()[:2] == ["group", "n"]
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert rows["a"].split()[1:8] == ["3", "1.1000", "±", "0.1000", "1.1500", "±", "0.1000"]
+    assert "-0.3000 [-0.5267, -0.0733]" in rows["a"] and rows["a"].endswith("better")
+    assert "baseline" in rows["b"]
+    assert rows["c"].endswith("needs 2+ seeds a group")
+    assert run_main(plot.main, ["summary", *runs, "--baseline", "nope"]) == 2
+    assert "--baseline nope: no such run or group among a, b, c" in capsys.readouterr().err
+
+
 def test_summary_of_a_run_without_evals(tmp_path, capsys):
     assert plot.summarize([{"step": 5, "tokens": 5, "loss": 3.0}]) == {
         "best_eval_loss": None, "best_eval_ppl": None, "best_step": None, "best_tokens": None,
