@@ -161,8 +161,12 @@ def run_locally(runs, parallel):
 
 
 def last_line(path):
-    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
+    """What a run's output ended with: its last progress or eval line ("step ..."), else its last line (an error)."""
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    if lines and lines[-1].startswith("error"):
+        return lines[-1]
+    steps = [line for line in lines if line.startswith("step ")]
+    return (steps or lines or ["(no output)"])[-1]
 
 
 # ----------------------------------------------------------------------------- command line

@@ -50,6 +50,7 @@ def test_a_sweep_started_again_trains_only_what_was_left(tiny_data, tmp_path, ca
     assert sweep.main(common + ["lr=1e-3,3e-3", "seed=1,2", "--parallel", "2"]) == 0
     out = capsys.readouterr().out
     assert "s-lr0.001-seed1  (finished: skipped)" in out and "s-lr0.001-seed2  (to train)" in out
+    assert "finished s-lr0.003-seed2: step      6 | eval loss" in out  # each run's last line of progress
     assert (tmp_path / "s-lr0.001-seed1" / "log.jsonl").read_text() == finished_log  # not touched
     for name in ("s-lr0.001-seed2", "s-lr0.003-seed1", "s-lr0.003-seed2"):
         steps = [r["step"] for r in read_log(tmp_path / name)[0]]
