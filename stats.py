@@ -1,11 +1,14 @@
-"""Telling a difference from noise: runs grouped by seed, and Welch's interval for the difference of two groups.
+"""Telling a difference from noise, and what a grid of runs says: runs grouped by seed, Welch's interval for the
+difference of two groups, and scaling-law fits.
 
-    groups = seed_groups({run: config}, key=...)      # runs that differ only in their seed, together
-    low, high = welch_interval(a, b)                   # 95% interval of mean(a) - mean(b), unequal variances
-    verdict(low, high)                                 # "better" (lower), "worse" or "within noise"
+    groups = seed_groups({run: config})               # runs that differ only in their seed, together
+    interval = welch_interval(a, b)                    # 95% interval of mean(a) - mean(b), unequal variances
+    verdict(interval)                                  # "better" (lower), "worse" or "within noise"
+    fit, intervals = bootstrap_scaling_law(N, D, L)    # L = E + A/N^alpha + B/D^beta, with bootstrap intervals
+    n, d = compute_optimal(fit, compute)               # the fitted law's best split of 6 N D FLOPs
 
-Plain Python (math and statistics): the t quantile is computed here, from the regularised incomplete beta function,
-so that no run of plot.py needs scipy.
+Plain Python and numpy: the t quantile is computed here, from the regularised incomplete beta function, and the
+fit by variable projection, so that nothing here needs scipy.
 """
 import math
 import statistics
@@ -107,3 +110,71 @@ def beta_fraction(a, b, x, tiny=1e-300):
         if abs(c * d - 1) < 1e-15:
             break
     return result
+
+
+# ----------------------------------------------------------------------------- scaling laws
+
+def fit_scaling_law(N, D, loss, delta=1e-3, exponents=(0.02, 2.0)):
+    """Fit L(N, D) = E + A / N^alpha + B / D^beta to runs of N parameters, D tokens and final loss: the law of
+    Hoffmann et al. (2022), fitted as their approach 3 (a robust Huber loss, delta 1e-3, on the residuals of log L)
+    but by variable projection instead of L-BFGS. For fixed exponents the law is linear in (E, A, B), so every
+    (alpha, beta) of a grid gets its best (E, A, B) exactly, by iteratively reweighted least squares on the relative
+    residuals (which are the log residuals to first order, with Huber's weights); a finer grid around the best point
+    follows. All grid points at once, with numpy: milliseconds, so that a bootstrap can refit hundreds of times.
+    Returns {"E", "A", "B", "alpha", "beta", "objective"} (the Huber objective on log residuals)."""
+    import numpy as np
+    N, D, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, loss))
+    low, high = exponents
+    best = None
+    for step in range(3):  # a coarse grid, then two finer ones around the best point
+        if best is None:
+            alphas = betas = np.linspace(low, high, 100)
+        else:
+            width = (high - low) / 100 / 10**(step - 1)
+            alphas = np.linspace(best["alpha"] - width, best["alpha"] + width, 41)
+            betas = np.linspace(best["beta"] - width, best["beta"] + width, 41)
+        alpha, beta = (g.ravel() for g in np.meshgrid(alphas, betas, indexing="ij"))
+        # rows of the linear problem a grid point a row: X @ (E, A, B) / L = 1
+        X = np.stack([np.ones((len(alpha), len(N))), N[None] ** -alpha[:, None], D[None] ** -beta[:, None]], axis=2)
+        X = X / loss[None, :, None]
+        weights = np.ones((len(alpha), len(N)))
+        for _ in range(4):  # IRLS: Huber's weights min(1, delta / |r|)
+            Xw = X * weights[..., None]
+            theta = np.linalg.solve(np.einsum("gni,gnj->gij", Xw, X) + 1e-12 * np.eye(3),
+                                    np.einsum("gni,gn->gi", Xw, np.ones_like(weights))[..., None])[..., 0]
+            fitted = np.einsum("gni,gi->gn", X, theta)
+            residual = np.log(np.clip(fitted, 1e-12, None))
+            weights = np.minimum(1.0, delta / np.maximum(np.abs(residual), 1e-15))
+        huber = np.where(np.abs(residual) <= delta, 0.5 * residual**2, delta * (np.abs(residual) - 0.5 * delta)).sum(1)
+        huber[(theta <= 0).any(axis=1)] = np.inf  # E, A, B must be positive
+        i = int(np.argmin(huber))
+        if not np.isfinite(huber[i]):
+            raise ValueError("no positive E, A, B fits these runs: too few runs, or losses that do not fall with N "
+                             "and D")
+        best = {"E": theta[i, 0], "A": theta[i, 1], "B": theta[i, 2], "alpha": alpha[i], "beta": beta[i],
+                "objective": huber[i]}
+    return {key: float(value) for key, value in best.items()}
+
+
+def bootstrap_scaling_law(N, D, loss, samples=200, seed=0):
+    """(fit, {parameter: (2.5th, 97.5th percentile)}) of fits to the runs drawn with replacement `samples` times."""
+    import random
+    rng, draws = random.Random(seed), []
+    for _ in range(samples):
+        picks = [rng.randrange(len(N)) for _ in N]
+        try:
+            draws.append(fit_scaling_law([N[i] for i in picks], [D[i] for i in picks], [loss[i] for i in picks]))
+        except ValueError:  # a draw without enough distinct runs
+            continue
+    intervals = {}
+    for key in ("E", "A", "B", "alpha", "beta"):
+        values = sorted(d[key] for d in draws)
+        intervals[key] = (values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))])
+    return fit_scaling_law(N, D, loss), intervals
+
+
+def compute_optimal(fit, compute):
+    """(parameters, tokens) minimising the fitted loss at `compute` FLOPs = 6 N D (Hoffmann et al., eq. 4)."""
+    alpha, beta, A, B = fit["alpha"], fit["beta"], fit["A"], fit["B"]
+    n = (alpha * A / (beta * B)) ** (1 / (alpha + beta)) * (compute / 6) ** (beta / (alpha + beta))
+    return n, compute / 6 / n

@@ -42,3 +42,37 @@ def test_runs_that_differ_only_in_their_seed_are_one_group():
                "b": base | {"seed": 1, "lr": 3e-3, "run_name": "b"}}
     assert stats.seed_groups(configs) == {"a": ["a-seed1", "a-seed2"], "b": ["b"]}
     assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+
+
+def chinchilla_grid(noise, seed=0):
+    """Losses from Hoffmann et al.'s fitted law (E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28) on 4 sizes x 3
+    token budgets, each times exp(a normal draw of `noise`)."""
+    import random
+    rng = random.Random(seed)
+    runs = [(n, d) for n in (1e5, 3e5, 1e6, 3e6) for d in (1e7, 3e7, 1e8)]
+    return ([n for n, _ in runs], [d for _, d in runs],
+            [(1.69 + 406.4 / n**0.34 + 410.7 / d**0.28) * math.exp(rng.gauss(0, noise)) for n, d in runs])
+
+
+def test_the_scaling_fit_recovers_the_law_it_was_drawn_from():
+    N, D, loss = chinchilla_grid(noise=0.0)
+    exact = stats.fit_scaling_law(N, D, loss)
+    assert (exact["alpha"], exact["beta"]) == (pytest.approx(0.34, abs=2e-3), pytest.approx(0.28, abs=2e-3))
+    assert (exact["E"], exact["A"], exact["B"]) == (pytest.approx(1.69, rel=0.02), pytest.approx(406.4, rel=0.05),
+                                                     pytest.approx(410.7, rel=0.05))
+    fit, intervals = stats.bootstrap_scaling_law(*chinchilla_grid(noise=0.002), samples=40)
+    for key, true in (("alpha", 0.34), ("beta", 0.28), ("E", 1.69), ("A", 406.4), ("B", 410.7)):
+        low, high = intervals[key]
+        assert low <= true <= high and low <= fit[key] <= high, (key, true, fit[key], intervals[key])
+
+
+def test_the_compute_optimal_split_minimises_the_fitted_loss():
+    fit = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    compute = 1e21
+
+    def law(n):
+        return fit["E"] + fit["A"] / n ** fit["alpha"] + fit["B"] / (compute / 6 / n) ** fit["beta"]
+
+    n, d = stats.compute_optimal(fit, compute)
+    assert 6 * n * d == pytest.approx(compute)
+    assert law(n) < law(n * 1.05) and law(n) < law(n / 1.05)
