@@ -219,8 +219,12 @@ class Run:
         self.log({"step": self.step, "tokens": self.step * self.tokens_per_step, "event": message})
 
     def steps_to_run(self):  # the schedule's end (an annealing request moves it), capped by max_steps
-        end = self.schedule.end_step
-        return min(end, self.cfg.max_steps) if self.cfg.max_steps else end
+        return last_step(self.schedule, self.cfg.max_steps)
+
+
+def last_step(schedule, max_steps):
+    """The step a run ends at: its schedule's end, capped by max_steps (None: no cap)."""
+    return min(schedule.end_step, max_steps) if max_steps else schedule.end_step
 
 
 def start_run(cfg, model_overrides, rank, world_size, device):

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import config
+import runs
 import train
 from config import UserError
 
@@ -88,7 +89,7 @@ def plan(argv, runs_file):
     """[(run_name, train.py's argv, TrainConfig)], every point checked as train.py would check it."""
     config_files, fixed, points = read_points(argv, runs_file)
     base, _ = train.load_config(config_files + fixed)
-    runs, seen = [], {}
+    planned, seen = [], {}
     for point in points:
         name = run_name(base.run_name, point)
         if name in seen:
@@ -99,16 +100,15 @@ def plan(argv, runs_file):
             cfg, _ = train.load_config(args)
         except UserError as e:
             raise UserError(f"{' '.join(point)}: {e}")
-        runs.append((name, args, cfg))
-    return runs
+        planned.append((name, args, cfg))
+    return planned
 
 
 def finished(cfg):
     """Whether the run of cfg has trained to its end (its log's last training step); a run train.py would start or
     resume is not. One process: a sweep's local run."""
     log = Path(cfg.out_dir) / cfg.run_name / "log.jsonl"
-    schedule = train.make_schedule(cfg, dp_size=1)
-    end = min(schedule.end_step, cfg.max_steps) if cfg.max_steps else schedule.end_step
+    end = runs.last_step(train.make_schedule(cfg, dp_size=1), cfg.max_steps)
     try:
         records = [json.loads(line) for line in log.read_text().splitlines()]
     except (OSError, ValueError):  # none yet, or a line a kill cut short: train.py decides
@@ -119,12 +119,12 @@ def finished(cfg):
 
 # ----------------------------------------------------------------------------- the local executor
 
-def run_locally(runs, parallel):
+def run_locally(planned, parallel):
     """Train the runs, `parallel` at a time, each with cores / parallel threads; returns the names that failed."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, cores // parallel)
-    waiting, running, failed = list(runs), {}, []
-    bar = tqdm(total=len(runs), unit="run", desc="sweep", dynamic_ncols=True)
+    waiting, running, failed = list(planned), {}, []
+    bar = tqdm(total=len(planned), unit="run", desc="sweep", dynamic_ncols=True)
     try:
         while waiting or running:
             while waiting and len(running) < parallel:
@@ -182,19 +182,19 @@ def main(argv):
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         raise UserError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
-    runs = plan(rest, args.runs)
-    done = [name for name, _, cfg in runs if finished(cfg)]
-    for name, args_, _ in runs:
+    planned = plan(rest, args.runs)
+    done = [name for name, _, cfg in planned if finished(cfg)]
+    for name, args_, _ in planned:
         state = "finished: skipped" if name in done else "to train"
         print(f"{name}  ({state})  python train.py {' '.join(args_)}")
-    if args.dry_run or len(done) == len(runs):
-        print(f"{len(runs)} run(s), {len(done)} finished")
+    if args.dry_run or len(done) == len(planned):
+        print(f"{len(planned)} run(s), {len(done)} finished")
         return 0
-    failed = run_locally([run for run in runs if run[0] not in done], args.parallel)
+    failed = run_locally([run for run in planned if run[0] not in done], args.parallel)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"{len(runs)} run(s) finished")
+    print(f"{len(planned)} run(s) finished")
     return 0
 
 
