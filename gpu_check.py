@@ -52,6 +52,7 @@ def result(part, ok, **figures):
 
 
 def relative_error(actual, expected):
+    """The largest difference over the largest value of the reference (in fp32)."""
     return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 

@@ -20,6 +20,7 @@ import json
 import pytest
 import torch
 
+import gpu_check
 import optim
 import runs
 import train
@@ -44,10 +45,6 @@ def fp32_matmul_flags():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
-def max_relative_error(actual, expected):
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 # ----------------------------------------------------------------------------- 1. flex over several blocks
@@ -76,10 +73,10 @@ def test_flex_matches_eager_over_several_blocks(device, overrides):
         logits = flex(idx, doc_ids)
         expected = eager(idx, doc_ids)
         unmasked = flex(idx[:, :128])
-    error = max_relative_error(logits, expected)
+    error = gpu_check.relative_error(logits, expected)
     print(f"\nflex vs eager on {device}, {overrides or 'rope'}: logits max error {error:.1e} of the largest")
     assert error <= 1e-5
-    assert max_relative_error(unmasked, expected[:, :128]) > 1e-2  # without the mask: other logits
+    assert gpu_check.relative_error(unmasked, expected[:, :128]) > 1e-2  # without the mask: other logits
     if device == "cpu":
         return  # flex_attention has no backward on the CPU
     losses = [model(idx, doc_ids, targets) for model in (flex, eager)]
@@ -88,7 +85,7 @@ def test_flex_matches_eager_over_several_blocks(device, overrides):
         loss.backward()
     for (name, p_flex), (_, p_eager) in zip(flex.named_parameters(), eager.named_parameters()):
         assert p_eager.grad.abs().max() > 0, name
-        assert max_relative_error(p_flex.grad, p_eager.grad) <= 1e-4, name
+        assert gpu_check.relative_error(p_flex.grad, p_eager.grad) <= 1e-4, name
 
 
 # ----------------------------------------------------------------------------- 2. gpu_check.py, dry run
@@ -96,7 +93,6 @@ def test_flex_matches_eager_over_several_blocks(device, overrides):
 def test_the_gpu_check_dry_runs_on_the_cpu(tiny_data, capsys):
     """make gpu-check's script without CUDA: every part that the CPU can run, at tiny shapes, one RESULT line a part,
     each ok (ddp skipped for want of two GPUs). On a CUDA machine it runs at the reference's shapes instead."""
-    import gpu_check
     if torch.cuda.is_available():
         pytest.skip("on CUDA, run make gpu-check: the full check, ~10 minutes")
     status = gpu_check.main(["--data-dir", str(tiny_data), "--data", "tiny"])
@@ -131,12 +127,12 @@ def test_fused_adamw_matches_single_tensor_adamw(device):
             (model(tokens[:, :-1], targets=tokens[:, 1:]) / tokens[:, 1:].numel()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    assert all(max_relative_error(p, p0) > 1e-3 for p, p0 in zip(models[0].parameters(), initial))  # all moved
+    assert all(gpu_check.relative_error(p, p0) > 1e-3 for p, p0 in zip(models[0].parameters(), initial))  # all moved
     for name, reference in models[0].named_parameters():
         for model in models[1:]:
             other = dict(model.named_parameters())[name]
             # a real difference (weight decay, bias correction) is ~lr = 1e-2 of the weights after 5 steps
-            assert max_relative_error(other, reference) <= 1e-4, name
+            assert gpu_check.relative_error(other, reference) <= 1e-4, name
 
 
 # ----------------------------------------------------------------------------- 4. two GPUs, nccl
