@@ -365,6 +365,12 @@ def make_batch(blocks, eot_id, device="cpu", n_rows=None):
     return Batch(x, y, doc_ids, sum(targets for _, targets in blocks))
 
 
+def document_ids_or_zeros(x, doc_ids):
+    """doc_ids, or for a batch without a boundary (None) zeros like x: one document a row, the same causal mask, as
+    a tensor (what a compiled graph, flex's block mask and a pipeline's stages take every time)."""
+    return torch.zeros_like(x) if doc_ids is None else doc_ids
+
+
 # -----------------------------------------------------------------------------
 # mixtures: which source every global example reads
 

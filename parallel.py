@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import data
 import files
 import model as model_lib
 import optim
@@ -209,7 +210,7 @@ def pipeline_step(pipeline, layout, micro_batches, scale):
     concatenated rows back into the same micro-batches."""
     x = torch.cat([batch.x for batch in micro_batches])
     y = torch.cat([batch.y for batch in micro_batches])
-    doc_ids = torch.cat([torch.zeros_like(b.x) if b.doc_ids is None else b.doc_ids for b in micro_batches])
+    doc_ids = torch.cat([data.document_ids_or_zeros(b.x, b.doc_ids) for b in micro_batches])
     pipeline.loss_scale, pipeline.loss_sums = scale, []
     if layout.first_stage:
         pipeline.schedule.step(x, doc_ids)
@@ -235,7 +236,7 @@ def pipeline_eval_loss(pipeline, layout, x, y, doc_ids):
     """The summed loss of one eval batch (on the last stage; 0 on the others): each stage's output handed to the
     next, forward only, whatever the batch's shape (the schedule is built for the training micro-batch)."""
     model = pipeline.stage_model
-    doc_ids = torch.zeros_like(x) if doc_ids is None else doc_ids
+    doc_ids = data.document_ids_or_zeros(x, doc_ids)
     h = x
     if not layout.first_stage:
         dtype = next(model.parameters()).dtype

@@ -276,7 +276,7 @@ def document_ids_for(run, x, doc_ids):
     block mask serve every batch; a compiled graph with doc_ids=None would be a second compile. Eager sdpa gets
     None, which keeps its causal fast path."""
     always = run.cfg.compile or run.cfg.attn == "flex"
-    return torch.zeros_like(x) if doc_ids is None and always else doc_ids
+    return data.document_ids_or_zeros(x, doc_ids) if always else doc_ids
 
 
 def train_step(run, lr):
