@@ -15,19 +15,26 @@ quickstart: $(VENV)/.installed
 
 # The reference experiments in miniature (configs/mini/; docs/experiments.md, "The reference experiments in miniature"):
 # every run that is not finished trains (a finished one is skipped), then the plots and tables are drawn again.
+# SEEDS=N trains each at N seeds (1337, 1338, ...; run names end in -seed<N>), 2 runs at a time (sweep.py), and the
+# tables give each group's mean ± std and its verdict against the baseline (Welch's 95% interval).
 MINIS_1X := default high_lr bf16 bf16_adafactor muon deepone canon pp
 MINIS_10X := ten_chinchilla long_cooldown wsd tiny_x_small_lm final
+SEEDS ?= 1
+SEED_VALUES = $(shell seq 1337 $$((1336 + $(SEEDS))))
+SEED_LIST = $(shell echo $(SEED_VALUES) | tr ' ' ,)
+# a group's run directories: out/mini/<group>_<name>, or out/mini/<group>_<name>-seed<N> for each seed
+mini_runs = $(foreach name,$(2),$(if $(filter 1,$(SEEDS)),out/mini/$(1)_$(name),$(foreach seed,$(SEED_VALUES),out/mini/$(1)_$(name)-seed$(seed))))
 minis: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
 	$(PY) -c "import json, pydoc_data.topics as t; print('\n'.join(json.dumps({'text': v}) for v in t.topics.values()))" > data/.pydocs.jsonl
 	$(PY) prepare.py data/.pydocs.jsonl --name pydocs --tokenizer bytes
 	for name in $(MINIS_1X) $(MINIS_10X); do \
-	  if [ $$name = pp ]; then OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc_per_node=2 train.py configs/mini/pp.py || exit 1; \
-	  else $(PY) train.py configs/mini/$$name.py || exit 1; fi; done
-	$(PY) plot.py $(addprefix out/mini/1x_,$(MINIS_1X)) --smooth 20 --output out/mini/1x.png
-	$(PY) plot.py $(addprefix out/mini/10x_,$(MINIS_10X)) --smooth 20 --output out/mini/10x.png
-	$(PY) plot.py summary $(addprefix out/mini/1x_,$(MINIS_1X)) --format md > out/mini/1x.md
-	$(PY) plot.py summary $(addprefix out/mini/10x_,$(MINIS_10X)) --format md > out/mini/10x.md
+	  if [ $$name = pp ]; then $(PY) sweep.py configs/mini/pp.py seed=$(SEED_LIST) --nproc-per-node 2 || exit 1; \
+	  else $(PY) sweep.py configs/mini/$$name.py seed=$(SEED_LIST) --parallel $(if $(filter 1,$(SEEDS)),1,2) || exit 1; fi; done
+	$(PY) plot.py $(call mini_runs,1x,$(MINIS_1X)) --smooth 20 --output out/mini/1x.png
+	$(PY) plot.py $(call mini_runs,10x,$(MINIS_10X)) --smooth 20 --output out/mini/10x.png
+	$(PY) plot.py summary $(call mini_runs,1x,$(MINIS_1X)) --baseline 1x_default --format md > out/mini/1x.md
+	$(PY) plot.py summary $(call mini_runs,10x,$(MINIS_10X)) --baseline 10x_ten_chinchilla --format md > out/mini/10x.md
 	@echo "the miniatures' plots and tables: out/mini/1x.png, out/mini/10x.png, out/mini/1x.md, out/mini/10x.md"
 
 # lm-evaluation-harness on the quickstart's export, offline, on the two local tasks in lm_eval_tasks/ (docs/export.md,

@@ -4,10 +4,12 @@
     python sweep.py configs/quickstart.py lr=1e-3,3e-3 --parallel 2     # two at a time, the cores split between them
     python sweep.py configs/quickstart.py lr=1e-3,3e-3 --dry-run        # list the runs, start nothing
     python sweep.py configs/quickstart.py --runs points.txt             # a file: one line of key=value pairs a run
+    python sweep.py configs/mini/pp.py seed=1,2 --nproc-per-node 2      # each run 2 processes (torchrun's)
 
 A key=value whose value holds commas is swept: each comma-separated value is a point, and the points are every
 combination of the swept keys (a grid); a key=value without one applies to every run. --runs lists the points
-instead, one run a line (they may be combined with swept keys: each line crossed with the grid).
+instead, one run a line (they may be combined with swept keys: each line crossed with the grid). Without either,
+the sweep is the config's one run, under its own name (so that `make minis SEEDS=1` trains the runs it always did).
 
 Each point is `train.py CONFIG... key=value... run_name=<base>-<key><value>-...` (base: the config's run_name), so
 each resumes as any run does and a finished one is skipped: a sweep killed mid-way and started again with the same
@@ -15,8 +17,8 @@ command trains only what was left. Every point's config is checked before anythi
 makes: an unknown key, a value out of its range), as are an empty list and two values that name the same run:
 each is one line, exit status 2, nothing started.
 
-Locally (--parallel K, default 1) K runs train at once, each given cores / K threads (OMP_NUM_THREADS), so that
-their thread pools do not fight over the cores; each run's output goes to out_dir/sweep-logs/<run_name>.log and a
+Locally (--parallel K, default 1) K runs train at once, each process given cores / (K x processes a run) threads
+(OMP_NUM_THREADS), so that their thread pools do not fight over the cores; each run's output goes to out_dir/sweep-logs/<run_name>.log and a
 bar shows the sweep's progress. Exit status 0 when every point finished, 1 when one failed (each named).
 """
 import itertools
@@ -66,8 +68,6 @@ def read_points(argv, runs_file):
             for arg in line:
                 if "=" not in arg:
                     raise UserError(f"--runs {runs_file}: expected key=value, got {arg!r}")
-    if not swept and not runs_file:
-        raise UserError("nothing to sweep: give a key a list of values (lr=1e-3,3e-3) or --runs FILE")
     points = []
     for line in lines:
         for values in itertools.product(*[values for _, values in swept]):
@@ -104,11 +104,12 @@ def plan(argv, runs_file):
     return planned
 
 
-def finished(cfg):
+def finished(cfg, nproc_per_node=1):
     """Whether the run of cfg has trained to its end (its log's last training step); a run train.py would start or
-    resume is not. One process: a sweep's local run."""
+    resume is not."""
     log = Path(cfg.out_dir) / cfg.run_name / "log.jsonl"
-    end = runs.last_step(train.make_schedule(cfg, dp_size=1), cfg.max_steps)
+    dp_size = nproc_per_node // (cfg.pp_stages or nproc_per_node) if cfg.parallel == "pp" else nproc_per_node  # parallel.plan's
+    end = runs.last_step(runs.make_schedule(cfg, dp_size), cfg.max_steps)
     try:
         records = [json.loads(line) for line in log.read_text().splitlines()]
     except (OSError, ValueError):  # none yet, or a line a kill cut short: train.py decides
@@ -119,10 +120,17 @@ def finished(cfg):
 
 # ----------------------------------------------------------------------------- the local executor
 
-def run_locally(planned, parallel):
-    """Train the runs, `parallel` at a time, each with cores / parallel threads; returns the names that failed."""
+def train_command(args, nproc_per_node):
+    """The command line of one run: train.py, which starts its processes itself when a run is several."""
+    launch = [f"--nproc-per-node={nproc_per_node}"] if nproc_per_node > 1 else []
+    return [sys.executable, str(ROOT / "train.py"), *launch, *args]
+
+
+def run_locally(planned, parallel, nproc_per_node=1):
+    """Train the runs, `parallel` at a time, each process with cores / (parallel x nproc_per_node) threads; returns
+    the names that failed."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, cores // parallel)
+    threads = max(1, cores // (parallel * nproc_per_node))
     waiting, running, failed = list(planned), {}, []
     bar = tqdm(total=len(planned), unit="run", desc="sweep", dynamic_ncols=True)
     try:
@@ -133,10 +141,10 @@ def run_locally(planned, parallel):
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 with open(log_path, "a") as log:
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-                    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=log,
+                    process = subprocess.Popen(train_command(args, nproc_per_node), stdout=log,
                                                stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
                 running[name] = (process, log_path)
-                bar.write(f"started {name} ({threads} thread(s); output: {log_path})")
+                bar.write(f"started {name} ({threads} thread(s) a process; output: {log_path})")
             time.sleep(0.5)
             for name, (process, log_path) in list(running.items()):
                 if process.poll() is None:
@@ -174,23 +182,25 @@ def last_line(path):
 def main(argv):
     parser = config.ArgumentParser(description=__doc__.split("\n")[0], usage="python sweep.py CONFIG... key=v1,v2 ...")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (default 1)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes a run, under torchrun (default 1)")
     parser.add_argument("--runs", help="a file of points, one line of key=value pairs a run")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and start nothing")
     args, rest = parser.parse_known_args(argv)
-    if args.parallel < 1:
-        raise UserError(f"--parallel must be at least 1, got {args.parallel}")
+    for option in ("parallel", "nproc_per_node"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         raise UserError(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
     planned = plan(rest, args.runs)
-    done = [name for name, _, cfg in planned if finished(cfg)]
+    done = [name for name, _, cfg in planned if finished(cfg, args.nproc_per_node)]
     for name, args_, _ in planned:
         state = "finished: skipped" if name in done else "to train"
-        print(f"{name}  ({state})  python train.py {' '.join(args_)}")
+        print(f"{name}  ({state})  {' '.join(train_command(args_, args.nproc_per_node)[1:])}")
     if args.dry_run or len(done) == len(planned):
         print(f"{len(planned)} run(s), {len(done)} finished")
         return 0
-    failed = run_locally([run for run in planned if run[0] not in done], args.parallel)
+    failed = run_locally([run for run in planned if run[0] not in done], args.parallel, args.nproc_per_node)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -20,13 +20,32 @@ def test_a_grid_lists_exactly_its_runs(tiny_data, tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
 
 
+def test_no_list_is_the_configs_own_run_and_processes_go_to_train_py(tiny_data, tmp_path, capsys):
+    argv = run_args(tiny_data, tmp_path, "run_name=g", "seed=3", "--nproc-per-node", "2", "--dry-run")
+    assert sweep.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "g" and lines[-1] == "1 run(s), 0 finished"
+    assert "train.py --nproc-per-node=2 " in lines[0] and "seed=3 run_name=g" in lines[0]
+
+
+@pytest.mark.parametrize("parallel, processes, dp_size", [("ddp", 2, 2), ("pp", 2, 1), ("pp", 4, 2)])
+def test_a_run_is_finished_at_its_layouts_last_step(tiny_data, tmp_path, parallel, processes, dp_size):
+    """A several-process run's steps are fewer by its data-parallel replicas (a pipeline's stages are one replica)."""
+    (_, _, cfg), = sweep.plan(run_args(tiny_data, tmp_path, "run_name=g", f"parallel={parallel}", "pp_stages=2"), None)
+    last = sweep.runs.last_step(sweep.runs.make_schedule(cfg, dp_size), cfg.max_steps)
+    (tmp_path / "g").mkdir()
+    for step, expected in ((last - 1, False), (last, True)):
+        (tmp_path / "g" / "log.jsonl").write_text(json.dumps({"step": step, "loss": 1.0}) + "\n")
+        assert sweep.finished(cfg, processes) is expected
+
+
 @pytest.mark.parametrize("extra, message", [
     (["lrr=1e-3,3e-3"], "lrr=1e-3: unknown config key 'lrr' (did you mean 'lr'?)"),
     (["lr=1e-3,"], "lr=1e-3,: an empty value in the list"),
     (["lr=-1,1e-3"], "lr=-1: lr=-1.0 must be greater than 0"),
     (["lr=1e-3,0.001"], "lr=0.001 and lr=1e-3 name the same run"),
-    (["lr=1e-3"], "nothing to sweep"),
     (["lr=1e-3,3e-3", "--parallel", "0"], "--parallel must be at least 1"),
+    (["lr=1e-3,3e-3", "--nproc-per-node", "0"], "--nproc-per-node must be at least 1"),
 ])
 def test_a_bad_sweep_is_one_line_and_starts_nothing(tiny_data, tmp_path, capsys, extra, message):
     assert run_main(sweep.main, run_args(tiny_data, tmp_path, *extra)) == 2
