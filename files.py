@@ -20,6 +20,7 @@ so a second one stops, naming the first, before it changes anything.
 """
 import errno
 import json
+import math
 import os
 import re
 import shlex
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from config import UserError
+from config import UserError, one_line
 
 # torch is imported inside the checkpoint functions, not here: prepare.py and plot.py write their files through
 # this module and would otherwise spend a second importing torch at every start.
@@ -285,6 +286,46 @@ def load_checkpoint(path, map_location="cpu", warn=None):
 
 # ----------------------------------------------------------------------------- a run's log; starting over
 
+TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value is a finite number (train.py logs)
+
+
+def read_log(run_dir):
+    """The records of run_dir/log.jsonl, in file order (blank lines skipped; [] for an empty log). Every value is
+    a finite number, but text under TEXT_KEYS: anything else stops with one line naming the line and the key."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise UserError(f"no log.jsonl in {run_dir}")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # a complete file ends in "\n", so its last piece is ""
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline yet: a write torn by a kill (train.py drops it on resume)
+                print(f"note: {path} ends in a torn line; left out", file=sys.stderr)
+                break
+            raise UserError(f"{path} line {number} is not valid JSON") from None
+        if not isinstance(record, dict) or not is_number(record.get("step")):
+            raise UserError(f"{path} line {number} is not a JSON object with a numeric step")
+        for key, value in record.items():
+            if key not in TEXT_KEYS and not (is_number(value) and math.isfinite(value)):
+                raise UserError(f"{path} line {number}: {key} is {value!r}, not a finite number")
+        records.append(record)
+    return records
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+
 def log_steps(log_path):
     """The step of every readable line of a log."""
     steps = []
@@ -328,3 +369,30 @@ def check_fresh_start(run_dir):
                 if BEST_CHECKPOINT in found else "")
         raise UserError(f"{run_dir} holds {', '.join(found)} but no step checkpoint (ckpt_<step>.pt) to resume from; "
                         f"nothing was changed: use another run_name, or move {run_dir} away to start over{hint}")
+
+
+# ----------------------------------------------------------------------------- figures
+
+# matplotlib is imported inside these two, as torch is in the checkpoint functions: only figures need it
+
+def figure_format(output):
+    """The format that the suffix of --output names (png, pdf, svg, ...), or UserError."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(output).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise UserError(f"--output {output}: the suffix names no figure format (png, pdf, svg; all: "
+                        f"{', '.join(sorted(formats))})")
+    return suffix
+
+
+def save_figure(fig, path):
+    """Write fig through files.write_atomic (a temp file beside it, synced, then a rename); the suffix sets the
+    format. A failed write (a full disk) is one line, and leaves no temp file and the previous figure as it was."""
+    import matplotlib.pyplot as plt
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=figure_format(path), dpi=110))
+    except (ValueError, RuntimeError) as e:  # a format that needs a missing tool (pgf: LaTeX), say
+        raise UserError(f"cannot draw {path}: {one_line(e)}") from None
+    finally:
+        plt.close(fig)

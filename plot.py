@@ -2,6 +2,8 @@
 
     python plot.py out/RUN [out/RUN2 ...] [--smooth 10] [--perplexity] [--grad-norm] [--x-axis tokens] [--output x.png]
     python plot.py summary out/* [--format md] [--baseline RUN_OR_GROUP]
+    python plot.py sweep out/lrsweep-* [--key lr] [--output sweep.png]
+    python plot.py scaling out/scaling/* [--bootstrap 200] [--output scaling.png]
     python plot.py lr configs/ten_chinchilla.py configs/wsd.py [key=value ...] [--world-size 4] [--output lr.png]
 
 A plot reads out/<run>/log.jsonl (its keys: docs/training.md) and draws, by default, the train loss and the
@@ -9,8 +11,10 @@ eval loss of each run: one colour per run, one line style per metric (the first 
 train metrics dotted, eval metrics dashed with markers), and for a single run the learning rate on a second y
 axis (grey, dotted). Lines without the plotted metric (eval lines for `loss`, event lines) are skipped. The
 legend lists the runs by colour and the metrics by style; past 3 runs or 6 entries it goes to the right of
-the axes, off the curves. Control events (event lines: an annealing started, a stop, a save, an abort) are
-thin vertical lines in the run's colour, labelled at the top (anneal, stop, save, abort).
+the axes, off the curves. Runs whose config.json differ only in their seed are one series (--each-run: not): its
+mean curve in a band of ± one standard deviation across the seeds. Control events (event lines: an annealing
+started, a stop, a save, an abort) are thin vertical lines in the run's colour, labelled at the top (anneal, stop,
+save, abort).
 
 The y range ignores outliers of the warm-up unless --no-ignore-outliers: a value drawn in its run's warm-up
 (up to the last train line before the first one at the run's highest learning rate, and always at the log's
@@ -20,10 +24,8 @@ kept, so the first evals stay in sight. The range runs from the smallest to the 
 An early spike such as the loss at step 0 (about ln(vocabulary size)) then no longer flattens the rest of
 the curve.
 
-`summary` prints one line per run: the best eval loss, its perplexity, the step and tokens where
-it was reached, the final train loss, the median tokens/s and the median MFU. Runs whose config.json differ only
-in their seed are then pooled, a line per group: n, mean ± std of the best and the final eval loss; with
---baseline, each group's difference to it with Welch's 95% interval and a verdict (stats.py).
+`summary`, `sweep` and `scaling` are report.py's: what a set of runs concludes (tables, seeds pooled and compared
+with Welch's interval, a sweep's loss against its key, a scaling-law fit).
 
 `lr` draws the learning rate of each config over its whole budget, without training: the
 schedule is a pure function of the step (sched.py), laid out exactly as train.py would lay it
@@ -35,7 +37,6 @@ empty or damaged log, a value that is not a finite number, a bad option) ends wi
 import difflib
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -44,15 +45,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
-import files
+import report
+import stats
+from files import figure_format, is_number, read_log, save_figure
 import sched
-from config import ArgumentParser, UserError, one_line, run_main  # UserError: one line on stderr, exit status 2
+from config import ArgumentParser, UserError, run_main  # UserError: one line on stderr, exit status 2
 
-TEXT_KEYS = ("event",)  # the log keys whose values are text; every other value is a finite number (train.py logs)
 DEFAULT_METRICS = ["loss", "eval_loss"]
 NAMES = {"loss": "train loss", "eval_loss": "eval loss", "grad_norm": "grad norm", "lr": "learning rate",
          "tok_per_s": "tokens/s", "mfu": "MFU", "eval_bpb": "eval bits/byte", "eval_ppl": "eval perplexity"}
@@ -63,42 +64,6 @@ LEGEND_INSIDE = (3, 6)  # at most this many runs and legend entries keep the leg
 
 
 # ----------------------------------------------------------------------------- reading logs
-
-def read_log(run_dir):
-    """The records of run_dir/log.jsonl, in file order (blank lines skipped; [] for an empty log). Every value is
-    a finite number, but text under TEXT_KEYS: anything else stops with one line naming the line and the key."""
-    path = Path(run_dir) / "log.jsonl"
-    if not path.is_file():
-        raise UserError(f"no log.jsonl in {run_dir}")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # a complete file ends in "\n", so its last piece is ""
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # no newline yet: a write torn by a kill (train.py drops it on resume)
-                print(f"note: {path} ends in a torn line; left out", file=sys.stderr)
-                break
-            raise UserError(f"{path} line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or not is_number(record.get("step")):
-            raise UserError(f"{path} line {number} is not a JSON object with a numeric step")
-        for key, value in record.items():
-            if key not in TEXT_KEYS and not (is_number(value) and math.isfinite(value)):
-                raise UserError(f"{path} line {number}: {key} is {value!r}, not a finite number")
-        records.append(record)
-    return records
-
-
-def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def check_metric(metric, runs, paths):
     """Stop, naming the closest known key, when no run logs `metric` at all (a typo, most likely)."""
@@ -232,22 +197,49 @@ def in_x_range(x, args):
     return (x >= low) & (x <= high)
 
 
-def draw_panel(ax, runs, labels, metrics, args, log=False, y_min=None, y_max=None):
-    """Draw `metrics` of every run on ax (one colour per run, one style per metric) and set its y range."""
+def group_curve(members, metric, args):
+    """(x, mean, std) of a seed group's curves: each member's (smoothed, for a train metric) curve, taken at the
+    first member's x within the x range every member reached, then the mean and standard deviation across them."""
+    curves = []
+    for records in members:
+        x, y = curve(records, x_positions(records, args.x_axis), metric, args.perplexity)
+        if len(x) and args.smooth > 1 and not metric.startswith("eval_"):
+            y = moving_average(y, args.smooth)
+        curves.append((x, y))
+    if any(len(x) == 0 for x, _ in curves):
+        return np.array([]), np.array([]), np.array([])
+    end = min(x[-1] for x, _ in curves)
+    x = curves[0][0][curves[0][0] <= end]
+    ys = np.stack([np.interp(x, xm, ym) for xm, ym in curves])
+    return x, ys.mean(axis=0), ys.std(axis=0, ddof=1)
+
+
+def draw_panel(ax, series, labels, metrics, args, log=False, y_min=None, y_max=None):
+    """Draw `metrics` of every series (a run, or a seed group: its mean curve in a band of ± one standard deviation)
+    on ax, one colour per series and one style per metric, and set its y range."""
     drawn_x, drawn_y, after_warmup = [], [], []
-    for i, (records, label) in enumerate(zip(runs, labels)):
-        xs = x_positions(records, args.x_axis)
-        end = warmup_end(records, xs)
+    for i, (members, label) in enumerate(zip(series, labels)):
+        end = warmup_end(members[0], x_positions(members[0], args.x_axis))
         for metric in metrics:
-            x, y = curve(records, xs, metric, args.perplexity)
+            name = metric_name(metric, args.perplexity)
+            name = name if len(series) == 1 else f"{label}: {name}"
+            style = metric_style(metric, metrics)
+            if len(members) == 1:
+                x, y = curve(members[0], x_positions(members[0], args.x_axis), metric, args.perplexity)
+                low = high = y
+                if len(x):
+                    draw(ax, x, y, run_color(i), name, style, args.smooth)
+            else:
+                x, y, std = group_curve(members, metric, args)
+                low, high = y - std, y + std
+                if len(x):
+                    ax.fill_between(x, low, high, color=run_color(i), alpha=0.2, linewidth=0)
+                    draw(ax, x, y, run_color(i), name, style, 1)
             if len(x) == 0:
                 continue
-            name = metric_name(metric, args.perplexity)
-            draw(ax, x, y, run_color(i), name if len(runs) == 1 else f"{label}: {name}", metric_style(metric, metrics),
-                 args.smooth)
-            drawn_x.append(x)
-            drawn_y.append(y)
-            after_warmup.append(x > end)
+            drawn_x += [x, x, x]
+            drawn_y += [y, low, high]
+            after_warmup += [x > end] * 3
     limits = None
     if drawn_y:
         x, y, kept = np.concatenate(drawn_x), np.concatenate(drawn_y), np.concatenate(after_warmup)
@@ -286,10 +278,10 @@ def event_label(event):
     return event.split(":")[0].split(";")[0]
 
 
-def draw_events(axes, runs, args):
-    """Every event line of every run as a thin vertical line in the run's colour on each of axes, labelled at the
+def draw_events(axes, series, args):
+    """Every event line of every run as a thin vertical line in its series' colour on each of axes, labelled at the
     top of the first; events outside --x-min / --x-max are left out."""
-    for i, records in enumerate(runs):
+    for i, records in ((i, records) for i, members in enumerate(series) for records in members):
         xs = np.array(x_positions(records, args.x_axis), dtype=float)
         for x, record in zip(xs, records):
             if "event" not in record or not in_x_range(x, args):
@@ -317,12 +309,33 @@ def y_label(metrics, perplexity):
     return ", ".join(metric_name(m, perplexity) for m in metrics)
 
 
-def title(labels, metrics, args):
-    who = labels[0] if len(labels) == 1 else f"{len(labels)} runs"
+def title(labels, metrics, args, n_runs):
+    who = labels[0] if n_runs == 1 else f"{n_runs} runs" + ("" if len(labels) == n_runs else f" in {len(labels)} "
+                                                                                              "seed groups")
     what = ("train and eval " + ("perplexity" if args.perplexity else "loss") if metrics == DEFAULT_METRICS
             else ", ".join(metric_name(m, args.perplexity) for m in metrics))
     smoothing = f" (train curves: mean of {args.smooth} points)" if args.smooth > 1 else ""
     return f"{who}: {what}{smoothing}"
+
+
+def seed_series(paths, runs, each_run=False):
+    """([records of each member] per series, names): the runs grouped by seed (stats.seed_groups on their
+    config.json: runs that differ only in seed, a group drawn as its mean and band), or a series a run with
+    --each-run or where a run has no config.json. A group is named as stats names it, with its n."""
+    names = [Path(path).resolve().name for path in paths]
+    config_paths = [Path(path) / "config.json" for path in paths]
+    if each_run or len(set(names)) < len(names) or not all(p.is_file() for p in config_paths):
+        return [[records] for records in runs], names
+    configs = {}
+    for name, config_path in zip(names, config_paths):
+        try:
+            configs[name] = json.loads(config_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {config_path}: {e}") from None
+    groups = stats.seed_groups(configs)
+    by_name = dict(zip(names, runs))
+    return ([[by_name[m] for m in members] for members in groups.values()],
+            [g if len(members) == 1 else f"{g} (mean of {len(members)} seeds ± std)" for g, members in groups.items()])
 
 
 X_LABELS = {"step": "step", "tokens": "tokens", "time": "hours since the first train line"}
@@ -335,24 +348,26 @@ def draw_runs(args):
     for path, records in zip(args.runs, runs):
         if not records:
             raise UserError(f"{Path(path) / 'log.jsonl'} holds no log line yet")
-    labels = args.labels.split(",") if args.labels is not None else [Path(path).resolve().name for path in args.runs]
-    if len(labels) != len(runs):
-        raise UserError(f"--labels has {len(labels)} names for {len(runs)} runs")
+    series, names = seed_series(args.runs, runs, args.each_run)
+    labels = args.labels.split(",") if args.labels is not None else names
+    if len(labels) != len(series):
+        raise UserError(f"--labels has {len(labels)} names for {len(series)} "
+                        + ("runs" if len(series) == len(runs) else "series (runs, seeds pooled; --each-run: none)"))
     metrics = args.metrics.split(",") if args.metrics is not None else DEFAULT_METRICS
     for option, names in (("--labels", labels), ("--metrics", metrics)):
         if not all(names):
             raise UserError(f"{option} has an empty name: {','.join(names)!r}")
     for metric in metrics + (["grad_norm"] if args.grad_norm else []):
         check_metric(metric, runs, args.runs)
-    lr = len(runs) == 1 and "lr" not in metrics and any("lr" in r for r in runs[0])
+    lr = len(series) == 1 and "lr" not in metrics and any("lr" in r for r in runs[0])
     entries = legend_entries(labels, metrics, args.perplexity, lr)
-    outside = len(runs) > LEGEND_INSIDE[0] or len(entries) > LEGEND_INSIDE[1]
+    outside = len(series) > LEGEND_INSIDE[0] or len(entries) > LEGEND_INSIDE[1]
     width = 11.5 if outside else 9  # the legend takes a column of its own beside the axes
     if args.grad_norm:
         fig, (ax, grad_ax) = plt.subplots(2, 1, figsize=(width, 6.5), sharex=True, height_ratios=[3, 1])
     else:
         fig, ax = plt.subplots(figsize=(width, 5))
-    draw_panel(ax, runs, labels, metrics, args, args.log_scale, args.y_min, args.y_max)
+    draw_panel(ax, series, labels, metrics, args, args.log_scale, args.y_min, args.y_max)
     ax.set_ylabel(y_label(metrics, args.perplexity))
     top = draw_lr(ax, runs[0], args) if lr else ax  # the legend goes on the axis drawn last, over every curve
     if outside:
@@ -361,16 +376,16 @@ def draw_runs(args):
         top.legend(handles=entries, loc="upper right", fontsize=9)
     bottom = ax
     if args.grad_norm:
-        draw_panel(grad_ax, runs, labels, ["grad_norm"], args)
+        draw_panel(grad_ax, series, labels, ["grad_norm"], args)
         grad_ax.set_ylabel("grad norm")
         bottom = grad_ax
-    draw_events([ax, grad_ax] if args.grad_norm else [ax], runs, args)
+    draw_events([ax, grad_ax] if args.grad_norm else [ax], series, args)
     bottom.set_xlabel(X_LABELS[args.x_axis])
     if args.x_axis == "tokens":
         bottom.xaxis.set_major_formatter(FuncFormatter(format_count))
     ax.set_xlim(args.x_min, args.x_max)
     check_range(ax.get_xlim(), "x")
-    ax.set_title(title(labels, metrics, args))
+    ax.set_title(title(labels, metrics, args, len(runs)))
     fig.tight_layout()
     return fig
 
@@ -395,34 +410,16 @@ def check_range(limits, axis):
                         f"--{axis}-min or --{axis}-max lies past the other end of what is drawn")
 
 
-def figure_format(output):
-    """The format that the suffix of --output names (png, pdf, svg, ...), or UserError."""
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = Path(output).suffix.lstrip(".").lower()
-    if suffix not in formats:
-        raise UserError(f"--output {output}: the suffix names no figure format (png, pdf, svg; all: "
-                        f"{', '.join(sorted(formats))})")
-    return suffix
-
-
-def save_figure(fig, path):
-    """Write fig through files.write_atomic (a temp file beside it, synced, then a rename); the suffix sets the
-    format. A failed write (a full disk) is one line, and leaves no temp file and the previous figure as it was."""
-    try:
-        files.write_atomic(path, lambda f: fig.savefig(f, format=figure_format(path), dpi=110))
-    except (ValueError, RuntimeError) as e:  # a format that needs a missing tool (pgf: LaTeX), say
-        raise UserError(f"cannot draw {path}: {one_line(e)}") from None
-    finally:
-        plt.close(fig)
-
-
 def plot_parser():
     parser = ArgumentParser(prog="plot.py", description="plot the loss curves of runs (out/<run>/log.jsonl)")
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--output", help="default: <run>/loss.png for one run, comparison.png for several")
     parser.add_argument("--metrics",
                         help="comma list of log keys instead of loss,eval_loss (e.g. loss,eval_loss,grad_norm)")
-    parser.add_argument("--labels", help="comma list of legend names, one per run (default: the directory names)")
+    parser.add_argument("--labels", help="comma list of legend names, one per run or seed group (default: the "
+                                         "directory names)")
+    parser.add_argument("--each-run", action="store_true",
+                        help="a curve for every run (default: runs that differ only in seed drawn as a mean and band)")
     parser.add_argument("--smooth", type=int, default=1, help="moving average over N points of the train curves")
     parser.add_argument("--perplexity", action="store_true", help="plot exp(loss) for the train and eval loss")
     parser.add_argument("--log-scale", action="store_true", help="logarithmic y axis")
@@ -443,108 +440,6 @@ def plot_runs(argv):
     figure_format(output)  # a mistyped suffix stops before any work
     save_figure(draw_runs(args), output)
     print(f"wrote {output}")
-    return 0
-
-
-# ----------------------------------------------------------------------------- summary
-
-SUMMARY_COLUMNS = ["run", "best eval loss", "ppl", "at step", "at tokens", "final train loss", "median tok/s",
-                   "median mfu"]
-
-
-def summarize(records):
-    """Best eval loss (its perplexity, step, tokens), final train loss, median tokens/s and MFU of one run (None:
-    absent; a log from before mfu was logged has none)."""
-    evals = [r for r in records if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
-    train_lines = [r for r in records if "loss" in r]
-    best = min(evals, key=lambda r: r["eval_loss"]) if evals else {}
-    speeds = [r["tok_per_s"] for r in train_lines if "tok_per_s" in r]
-    mfus = [r["mfu"] for r in train_lines if "mfu" in r]
-    return {"best_eval_loss": best.get("eval_loss"),
-            "best_eval_ppl": math.exp(best["eval_loss"]) if best else None,
-            "best_step": best.get("step"), "best_tokens": best.get("tokens"),
-            "final_loss": train_lines[-1]["loss"] if train_lines else None,
-            "median_tok_per_s": statistics.median(speeds) if speeds else None,
-            "median_mfu": statistics.median(mfus) if mfus else None}
-
-
-def summary_row(name, s):
-    def cell(value, spec):
-        return "-" if value is None else format(value, spec)
-    return [name, cell(s["best_eval_loss"], ".4f"), cell(s["best_eval_ppl"], ".2f"), cell(s["best_step"], ","),
-            cell(s["best_tokens"], ","), cell(s["final_loss"], ".4f"), cell(s["median_tok_per_s"], ",.0f"),
-            cell(s["median_mfu"], ".1%")]
-
-
-def format_table(rows, markdown=False, columns=SUMMARY_COLUMNS):
-    """Rows of cells under columns: a Markdown table, or aligned text (names left, numbers right)."""
-    if markdown:
-        lines = [columns, ["---"] + ["---:"] * (len(columns) - 1), *rows]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-    widths = [max(len(cells[i]) for cells in [columns, *rows]) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-                     for cells in [columns, *rows])
-
-
-GROUP_COLUMNS = ["group", "n", "best eval loss", "final eval loss", "vs baseline (95% interval)", "verdict"]
-
-
-def group_rows(runs, baseline):
-    """A row per seed group (stats.seed_groups) of runs {name: (config, records)}: mean ± std of the best and the
-    final eval loss, and against the baseline group the difference of the best with Welch's 95% interval."""
-    import stats
-    groups = stats.seed_groups({name: config for name, (config, _) in runs.items()})
-    best = {g: [summarize(runs[r][1])["best_eval_loss"] for r in members] for g, members in groups.items()}
-    final = {g: [[x["eval_loss"] for x in runs[r][1] if "eval_loss" in x][-1] for r in members]
-             for g, members in groups.items()}
-    if baseline is not None and baseline not in groups:
-        baseline = next((g for g, members in groups.items() if baseline in members), baseline)
-        if baseline not in groups:
-            raise UserError(f"--baseline {baseline}: no such run or group among {', '.join(groups)}")
-    rows = []
-    for g in groups:
-        compared, word = "", ""
-        if baseline is not None and g != baseline:
-            if len(best[g]) < 2 or len(best[baseline]) < 2:
-                compared, word = "-", "needs 2+ seeds a group"
-            else:
-                interval = stats.welch_interval(best[g], best[baseline])
-                mean = statistics.fmean(best[g]) - statistics.fmean(best[baseline])
-                compared = f"{mean:+.4f}" + ("" if interval is None else f" [{interval[0]:+.4f}, {interval[1]:+.4f}]")
-                word = stats.verdict(interval)
-        rows.append([g, str(len(groups[g])), "{:.4f} ± {:.4f}".format(*stats.mean_std(best[g])[:2]),
-                     "{:.4f} ± {:.4f}".format(*stats.mean_std(final[g])[:2]), compared or ("baseline" if g == baseline
-                                                                                             else "-"), word])
-    return rows
-
-
-def summary(argv):
-    parser = ArgumentParser(prog="plot.py summary", description="one line per run: best eval loss, final loss, speed")
-    parser.add_argument("runs", nargs="+", help="run directories (paths without a log line are skipped)")
-    parser.add_argument("--format", choices=["text", "md"], default="text")
-    parser.add_argument("--baseline", help="a run or seed group: every group's difference to it, with Welch's 95%% "
-                                           "interval and a verdict (better, worse, within noise)")
-    args = parser.parse_args(argv)
-    rows, runs = [], {}
-    for path in args.runs:
-        has_log = (Path(path) / "log.jsonl").is_file()
-        records = read_log(path) if has_log else []
-        if not records:
-            print(f"note: skipping {path}: {'its log.jsonl holds no log line yet' if has_log else 'no log.jsonl'}",
-                  file=sys.stderr)
-            continue
-        name = Path(path).resolve().name
-        rows.append(summary_row(name, summarize(records)))
-        config_path = Path(path) / "config.json"
-        if any("eval_loss" in r for r in records):
-            runs[name] = (json.loads(config_path.read_text()) if config_path.is_file() else {"run_name": name}, records)
-    if not rows:
-        raise UserError("none of the paths holds a log line (out/<run>/log.jsonl)")
-    print(format_table(rows, markdown=args.format == "md"))
-    groups = group_rows(runs, args.baseline)
-    if args.baseline is not None or any(row[1] != "1" for row in groups):  # seeds to pool, or a comparison asked for
-        print()
-        print(format_table(groups, markdown=args.format == "md", columns=GROUP_COLUMNS))
     return 0
 
 
@@ -586,10 +481,9 @@ def plot_lr(argv):
 
 
 def main(argv):
-    if argv[:1] == ["lr"]:
-        return plot_lr(argv[1:])
-    if argv[:1] == ["summary"]:
-        return summary(argv[1:])
+    commands = {"lr": plot_lr, "summary": report.summary, "sweep": report.sweep, "scaling": report.scaling}
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     return plot_runs(argv)
 
 

@@ -8,6 +8,7 @@ import pytest
 import config
 import files
 import plot
+import report
 from config import run_main
 from conftest import ROOT
 
@@ -134,7 +135,7 @@ def test_y_limits_by_hand():
 
 def test_outliers_left_out_of_the_y_range_of_a_plot(tmp_path):
     run = write_run(tmp_path, "a")
-    records = plot.read_log(run)
+    records = files.read_log(run)
     spike = math.log(32000)
     curve = ([r["loss"] for r in records if "loss" in r]
              + [r["eval_loss"] for r in records if r["step"] > 0 and "eval_loss" in r])
@@ -153,7 +154,7 @@ def test_first_evals_after_the_warmup_stay_in_range(tmp_path):
     sight however far above the rest of the curve they lie, while the step-0 spike and the warm-up's own high
     losses still go."""
     run = write_run(tmp_path, "a", steps=400, eval_every=25, log_every=10, warmup_steps=25)
-    records = plot.read_log(run)
+    records = files.read_log(run)
     after = [r[k] for r in records if r["step"] > 20 for k in ("loss", "eval_loss") if k in r]
     first_evals = [r["eval_loss"] for r in records if 0 < r["step"] <= 75 and "eval_loss" in r]
     for x_axis in ("step", "tokens", "time"):
@@ -162,7 +163,7 @@ def test_first_evals_after_the_warmup_stay_in_range(tmp_path):
         first_loss = next(r["loss"] for r in records if "loss" in r)
         assert high < first_loss < math.log(32000)  # the warm-up's first train loss and the step-0 spike: out
     assert plot.warmup_end(records, plot.x_positions(records, "step")) == 20  # the peak is first logged at 30
-    constant = plot.read_log(write_run(tmp_path, "b"))
+    constant = files.read_log(write_run(tmp_path, "b"))
     assert plot.warmup_end(constant, plot.x_positions(constant, "step")) == 0  # no warm-up: step 0 alone
     no_lr = [{"step": 0, "eval_loss": 9.0}, {"step": 5, "loss": 3.0}]
     assert plot.warmup_end(no_lr, [0, 5]) == 0  # without a learning rate, only the first x may be trimmed
@@ -251,7 +252,7 @@ def test_smoothed_curve_drawn_over_the_raw_one(tmp_path):
 
 def test_x_axis_tokens_and_time(tmp_path):
     run = write_run(tmp_path, "a", steps=20, eval_every=10, log_every=5)
-    records = plot.read_log(run)
+    records = files.read_log(run)
     assert plot.x_positions(records, "tokens") == [r["step"] * TOKENS_PER_STEP for r in records]
     # train lines are 5 hours apart from step 5; evals at steps 0, 10, 20 and the event at step 7 interpolate
     hours = dict(zip([(r["step"], tuple(sorted(r))) for r in records], plot.x_positions(records, "time")))
@@ -267,7 +268,7 @@ def test_x_axis_tokens_and_time(tmp_path):
 
 def test_perplexity_and_metrics(tmp_path):
     run = write_run(tmp_path, "a")
-    records = plot.read_log(run)
+    records = files.read_log(run)
     fig = figure([run, "--perplexity"])
     train_line = fig.axes[0].get_lines()[0]
     assert train_line.get_ydata() == pytest.approx([math.exp(r["loss"]) for r in records if "loss" in r])
@@ -290,7 +291,7 @@ def test_summary_numbers_in_both_formats(tmp_path, capsys):
     run = tmp_path / "best"
     run.mkdir()
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary_records()))
-    assert plot.summarize(summary_records()) == {"best_eval_loss": 2.5, "best_eval_ppl": pytest.approx(math.exp(2.5)),
+    assert report.summarize(summary_records()) == {"best_eval_loss": 2.5, "best_eval_ppl": pytest.approx(math.exp(2.5)),
                                                  "best_step": 10, "best_tokens": 40960, "final_loss": 2.4,
                                                  "median_tok_per_s": 200.0, "median_mfu": 0.2}
     (tmp_path / "empty").mkdir()
@@ -336,7 +337,7 @@ def test_summary_pools_seeds_and_compares_groups_with_welch(tmp_path, capsys):
 
 
 def test_summary_of_a_run_without_evals(tmp_path, capsys):
-    assert plot.summarize([{"step": 5, "tokens": 5, "loss": 3.0}]) == {
+    assert report.summarize([{"step": 5, "tokens": 5, "loss": 3.0}]) == {
         "best_eval_loss": None, "best_eval_ppl": None, "best_step": None, "best_tokens": None,
         "final_loss": 3.0, "median_tok_per_s": None, "median_mfu": None}
 
@@ -364,10 +365,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
 
 def test_a_torn_last_line_is_left_out_with_a_note(tmp_path, capsys):
     run = write_run(tmp_path, "a")
-    complete = plot.read_log(run)
+    complete = files.read_log(run)
     with open(run / "log.jsonl", "a") as f:
         f.write('{"step": 201, "tok')  # killed mid-write
-    assert plot.read_log(run) == complete
+    assert files.read_log(run) == complete
     assert capsys.readouterr().err == f"note: {run / 'log.jsonl'} ends in a torn line; left out\n"
 
 
@@ -509,3 +510,29 @@ def test_every_bad_argument_or_log_value_is_one_line_exit_2(tmp_path, capsys, mo
     assert lines and lines[-1].startswith("error: ") and message in lines[-1], err
     assert all(line.startswith("note: skipping") for line in lines[:-1]), err  # summary notes what it skips
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_runs_differing_only_in_seed_are_one_mean_curve_in_a_band(tmp_path):
+    """Three seeds of one config are one series: its mean train loss (the mean of the three, point by point) drawn
+    over a band of ± one standard deviation; another config stays a run of its own; --each-run draws every run."""
+    paths = []
+    for seed in (1, 2, 3):
+        paths.append(write_run(tmp_path, f"a-seed{seed}", seed=seed))
+        (paths[-1] / "config.json").write_text(json.dumps({"run_name": f"a-seed{seed}", "seed": seed, "lr": 1e-3}))
+    paths.append(write_run(tmp_path, "b", seed=9))
+    (paths[-1] / "config.json").write_text(json.dumps({"run_name": "b", "seed": 9, "lr": 3e-3}))
+    ax = figure([*paths, "--metrics", "loss"]).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if line.get_label() != "_event"}
+    assert set(lines) == {"a (mean of 3 seeds ± std): train loss", "b: train loss"}
+    losses = np.array([[r["loss"] for r in files.read_log(p) if "loss" in r] for p in paths[:3]])
+    mean = lines["a (mean of 3 seeds ± std): train loss"].get_ydata()
+    assert np.allclose(mean, losses.mean(axis=0))
+    band, = ax.collections  # one band: b is one run
+    low, high = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    spread = losses.std(axis=0, ddof=1)
+    assert low == pytest.approx((losses.mean(axis=0) - spread).min()) and high == pytest.approx(
+        (losses.mean(axis=0) + spread).max())
+    each = figure([*paths, "--metrics", "loss", "--each-run"]).axes[0]
+    assert len([line for line in each.get_lines() if line.get_label() != "_event"]) == 4 and not each.collections
+    with pytest.raises(config.UserError, match="--labels has 4 names for 2 series"):
+        figure([*paths, "--labels", "w,x,y,z"])
