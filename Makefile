@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test minis lm-eval gpu-check clean
+.PHONY: quickstart test minis scaling lm-eval gpu-check clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
@@ -36,6 +36,15 @@ minis: $(VENV)/.installed
 	$(PY) plot.py summary $(call mini_runs,1x,$(MINIS_1X)) --baseline 1x_default --format md > out/mini/1x.md
 	$(PY) plot.py summary $(call mini_runs,10x,$(MINIS_10X)) --baseline 10x_ten_chinchilla --format md > out/mini/10x.md
 	@echo "the miniatures' plots and tables: out/mini/1x.png, out/mini/10x.png, out/mini/1x.md, out/mini/10x.md"
+
+# The CPU scaling grid (configs/scaling.py; docs/experiments.md, "Scaling laws on the CPU"): 5 model sizes x 3 token
+# budgets through sweep.py, 2 at a time (finished runs skipped), then the fit of L(N, D) and its figure.
+scaling: $(VENV)/.installed
+	$(PY) prepare.py shakespeare --tokenizer bytes
+	$(PY) sweep.py configs/scaling.py --runs configs/scaling_sizes.txt total_tokens=1,2,4 --parallel 2
+	$(PY) plot.py scaling out/scaling/scaling-* --output out/scaling/scaling.png > out/scaling/fit.txt
+	cat out/scaling/fit.txt
+	@echo "the fit: out/scaling/fit.txt; the figure: out/scaling/scaling.png"
 
 # lm-evaluation-harness on the quickstart's export, offline, on the two local tasks in lm_eval_tasks/ (docs/export.md,
 # "Evaluate with lm-evaluation-harness"); an optional install. Trains the quickstart first if it has not run.
