@@ -161,6 +161,15 @@ def summary(argv):
 
 # ----------------------------------------------------------------------------- a sweep
 
+def finish(fig, ax, output):
+    """Grid, legend and layout of a one-axes figure, then write it (files.save_figure: atomic) and say where."""
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, output)
+    print(f"wrote {output}")
+
+
 def swept_key(configs, key=None):
     """The config key the runs differ in (besides stats.NAME_KEYS): `key` when given (it must vary), else the one
     key that varies; UserError naming the keys when that is not one."""
@@ -226,11 +235,7 @@ def sweep(argv):
     ax.set_xlabel(key)
     ax.set_ylabel("final eval loss (nats per token)")
     ax.set_title(f"final eval loss against {key}: {len(runs)} runs")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, args.output)
-    print(f"wrote {args.output}")
+    finish(fig, ax, args.output)
     return 0
 
 
@@ -313,9 +318,5 @@ def scaling(argv):
     ax.set_ylabel("final eval loss (nats per token)")
     ax.set_title(f"L = {fit['E']:.3f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}"
                  f"   ({len(points)} runs; dotted: the fit at each size)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, args.output)
-    print(f"wrote {args.output}")
+    finish(fig, ax, args.output)
     return 0
