@@ -68,5 +68,9 @@ $(VENV)/.installed-eval: $(VENV)/.installed requirements-eval.txt
 	$(PY) -m pip install -q -r requirements-eval.txt -c requirements.txt
 	touch $@
 
+$(VENV)/.installed-slurm: $(VENV)/.installed requirements-slurm.txt
+	$(PY) -m pip install -q -r requirements-slurm.txt -c requirements.txt
+	touch $@
+
 clean:
 	rm -rf $(VENV) out data/shakespeare data/pydocs data/.pydocs.jsonl data/lm_eval
