@@ -54,6 +54,13 @@ gpu-check: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
+# sweep.py's Slurm executor against a real one-node cluster on this machine (opt-in, not part of `make test`; root,
+# Debian/Ubuntu): tools/slurm-up installs and starts munged, slurmctld and slurmd, tests/test_slurm.py sweeps through
+# it, and tools/slurm-down stops the daemons again, whether the tests passed or not.
+test-slurm: $(VENV)/.installed-test $(VENV)/.installed-slurm
+	tools/slurm-up
+	SMALL_LM_SLURM=1 $(PY) -m pytest -v -rs tests/test_slurm.py; status=$$?; tools/slurm-down; exit $$status
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
