@@ -29,9 +29,9 @@ partition's limit) in --partition (default: the cluster's). The sweep submits, p
 returns; --wait waits for the jobs with a bar (Ctrl-C leaves them running) and ends as a local sweep does. A
 point's job logs go to out_dir/sweep-logs/<run_name>/ (submitit's <job id>_0_log.out and .err, its pickles) with the
 job's id (slurm-job-id); the same command again asks squeue about that job and does not submit the point a second
-time while it is pending or running (two jobs writing one run directory lose work). Slurm sends SIGTERM two minutes
-before the time limit: train.py saves and exits 0, and the same command submits what is left. The repository, its
-.venv and out_dir must be on a filesystem the nodes share (as for any Slurm job).
+time while it is pending or running (two jobs writing one run directory lose work). Slurm sends SIGTERM two to three
+minutes before the time limit: train.py saves and exits 0, and the same command submits what is left. The repository,
+its .venv and out_dir must be on a filesystem the nodes share (as for any Slurm job).
 
     python sweep.py configs/quickstart.py lr=1e-3,3e-3 --executor slurm --partition gpu --time 120
     python sweep.py configs/mini/pp.py seed=1,2 --nproc-per-node 2 --executor slurm --wait
@@ -219,8 +219,8 @@ def slurm_job(name, args, cfg, options):
         "nodes": 1, "ntasks_per_node": 1,  # one task, train.py, which starts the run's processes itself
         "cpus_per_task": cpus, "gpus_per_node": gpus or None,
         "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"],
-        # SIGTERM 2 minutes before the time limit, to every process of the job: train.py saves and exits 0 (submitit's
-        # own USR2 would end the command unsaved)
+        # SIGTERM to every process of the job 2-3 minutes before the time limit (Slurm looks once a minute): train.py
+        # saves and exits 0 (submitit's own USR2 would end the command unsaved)
         "additional_parameters": {"signal": "TERM@120"},
     }
     return {"parameters": parameters, "command": train_command(args, nproc), "cwd": os.getcwd(),
