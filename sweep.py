@@ -382,8 +382,8 @@ def check_options(args):
     if args.partition is not None and not args.partition.strip():
         raise UserError("--partition is empty")
     if args.executor == "slurm" and args.parallel is not None:
-        raise UserError("--parallel is the local executor's: on Slurm every point is a job and the cluster runs as many "
-                        "at once as it has room for")
+        raise UserError("--parallel is the local executor's: on Slurm every point is a job and the cluster runs as "
+                        "many at once as it has room for")
     if args.executor == "slurm" and args.cpus_per_task is not None and args.cpus_per_task < args.nproc_per_node:
         raise UserError(f"--cpus-per-task {args.cpus_per_task} is fewer than the {args.nproc_per_node} processes of a "
                         "run (--nproc-per-node)")
