@@ -63,6 +63,13 @@ gpu-check: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
+# sweep.py's Slurm executor against a real one-node cluster on this machine (opt-in, not part of `make test`; root,
+# Debian/Ubuntu): tools/slurm-up installs and starts munged, slurmctld and slurmd, tests/test_slurm.py sweeps through
+# it, and tools/slurm-down stops the daemons again, whether the tests passed or not.
+test-slurm: $(VENV)/.installed-test $(VENV)/.installed-slurm
+	tools/slurm-up
+	SMALL_LM_SLURM=1 $(PY) -m pytest -v -rs tests/test_slurm.py; status=$$?; tools/slurm-down; exit $$status
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
@@ -75,6 +82,10 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 
 $(VENV)/.installed-eval: $(VENV)/.installed requirements-eval.txt
 	$(PY) -m pip install -q -r requirements-eval.txt -c requirements.txt
+	touch $@
+
+$(VENV)/.installed-slurm: $(VENV)/.installed requirements-slurm.txt
+	$(PY) -m pip install -q -r requirements-slurm.txt -c requirements.txt
 	touch $@
 
 clean:

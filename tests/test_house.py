@@ -117,6 +117,17 @@ def test_no_test_module_imports_another():
     assert {name: found for name, found in offending.items() if found} == {}
 
 
+def test_submitit_is_imported_by_the_slurm_executor_only():
+    """submitit is an optional install (requirements-slurm.txt): one import of it, inside sweep.py's Slurm executor,
+    so that every other command, and sweep.py's local executor, runs without it."""
+    importing = [p.name for p in SOURCES if "submitit" in imported_modules(p)]
+    assert importing == ["sweep.py"]
+    body = ast.parse((ROOT / "sweep.py").read_text()).body
+    top_level = {alias.name.split(".")[0] for node in body if isinstance(node, ast.Import) for alias in node.names}
+    top_level |= {node.module.split(".")[0] for node in body if isinstance(node, ast.ImportFrom) and node.module}
+    assert "submitit" not in top_level and "tqdm" in top_level  # (the check sees sweep.py's top-level imports)
+
+
 # ----------------------------------------------------------------------------- imports run one way
 
 def test_no_import_circles():
