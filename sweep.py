@@ -392,5 +392,6 @@ def check_options(args):
     if args.executor == "local" and given:
         raise UserError(f"--{given[0].replace('_', '-')} is the Slurm executor's: add --executor slurm")
 
+
 if __name__ == "__main__":
     sys.exit(config.run_main(main, sys.argv[1:]))
