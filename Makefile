@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test minis scaling lm-eval gpu-check clean
+.PHONY: quickstart test test-slurm minis scaling lm-eval gpu-check clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
