@@ -17,9 +17,10 @@ command trains only what was left. Every point's config is checked before anythi
 makes: an unknown key, a value out of its range), as are an empty list and two values that name the same run:
 each is one line, exit status 2, nothing started.
 
-Locally (--parallel K, default 1) K runs train at once, each process given cores / (K x processes a run) threads
-(OMP_NUM_THREADS), so that their thread pools do not fight over the cores; each run's output goes to out_dir/sweep-logs/<run_name>.log and a
-bar shows the sweep's progress. Exit status 0 when every point finished, 1 when one failed (each named).
+Locally (--parallel K, default 1) K runs train at once, the costliest first (FLOPs: the model's per token times the
+run's tokens), each process given cores / (K x processes a run) threads (OMP_NUM_THREADS), so that their thread
+pools do not fight over the cores; each run's output goes to out_dir/sweep-logs/<run_name>.log and a bar shows the
+sweep's progress. Exit status 0 when every point finished, 1 when one failed (each named).
 
 On Slurm (--executor slurm; submitit, an optional install: make .venv/.installed-slurm), each point not finished is
 one job of one node and one task, the same train.py command line as locally (a point of N processes is train.py
@@ -45,9 +46,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 import config
+import model as model_lib
 import runs
 import train
 from config import UserError
@@ -142,12 +145,28 @@ def train_command(args, nproc_per_node):
     return [sys.executable, str(ROOT / "train.py"), *launch, *args]
 
 
+def run_cost(args):
+    """The FLOPs a run will spend: its model's per token (model.py's count, at its data's vocabulary when that is
+    prepared) times its tokens (in millions): what orders the local executor's runs."""
+    cfg, model_overrides = train.load_config(args)
+    first_data = cfg.data.replace("+", ",").split(",")[0].strip()
+    try:
+        vocab = json.loads((Path(cfg.data_dir) / first_data / "meta.json").read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError):
+        vocab = model_lib.PRESETS[cfg.model].vocab_size
+    model_config = runs.build_model_config(runs.for_device(cfg, torch.device("cpu")), model_overrides,
+                                           model_overrides.get("vocab_size", vocab))
+    return model_lib.flops_per_token(model_config, cfg.seq_len) * cfg.total_tokens
+
+
 def run_locally(planned, parallel, nproc_per_node=1):
-    """Train the runs, `parallel` at a time, each process with cores / (parallel x nproc_per_node) threads; returns
-    the names that failed."""
+    """Train the runs, `parallel` at a time, each process with cores / (parallel x nproc_per_node) threads, the
+    costliest first (run_cost): a long run started last would end the sweep alone, on a share of the cores that
+    cannot grow once it runs. Returns the names that failed."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, cores // (parallel * nproc_per_node))
-    waiting, running, failed = list(planned), {}, []
+    waiting = sorted(planned, key=lambda run: run_cost(run[1]), reverse=True) if parallel > 1 else list(planned)
+    running, failed = {}, []
     bar = tqdm(total=len(planned), unit="run", desc="sweep", dynamic_ncols=True)
     try:
         while waiting or running:

@@ -194,3 +194,28 @@ def test_ctrl_c_while_waiting_leaves_the_jobs_running_and_says_so(tiny_data, tmp
     assert run_main(sweep.main, run_args(tiny_data, tmp_path, "run_name=g", "--executor", "slurm", "--wait")) == 130
     assert capsys.readouterr().err.splitlines()[-1] == ("interrupted: job(s) 77 left running in Slurm; the same "
                                                         "command with --wait waits for them again")
+
+
+def test_the_costliest_runs_start_first_when_runs_share_the_cores(tiny_data, tmp_path, monkeypatch):
+    """Longest first: a big model's run started last would end the sweep alone on one core."""
+    started = []
+
+    class Done:  # a run that has already finished, as Popen would return it
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            started.append([a for a in command if a.startswith("run_name=")][-1])
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Done)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    planned = sweep.plan(run_args(tiny_data, tmp_path, "run_name=g", "dim=16,64,32", "total_tokens=0.01,0.02"), None)
+    costs = {name: sweep.run_cost(args) for name, args, _ in planned}
+    assert costs["g-dim64-total_tokens0.02"] > costs["g-dim64-total_tokens0.01"] > costs["g-dim16-total_tokens0.02"]
+    assert sweep.run_locally(planned, parallel=2) == []
+    assert [s.split("=")[1] for s in started] == sorted(costs, key=costs.get, reverse=True)
+    started.clear()
+    sweep.run_locally(planned, parallel=1)  # one at a time: the order given
+    assert [s.split("=")[1] for s in started] == [name for name, _, _ in planned]
