@@ -305,8 +305,9 @@ def scaling(argv):
         mine = mine[np.argsort(D[mine])]  # this size's runs, by tokens
         color = f"C{i % 10}"
         ax.plot(compute[mine], L[mine], "o-", color=color, label=f"N = {n / 1e3:,.0f}K")
-        d = grid / (6 * n)
-        ax.plot(grid, fit["E"] + fit["A"] / n ** fit["alpha"] + fit["B"] / d ** fit["beta"], ":", color=color,
+        c = np.geomspace(compute[mine].min() / 1.5, compute[mine].max() * 1.5, 50)  # the fit near its runs only
+        d = c / (6 * n)
+        ax.plot(c, fit["E"] + fit["A"] / n ** fit["alpha"] + fit["B"] / d ** fit["beta"], ":", color=color,
                 linewidth=1)
     n_opt, d_opt = stats.compute_optimal(fit, grid)
     frontier = fit["E"] + fit["A"] / n_opt ** fit["alpha"] + fit["B"] / d_opt ** fit["beta"]
