@@ -199,10 +199,18 @@ def sweep_lines(runs, key):
         lines.setdefault(rest, []).append((config[key], losses))
     differing = sorted({k for rest in lines for k, v in rest if len({dict(r).get(k) for r in lines}) > 1})
     labelled = []
-    for rest, points in lines.items():
+    for rest in sorted(lines, key=lambda rest: [number_or_text(dict(rest).get(k, "")) for k in differing]):
         words = ", ".join(f"{k}={dict(rest)[k]}" for k in differing if k in dict(rest))
-        labelled.append((words or "runs", sorted(points)))
+        labelled.append((words or "runs", sorted(lines[rest])))
     return labelled
+
+
+def number_or_text(text):
+    """A sort key that puts 32 before 128 and numbers before text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def sweep(argv):
