@@ -2,17 +2,21 @@
 
     python export.py out/RUN                        # newest checkpoint -> out/RUN/hf
     python export.py out/RUN/ckpt_00001000.pt --output some/dir [--force]
+    python export.py out/RUN --push-to-hub user/name    # the folder, then uploaded to the Hugging Face Hub
     python export.py --import HF_DIR --output out/RUN_NAME   # -> out/RUN_NAME/ckpt_00000000.pt
 
 The Hugging Face folder holds config.json (a LlamaConfig), model.safetensors (the weights),
-tokenizer.json + tokenizer_config.json (the run's tokenizer) and small_lm.json (our tokenizer name
-and end-of-text id). It loads with transformers.AutoModelForCausalLM.from_pretrained(folder) and
+tokenizer.json + tokenizer_config.json (the run's tokenizer), generation_config.json (end-of-text ends
+generation and pads a batch), small_lm.json (our tokenizer name and end-of-text id), and README.md, the
+model card (card.py), with loss.png, the run's loss curve, where the run's log is beside the checkpoint.
+It loads with transformers.AutoModelForCausalLM.from_pretrained(folder) and
 AutoTokenizer.from_pretrained(folder), so transformers' pipelines, lm-evaluation-harness and other
-tools read it as they read any Llama. Our parameter names are LlamaForCausalLM's without the
-"model." prefix, so both directions are renaming and copying; this file does not need transformers.
+tools read it as they read any Llama; --push-to-hub uploads it with huggingface_hub. Our parameter
+names are LlamaForCausalLM's without the "model." prefix, so both directions are renaming and copying;
+this file does not need transformers.
 
-Top to bottom: the Llama-compatibility check, the tokenizer files, export_hf, import_hf, atomic
-folder writing, the command line.
+Top to bottom: the Llama-compatibility check, the tokenizer files, export_hf (and the card's inputs), import_hf,
+atomic folder writing, pushing to the Hub, the command line.
 """
 
 import dataclasses
@@ -29,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+import card
 import data
 import files
 import memory
@@ -125,9 +130,12 @@ def hf_tokenizer(enc):
 
 
 def tokenizer_config(max_length):
-    """tokenizer_config.json: which transformers class reads tokenizer.json, and the special tokens' roles."""
+    """tokenizer_config.json: which transformers class reads tokenizer.json, and the special tokens' roles.
+    End-of-text pads too, as in Llama-style models without a pad token: the attention mask hides the padding, so its
+    id does not matter. On the left, as transformers asks of a decoder-only model for batched generation: each row's
+    new tokens then follow its own prompt, and padding=True works without a setting."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
-            "model_max_length": max_length,
+            "pad_token": data.EOT, "padding_side": "left", "model_max_length": max_length,
             "clean_up_tokenization_spaces": False}  # decode must give back the text's bytes, spaces included
 
 
@@ -190,16 +198,28 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
         "mlp_bias": False,
         "bos_token_id": eot_id,  # documents are opened by end-of-text in training (data.py)
         "eos_token_id": eot_id,
+        # no pad_token_id: LlamaModel would make it the embedding's padding_idx, and a fine-tune would then never
+        # train the end-of-text row that opens every document (generation_config.json and the tokenizer pad)
         # transformers 5 reads dtype; 4.x reads torch_dtype
         "dtype": "float32",
         "torch_dtype": "float32",
     }
 
 
-def export_hf(checkpoint, output_dir, force=False, source="the checkpoint"):
-    """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically). Returns a warning (one line)
-    when the folder has no tokenizer files, else None. UserError naming source when its weights do not match its
-    model_config."""
+def generation_config(tokenizer):
+    """generation_config.json: end-of-text stops generation and pads a batch (without a pad id transformers warns at
+    every generate). Sampling is left at transformers' default, greedy. No max_length: transformers already keeps its
+    default length within max_position_embeddings (the run's context), and a max_length set here draws a warning at
+    every generate(max_new_tokens=...), the common call."""
+    eot_id = EOT_IDS.get(tokenizer)
+    return {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id} if eot_id is not None else {}
+
+
+def export_hf(checkpoint, output_dir, force=False, source="the checkpoint", run_dir=None, repo=None):
+    """Write the Hugging Face folder of a checkpoint dict to output_dir (atomically), with its model card: the run's
+    log and curve read from run_dir (None, or no log.jsonl there: a card without them); repo, the Hub repo it is for.
+    Returns warnings (one line each): no tokenizer files, an unreadable log. UserError naming source when its
+    weights do not match its model_config."""
     reason = hf_incompatibility(checkpoint["model_config"])
     if reason:
         raise ValueError(f"cannot export to Hugging Face Llama: {reason}")
@@ -221,6 +241,10 @@ def export_hf(checkpoint, output_dir, force=False, source="the checkpoint"):
         warning = None if enc else "the checkpoint records no tokenizer, so the folder has no tokenizer files"
     except (ValueError, OSError) as e:  # gpt2's one-time download failed; an unknown name
         enc, warning = None, f"no tokenizer files written: {e}"
+    log, log_warning = run_log(run_dir)
+    tokens = checkpoint.get("tokens")
+    figure = "loss.png" if log and tokens and any("loss" in r and r.get("tokens", 0) <= tokens for r in log) else None
+    readme = card.model_card(config, checkpoint, log, train_defaults(), source, repo, figure)
 
     def write(folder):
         files.write_json_atomic(folder / "config.json", hf_config(config, tokenizer, seq_len))
@@ -228,10 +252,42 @@ def export_hf(checkpoint, output_dir, force=False, source="the checkpoint"):
         if enc:
             files.write_text_atomic(folder / "tokenizer.json", hf_tokenizer(enc).to_str())
             files.write_json_atomic(folder / "tokenizer_config.json", tokenizer_config(seq_len))
+        files.write_json_atomic(folder / "generation_config.json", generation_config(tokenizer))
         files.write_json_atomic(folder / "small_lm.json", {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)})
+        if figure:
+            files.save_figure(loss_figure(run_dir, log, tokens), folder / figure)
+        files.write_text_atomic(folder / "README.md", readme)
 
     write_folder(output_dir, write, force, HF_FILES)
-    return warning
+    return [w for w in (warning, log_warning) if w]
+
+
+def run_log(run_dir):
+    """(records of run_dir/log.jsonl or None, a warning or None): a run directory without a log (a checkpoint copied
+    on its own) has none to report; a damaged one is a warning, since the weights are still worth exporting."""
+    if run_dir is None or not (Path(run_dir) / "log.jsonl").is_file():
+        return None, None
+    try:
+        return files.read_log(run_dir), None
+    except UserError as e:
+        return None, f"the model card has no eval loss or curve: {e}"
+
+
+def train_defaults():
+    """train.py's {key: default}, for the card's list of what a run changed."""
+    import train  # lazily: only an export needs it, not --import
+    return {field.name: field.default for field in dataclasses.fields(train.TrainConfig)}
+
+
+def loss_figure(run_dir, log, tokens):
+    """plot.py's figure of the run (train and eval loss, and the learning rate, against tokens), up to the tokens the
+    checkpoint had seen: ckpt_best.pt or an older checkpoint is drawn as far as it was trained."""
+    import plot  # lazily: matplotlib only when there is a curve to draw
+    argv = [str(run_dir), "--x-axis", "tokens", "--metrics",
+            ",".join(m for m in ("loss", "eval_loss") if any(m in r for r in log))]
+    if any(r.get("tokens", 0) > tokens for r in log):
+        argv += ["--x-max", str(tokens)]
+    return plot.draw_runs(plot.plot_parser().parse_args(argv))
 
 
 # -----------------------------------------------------------------------------------------------
@@ -327,7 +383,8 @@ def import_checkpoint(hf_dir, output_dir, force=False):
 # Writing a folder atomically: fill a temporary folder beside it (each file written by files.write_atomic),
 # then rename it into place, so an interrupted export leaves either nothing or a complete folder.
 
-HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "small_lm.json"}  # export_hf's
+HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+            "small_lm.json", "README.md", "loss.png"}  # export_hf's
 IMPORT_FILES = {"ckpt_00000000.pt"}  # import_checkpoint's
 
 
@@ -371,6 +428,34 @@ def write_folder(output_dir, write, force, ours):
 
 
 # -----------------------------------------------------------------------------------------------
+# Pushing to the Hugging Face Hub: huggingface_hub's own upload (a repo created where missing, then one commit of
+# the folder), so that large weights go the way the Hub wants them (LFS or Xet) and a token is found as everywhere.
+
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: the card's snippet and from_pretrained need the owner
+
+
+def check_push(repo):
+    """Stop before any work when the push cannot go: a repo id without its owner, or no token to write with."""
+    import huggingface_hub
+    if not REPO_ID.fullmatch(repo) or ".." in repo:
+        raise UserError(f"--push-to-hub needs a repo id owner/name (letters, digits, '-', '_', '.'), got {repo!r}")
+    if not huggingface_hub.get_token():
+        raise UserError("--push-to-hub needs a Hugging Face token with write access: `hf auth login`, or HF_TOKEN")
+
+
+def push_to_hub(folder, repo, message):
+    """Upload folder as one commit to the model repo `repo` (created, private or public as the account's default,
+    when missing). Returns the commit's URL; a refusal or an unreachable Hub is one line."""
+    from huggingface_hub import HfApi
+    try:
+        api = HfApi()
+        api.create_repo(repo, repo_type="model", exist_ok=True)
+        return api.upload_folder(folder_path=folder, repo_id=repo, repo_type="model", commit_message=message).commit_url
+    except Exception as e:  # refused (401, 403), offline, a malformed reply: httpx and huggingface_hub errors alike
+        raise UserError(f"push to {repo} failed, {folder} is written: {one_line(e)}") from None
+
+
+# -----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -380,6 +465,8 @@ def main(argv):
     parser.add_argument("--import", dest="hf_dir", help="a Hugging Face Llama folder to import")
     parser.add_argument("--output", help="output folder (default for export: RUN/hf; required for --import)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="then upload the folder to this Hugging Face Hub model repo (owner/name)")
     args = parser.parse_args(argv)
     try:
         if args.hf_dir:
@@ -387,6 +474,8 @@ def main(argv):
                 raise ValueError("give either a run to export or --import HF_DIR, not both")
             if not args.output:
                 raise ValueError("--import needs --output out/RUN_NAME")
+            if args.push_to_hub:
+                raise ValueError("--push-to-hub pushes an export, not an --import")
             if not Path(args.hf_dir).is_dir():
                 raise ValueError(f"no such Hugging Face folder: {args.hf_dir}")
             tokenizer = import_checkpoint(args.hf_dir, args.output, args.force)
@@ -395,13 +484,20 @@ def main(argv):
         else:
             if not args.source:
                 raise ValueError("give a run directory or checkpoint file to export (or --import HF_DIR)")
+            if args.push_to_hub:
+                check_push(args.push_to_hub)
             source = Path(args.source)
             output = Path(args.output) if args.output else (source if source.is_dir() else source.parent) / "hf"
             checkpoint_path, checkpoint = files.load_checkpoint(source)
-            warning = export_hf(checkpoint, output, args.force, checkpoint_path)
+            warnings = export_hf(checkpoint, output, args.force, checkpoint_path, checkpoint_path.parent,
+                                 args.push_to_hub)
             print(f"wrote {output}")
-            if warning:
+            for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+            if args.push_to_hub:
+                step = checkpoint.get("step")
+                message = f"export.py: {checkpoint_path.name}" + (f" (step {step})" if step is not None else "")
+                print(f"pushed to {push_to_hub(output, args.push_to_hub, message)}")
     except (ValueError, KeyError) as e:  # a KeyError: config.json or a checkpoint lacks a field
         raise UserError(f"missing field {e}" if isinstance(e, KeyError) else one_line(e)) from None
 

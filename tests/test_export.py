@@ -4,13 +4,21 @@ continues a prompt as sample.py does; a transformers Llama imported back gives t
 our model; the round trip keeps every tensor; non-Llama configs are refused; bad command lines end
 in one line. CPU, fp32, tiny models, nothing downloaded."""
 
+import base64
 import dataclasses
 import json
+import shlex
+import socket
 import subprocess
 import sys
+import threading
+import urllib.parse
 from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import tiktoken
@@ -19,6 +27,7 @@ from torch.testing import assert_close
 
 import data
 import export
+import model as model_lib
 import prepare
 import sample
 import sources
@@ -79,8 +88,9 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tie
     save_run(model, tmp_path / "run")
     main([str(tmp_path / "run")])  # default output: RUN/hf
     folder = tmp_path / "run" / "hf"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "small_lm.json",
-                                                         "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "generation_config.json",
+                                                         "model.safetensors", "small_lm.json", "tokenizer.json",
+                                                         "tokenizer_config.json"]  # no log beside it: no loss.png
     config = json.loads((folder / "config.json").read_text())
     assert config["max_position_embeddings"] == 128  # the run's seq_len
     assert config["bos_token_id"] == config["eos_token_id"] == 256  # end-of-text of the bytes tokenizer
@@ -194,6 +204,36 @@ def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokeni
     assert generate(prompt, max_new_tokens=new_tokens, do_sample=False)[0]["generated_text"] == sample_text
 
 
+def test_batched_generation_with_padding_gives_each_prompt_its_own_continuation(tmp_path):
+    """Two prompts of different lengths, padded as transformers pads them by default with this folder (end-of-text
+    on the left), generate greedily what each prompt generates alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    save_run(tiny_model(vocab_size=VOCAB_SIZES["bytes"]), tmp_path / "run")
+    main([str(tmp_path / "run")])
+    folder = tmp_path / "run" / "hf"
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == hf.generation_config.pad_token_id == 256
+    # no max_length, which would draw a warning at every generate(max_new_tokens=...); the context still bounds it
+    assert json.loads((folder / "generation_config.json").read_text()) == {
+        "bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 256}
+    assert "pad_token_id" not in json.loads((folder / "config.json").read_text())  # no padding_idx: EOT's row trains
+
+    prompts, new = ["ROMEO: what say you", "O"], 12
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert batch.attention_mask[1].tolist().count(0) == len(prompts[0]) - len(prompts[1])  # padded, on the left
+    with torch.no_grad():
+        together = hf.generate(**batch, max_new_tokens=new, do_sample=False)[:, -new:]
+        alone = [hf.generate(**tokenizer(p, return_tensors="pt"), max_new_tokens=new, do_sample=False)[0, -new:]
+                 for p in prompts]
+        # padded on the right instead, the short prompt's continuation would follow its padding: not the same
+        right = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right")
+        assert hf.generate(**right, max_new_tokens=new, do_sample=False)[1, -new:].tolist() != alone[1].tolist()
+    assert alone[0].tolist() != alone[1].tolist()  # two different continuations, so the comparison has teeth
+    for row, single in zip(together, alone):
+        assert row.tolist() == single.tolist()
+
+
 def gpt2_offline(monkeypatch):
     """tiktoken's gpt2 as on a machine that never downloaded it and cannot."""
     import tiktoken.load
@@ -211,8 +251,9 @@ def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning
     assert out == f"wrote {tmp_path / 'run' / 'hf'}\n"
     assert err.splitlines() == ["warning: no tokenizer files written: the gpt2 tokenizer needs a one-time download that "
                                 "failed (offline?); cl100k_32k, cl100k_base and bytes work offline"]
-    assert sorted(p.name for p in (tmp_path / "run" / "hf").iterdir()) == ["config.json", "model.safetensors",
-                                                                          "small_lm.json"]
+    assert sorted(p.name for p in (tmp_path / "run" / "hf").iterdir()) == ["README.md", "config.json",
+                                                                          "generation_config.json",
+                                                                          "model.safetensors", "small_lm.json"]
 
 
 def test_import_reads_the_tokenizer_back(tmp_path):
@@ -252,6 +293,207 @@ def test_a_damaged_tokenizer_file_is_one_line_and_imports_nothing(tmp_path, caps
     assert line.startswith(f"error: {tokenizer_json} is not valid JSON (")
     assert line.endswith("); remove it to import the weights without a tokenizer")
     assert not (tmp_path / "back").exists()
+
+
+# -----------------------------------------------------------------------------------------------
+# The model card: README.md, with the run's eval and its loss curve
+
+
+def save_logged_run(run_dir, data_dir, steps=(25, 30)):
+    """A run directory as train.py leaves one: checkpoints at `steps` recording the resolved config (train.py's keys
+    with "auto" resolved, then the model's), config.json, and a log of 128 tokens a step: a train line every 5
+    steps, an eval every 10."""
+    import train
+    model = tiny_model(vocab_size=VOCAB_SIZES["bytes"], dim=16, n_heads=2, ffn_dim=32, attn="sdpa")
+    cfg = train.TrainConfig(run_name="card", out_dir=str(run_dir.parent), data="tiny", data_dir=str(data_dir),
+                            seq_len=32, batch_size=4, total_tokens=0.004, lr=3e-3, device="cpu", dtype="fp32",
+                            attn="sdpa", compile_mode="default", sample_prompts=("ROMEO:", "it's"))
+    config = asdict(cfg) | asdict(model.config) | {"world_size": 1}
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    for step in steps:
+        torch.save({"model": model.state_dict(), "model_config": asdict(model.config), "step": step,
+                    "tokens": 128 * step, "tokenizer": "bytes", "config": config}, run_dir / f"ckpt_{step:08d}.pt")
+    log = [{"step": s, "tokens": 128 * s, "loss": 5.0 - s / 10, "lr": 3e-3, "time": float(s)} for s in range(5, 31, 5)]
+    log += [{"step": s, "tokens": 128 * s, "eval_loss": 5.5 - s / 10, "eval_bpb": 8.0 - s / 10}
+            for s in (0, 10, 20, 30)]
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(log, key=lambda r: r["step"])))
+    return config
+
+
+def test_the_model_card_reports_the_run_and_its_command_trains_it_again(tmp_path):
+    import train
+    from huggingface_hub.repocard import metadata_load
+    (tmp_path / "data" / "tiny").mkdir(parents=True)  # prepared from a Hub dataset: the card names its repo
+    (tmp_path / "data" / "tiny" / "meta.json").write_text(json.dumps({"source": "smollm-fineweb-edu"}))
+    config = save_logged_run(tmp_path / "out" / "card", tmp_path / "data")
+    main([str(tmp_path / "out" / "card")])
+    folder = tmp_path / "out" / "card" / "hf"
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n")
+    assert "datasets:\n- HuggingFaceTB/smollm-corpus\n---\n\n# card\n" in card and "license" not in card
+    assert metadata_load(folder / "README.md") == {  # the front matter as huggingface_hub reads it
+        "library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["llama", "small-lm"],
+        "datasets": ["HuggingFaceTB/smollm-corpus"]}
+    counts = model_lib.parameter_summary(ModelConfig(vocab_size=257, dim=16, n_layers=2, n_heads=2, ffn_dim=32))
+    for row in ["| Layers | 2 |", "| Width | 16 |", "| Key/value heads | 2 (multi-head attention) |",
+                f"| Parameters | {counts['total']:,} (",
+                f"| Parameters outside the embeddings | {counts['non_embedding']:,} (",
+                "| Vocabulary | 257 (tokenizer `bytes`) |", "| Context | 32 tokens |",
+                "- Tokens seen: 3,840 (step 30 of a 0.004M-token schedule)",
+                "at step 30 (3,840 tokens):", "| eval loss (nats/token) | 2.5000 |", "| eval bits/byte | 5.0000 |",
+                "![train and eval loss against tokens seen](loss.png)", 'from_pretrained("path/to/this/folder")']:
+        assert row in card, row
+    assert (folder / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert str(tmp_path) not in card  # the machine's paths (out_dir, data_dir) are left out
+
+    # the command, run through train.py's own reading, gives the run's config back (but the paths left out)
+    command = shlex.split(card.split("## Training")[1].split("```\n")[1].replace("\\\n", " "))
+    assert command[:2] == ["python", "train.py"]
+    cfg, model_overrides = train.load_config(command[2:])
+    expected = {k: v for k, v in config.items() if k in train.TRAIN_KEYS} | {"out_dir": "out", "data_dir": "data"}
+    assert json.loads(json.dumps(asdict(cfg))) == json.loads(json.dumps(expected))
+    assert model_overrides == {"dim": 16, "n_layers": 2, "n_heads": 2, "ffn_dim": 32, "rope_theta": 500.0}
+
+    # a checkpoint between two evals reports the eval before it
+    main([str(tmp_path / "out" / "card" / "ckpt_00000025.pt"), "--output", str(tmp_path / "at25")])
+    card = (tmp_path / "at25" / "README.md").read_text()
+    assert "at step 20 (2,560 tokens), the last eval before this checkpoint's step 25:" in card
+    assert "| eval loss (nats/token) | 3.5000 |" in card
+
+
+def test_a_checkpoint_without_its_run_gets_a_card_without_a_log(tmp_path, capsys):
+    save_logged_run(tmp_path / "out" / "card", tmp_path / "data")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "out" / "card" / "ckpt_00000030.pt").rename(tmp_path / "alone" / "ckpt_00000030.pt")
+    main([str(tmp_path / "alone" / "ckpt_00000030.pt")])
+    card = (tmp_path / "alone" / "hf" / "README.md").read_text()
+    assert "No readable training log (log.jsonl) was beside the checkpoint" in card
+    assert "- Tokens seen: 3,840" in card and "python train.py" in card  # what the checkpoint itself records
+    assert not (tmp_path / "alone" / "hf" / "loss.png").exists()
+
+    # a damaged log: the weights are still exported, the card without the log, and one warning says why
+    log = tmp_path / "out" / "card" / "log.jsonl"
+    log.write_text("not json\n" + log.read_text())
+    capsys.readouterr()
+    main([str(tmp_path / "out" / "card")])
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: the model card has no eval loss or curve: {log} line 1 is not valid JSON"]
+    assert "No readable training log" in (tmp_path / "out" / "card" / "hf" / "README.md").read_text()
+
+
+# -----------------------------------------------------------------------------------------------
+# --push-to-hub: the folder uploaded by huggingface_hub itself, to a Hub on localhost
+
+
+@pytest.fixture
+def fake_upload_hub(monkeypatch, tmp_path):
+    """A Hub on localhost that takes an upload of small files as the real one does: POST /api/repos/create, then
+    /preupload (every file "regular", so that its bytes travel base64 in the commit rather than by LFS or Xet), then
+    /commit, whose files it keeps in hub.repos[repo_id]; huggingface_hub also asks it to check README.md's YAML
+    (/api/validate-yaml: accepted) and for its registry of agents (a 404: none). hub.refuse: a status to answer repo
+    creation with; hub.seen: (method, path, Authorization header) of every request."""
+    import huggingface_hub.constants
+    hub = SimpleNamespace(repos={}, messages=[], seen=[], refuse=None)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            path = urllib.parse.urlsplit(self.path).path
+            hub.seen.append(("POST", path, self.headers.get("Authorization")))
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            repo, _, action = path.removeprefix("/api/models/").rpartition("/")[0].rpartition("/")
+            if path == "/api/repos/create":
+                if hub.refuse:
+                    return self.reply({"error": "You don't have the rights to create a model here"}, hub.refuse)
+                request = json.loads(body)
+                repo_id = f"{request['organization']}/{request['name']}"
+                hub.repos.setdefault(repo_id, {})
+                self.reply({"url": f"{endpoint}/{repo_id}"})
+            elif path == "/api/validate-yaml":
+                self.reply({"errors": [], "warnings": []})
+            elif action == "preupload" and repo in hub.repos:
+                self.reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                      for f in json.loads(body)["files"]]})
+            elif action == "commit" and repo in hub.repos:
+                for line in map(json.loads, body.splitlines()):
+                    if line["key"] == "header":
+                        hub.messages.append(line["value"]["summary"])
+                    else:
+                        assert line["key"] == "file", line  # nothing else for small files
+                        hub.repos[repo][line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                self.reply({"commitUrl": f"{endpoint}/{repo}/commit/{'1' * 40}", "commitOid": "1" * 40})
+            else:
+                self.reply({"error": "not found"}, 404)
+
+        def do_GET(self):
+            hub.seen.append(("GET", self.path, self.headers.get("Authorization")))
+            self.reply({"error": "not found"}, 404)
+
+        def reply(self, obj, status=200):
+            body = json.dumps(obj).encode()
+            self.send_response(status)
+            if "error" in obj:  # the Hub says what went wrong in a header too
+                self.send_header("X-Error-Message", obj["error"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the test file's offline is for loading
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.setattr(huggingface_hub.constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agents.json"), raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    yield hub
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_to_hub_uploads_the_folder(tmp_path, capsys, fake_upload_hub):
+    save_logged_run(tmp_path / "out" / "card", tmp_path / "data")
+    assert run_main(main, [str(tmp_path / "out" / "card"), "--push-to-hub", "someone/tiny-card"]) == 0
+    folder = tmp_path / "out" / "card" / "hf"
+    assert fake_upload_hub.repos["someone/tiny-card"] == {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert "loss.png" in fake_upload_hub.repos["someone/tiny-card"]
+    assert fake_upload_hub.messages == ["export.py: ckpt_00000030.pt (step 30)"]
+    assert {auth for _, path, auth in fake_upload_hub.seen if path.startswith("/api/repos/")} == \
+        {"Bearer hf_test_token"}
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"pushed to {huggingface_hub.constants.ENDPOINT}/someone/tiny-card/commit/{'1' * 40}"
+    assert 'from_pretrained("someone/tiny-card")' in (folder / "README.md").read_text()  # the snippet names the repo
+
+
+def test_push_to_hub_mistakes_are_one_line(tmp_path, capsys, fake_upload_hub, monkeypatch):
+    save_logged_run(tmp_path / "out" / "card", tmp_path / "data")
+    run = str(tmp_path / "out" / "card")
+    assert run_main_error([run, "--push-to-hub", "tiny-card"], capsys) == \
+        "error: --push-to-hub needs a repo id owner/name (letters, digits, '-', '_', '.'), got 'tiny-card'"
+    assert run_main_error(["--import", run, "--output", str(tmp_path / "o"), "--push-to-hub", "a/b"], capsys) == \
+        "error: --push-to-hub pushes an export, not an --import"
+    monkeypatch.delenv("HF_TOKEN")
+    assert run_main_error([run, "--push-to-hub", "someone/tiny-card"], capsys) == \
+        "error: --push-to-hub needs a Hugging Face token with write access: `hf auth login`, or HF_TOKEN"
+    assert not (tmp_path / "out" / "card" / "hf").exists() and fake_upload_hub.seen == []  # stopped before any work
+
+    monkeypatch.setenv("HF_TOKEN", "hf_read_only")
+    fake_upload_hub.refuse = 403
+    line = run_main_error([run, "--push-to-hub", "someone/tiny-card"], capsys)
+    assert line == (f"error: push to someone/tiny-card failed, {tmp_path / 'out' / 'card' / 'hf'} is written: "
+                    f"403 Forbidden: You don't have the rights to create a model here.")
+    assert fake_upload_hub.repos == {}
+
+    with socket.socket() as closed:  # a port no one listens on: the Hub unreachable
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    line = run_main_error([run, "--push-to-hub", "someone/tiny-card", "--force"], capsys)
+    assert line.startswith("error: push to someone/tiny-card failed, ") and "Connection refused" in line, line
 
 
 # -----------------------------------------------------------------------------------------------

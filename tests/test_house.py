@@ -49,6 +49,8 @@ SCRIPT_IMPORTS = {  # the only scripts that scripts import, each for a reason
     ("plot.py", "train"): "plot.py lr lays a config out as a run would: train.py declares the defaults",
     ("bench.py", "prepare"): "bench.py prepare measures prepare.py's own tokenize-and-write loop",
     ("bench.py", "export"): "bench.py train builds transformers' Llama from export.hf_config",
+    ("export.py", "train"): "the model card lists what a run changed from train.py's defaults, which train.py declares",
+    ("export.py", "plot"): "the model card's loss curve is plot.py's figure of the run",
     ("gpu_check.py", "train"): "the GPU check runs train.py as a user does: a checkpoint, a resume, a sample",
     ("gpu_check.py", "prepare"): "the GPU check prepares the embedded Shakespeare to train on",
     ("sweep.py", "train"): "a sweep checks every point's config as train.py does, before it starts any",

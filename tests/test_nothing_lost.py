@@ -87,7 +87,9 @@ def test_export_force_replaces_an_earlier_export_in_the_run(trained, tmp_path, c
     subprocess.run(["cp", "-r", str(trained / "r"), str(run_dir)], check=True)
     export.main([str(run_dir)])  # RUN/hf
     export.main([str(run_dir), "--force"])  # again: replaces its own earlier export
-    assert {p.name for p in (run_dir / "hf").iterdir()} == export.HF_FILES
+    assert {p.name for p in (run_dir / "hf").iterdir()} == export.HF_FILES  # a real run's log: its card and curve too
+    _, evals = read_log(run_dir)
+    assert f"| eval loss (nats/token) | {evals[-1]['eval_loss']:.4f} |" in (run_dir / "hf" / "README.md").read_text()
     assert files.step_checkpoints(run_dir)  # the run is whole
 
 
