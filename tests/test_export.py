@@ -32,7 +32,8 @@ import prepare
 import sample
 import sources
 from config import run_main
-from export import EOT_IDS, VOCAB_SIZES, export_hf, hf_incompatibility, import_hf, main
+from export import export_hf, hf_incompatibility, import_hf, main
+from llama import EOT_IDS, VOCAB_SIZES
 from model import ModelConfig, Transformer, load_model
 
 pytestmark = pytest.mark.integration  # exports load in transformers, tokenizers are built whole

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import export
+import llama
 import memory
 import model
 import parallel
@@ -230,7 +231,7 @@ def test_sample_py_refuses_tokens_that_cannot_fit(tmp_path, capsys, monkeypatch)
 def test_import_of_weights_that_cannot_fit_is_refused_before_loading(tmp_path, capsys, monkeypatch):
     export.export_hf(torch.load(save_checkpoint(tmp_path / "ckpt.pt"), weights_only=True), tmp_path / "hf")
     monkeypatch.setattr(memory, "available_memory", lambda device: 1000)  # bytes: less than the weights
-    monkeypatch.setattr(export, "load_file", lambda *a, **k: pytest.fail("the weights were read"))
+    monkeypatch.setattr(llama, "load_file", lambda *a, **k: pytest.fail("the weights were read"))
     assert run_main(export.main, ["--import", str(tmp_path / "hf"), "--output", str(tmp_path / "back")]) == 2
     assert one_error_line(capsys).startswith(f"error: importing {tmp_path / 'hf' / 'model.safetensors'} needs about ")
     assert not (tmp_path / "back").exists()
