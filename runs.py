@@ -30,12 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 import control
 import data
 import files
+import llama
 import memory
 import model as model_lib
 import optim
 import parallel
 import sched
-from config import UserError
+from config import UserError, one_line
 
 def make_schedule(cfg, dp_size, annealing_start=None):
     """The run's sched.Schedule (dp_size: data-parallel replicas); annealing_start is the step where an annealing
@@ -172,6 +173,7 @@ class Run:
     device: torch.device
     layout: parallel.Layout             # what this process holds and which rows it reads (parallel.py)
     run_dir: Path
+    init_from: str                      # the weights this run started from (absolute path); "": random or resumed
     resolved: dict                      # the config as written to config.json
     training_data: data.TrainingData
     model_config: model_lib.ModelConfig
@@ -233,7 +235,14 @@ def start_run(cfg, model_overrides, rank, world_size, device):
     if cfg.attn == "flex" and device.type != "cuda":
         raise UserError("attn='flex' trains on CUDA only (flex_attention has no backward on the CPU); use sdpa here")
     training_data = open_data(cfg, model_overrides)
-    model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    weights = starting_weights(cfg, run_dir)  # init_from, before the run's first checkpoint; None: random or resumed
+    shape = weights.config if weights else recorded_shape(run_dir)  # the weights, not the preset, set the shape
+    if shape:
+        model_config = weights_model_config(cfg, model_overrides, shape, training_data,
+                                            weights or Weights(str(run_dir), shape))
+    else:
+        model_config = build_model_config(cfg, model_overrides, training_data.vocab_size)
     parallel.check(cfg, model_config, world_size)
     layout = parallel.plan(cfg, rank, world_size, device)
     tokens_per_step = sched.tokens_per_step(cfg.seq_len, cfg.batch_size, cfg.grad_accum, layout.dp_size)
@@ -252,18 +261,24 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     raw_model = model_lib.Transformer(model_config).to(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    if weights:
+        raw_model.load_state_dict(weights.state)  # before sharding: every rank holds the whole model here
     # fsdp: 1/N of each weight; pp: this stage's blocks; and compiled as the layout wants (parallel.compile_model)
     raw_model, model = parallel.shard(raw_model, layout, cfg, dtype)
     optimizer = optim.build_optimizer(cfg.optimizer, raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                                       seed=cfg.seed, state_dtype=torch.bfloat16 if cfg.optimizer_state == "bf16" else None)
     run = Run(cfg=cfg, rank=rank, world_size=world_size, device=device, layout=layout,
-              run_dir=Path(cfg.out_dir) / cfg.run_name,
-              resolved=dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size},
+              run_dir=run_dir, init_from=weights.source if weights else "",
+              resolved=dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
+              | {"init_from": weights.source if weights else ""},  # where the weights came from, resolved
               training_data=training_data, model_config=model_config, raw_model=raw_model, model=model,
               optimizer=optimizer, autocast=autocast, tokenizer=data.load_tokenizer(training_data.tokenizer),
               tokens_per_step=tokens_per_step, flops_per_token=model_lib.flops_per_token(model_config, cfg.seq_len),
               peak_flops=None, schedule=schedule)
     resume(run)
+    if weights:
+        run.say(f"starting from the weights of {weights.source}" + (f" ({weights.name})" if weights.name else "")
+                + " with a fresh optimizer and schedule")
     run.schedule = make_schedule(cfg, layout.dp_size, run.annealing_start)
     if run.master:
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,13 +369,18 @@ def resume(run):
 
     def read():  # on rank 0 only: out/ need not be shared between nodes
         files.lock_directory(run_dir)  # before anything here changes; train.py unlocks it when the run ends
-        if not files.step_checkpoints(run_dir):
+        steps = files.step_checkpoints(run_dir)
+        if not steps:
             files.check_fresh_start(run_dir)
+        if not steps or run.init_from == str(steps[-1].resolve()):  # nothing to resume, or the import started from
             return None, None
         return files.load_checkpoint(run_dir, map_location="cpu")
     checkpoint_path, checkpoint = parallel.from_rank0(run.layout, read)
     if checkpoint is None:
         return
+    if "optimizer" not in checkpoint:  # weights only (export.py --import at a later step, or a hand-made file)
+        raise UserError(f"{checkpoint_path} holds weights without an optimizer state, nothing to resume: start a new "
+                        f"run from them with init_from={checkpoint_path} and another run_name")
     model_config = dataclasses.asdict(run.model_config)
     if {k: v for k, v in checkpoint["model_config"].items() if k not in model_lib.BACKEND_FIELDS} != \
             {k: v for k, v in model_config.items() if k not in model_lib.BACKEND_FIELDS}:
@@ -383,6 +403,8 @@ def resume(run):
     if cfg.start_annealing and run.annealing_start is None:
         run.annealing_start = run.step
         run.say(f"annealing starts at step {run.step} (start_annealing=True)")
+    # init_from applied when the run started; a resume goes on from the run's own weights and keeps the record
+    run.resolved["init_from"] = checkpoint["config"].get("init_from", "")
     changed = {k: v for k, v in run.resolved.items() if checkpoint["config"].get(k) != v}
     run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
 
@@ -406,6 +428,100 @@ def check_same_batch(run, checkpoint_path, checkpoint):
                     f"{run.tokens_per_step:,} ({changed}); going on would re-lay its schedule and data order: set "
                     f"batch_size or grad_accum so that a step is {old_tokens_per_step:,} tokens again (seq_len x "
                     f"batch_size x grad_accum x data-parallel processes), or use another run_name")
+
+
+# ----------------------------------------------------------------------------- starting from existing weights
+
+@dataclass
+class Weights:
+    """A model's weights to start a run from (init_from), and what they say about the data they were trained on."""
+    source: str                  # the checkpoint file or Hugging Face folder read, as an absolute path
+    config: model_lib.ModelConfig
+    state: dict = None           # the state dict (None: only the shape is known, from a run's config.json)
+    tokenizer: str | None = None  # the tokenizer they were trained with, where known
+    context: int | None = None   # the most tokens they were trained on at once, where known
+    name: str | None = None      # a Hugging Face folder's _name_or_path
+
+
+def starting_weights(cfg, run_dir):
+    """The Weights a new run starts from, or None: a random init, or a run directory with a step checkpoint of its
+    own to resume (init_from applies only before a run's first checkpoint, so a resume never goes back to it). A run
+    directory holding only export.py --import's ckpt_00000000.pt (weights, no optimizer) starts from those."""
+    steps = files.step_checkpoints(run_dir)
+    if steps == [files.checkpoint_path(run_dir, 0)]:
+        path, checkpoint = files.load_checkpoint(steps[0])
+        if "optimizer" not in checkpoint:
+            return our_weights(path, checkpoint)
+    if steps or not cfg.init_from:
+        return None
+    return read_weights(cfg.init_from)
+
+
+def read_weights(source):
+    """The Weights of init_from: a Hugging Face Llama folder (it holds *.safetensors or *.bin weights), or a run
+    directory (its newest step checkpoint that loads) or checkpoint file of ours. Every mistake is one line."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
+        try:
+            config, state = llama.import_hf(path)
+            tokenizer = llama.imported_tokenizer(path)
+            hf = json.loads((path / "config.json").read_text())
+        except (ValueError, KeyError, OSError) as e:  # a KeyError: config.json lacks a field
+            raise UserError(f"init_from={source}: " + (f"config.json has no {e}" if isinstance(e, KeyError) else
+                                                      one_line(e))) from None
+        if tokenizer is None and (path / "tokenizer.json").is_file():
+            raise UserError(f"init_from={source}: its tokenizer.json is none of this project's tokenizers "
+                            f"({', '.join(data.TOKENIZERS)}), so no data prepared here speaks its vocabulary")
+        return Weights(str(path.resolve()), config, state, tokenizer, hf.get("max_position_embeddings"),
+                       hf.get("_name_or_path") or None)
+    try:
+        checkpoint_path, checkpoint = files.load_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"init_from={source}: {e}") from None
+    return our_weights(checkpoint_path, checkpoint)
+
+
+def our_weights(checkpoint_path, checkpoint):
+    config = model_lib.checkpoint_config(checkpoint, checkpoint_path)  # its weights are a model of its config
+    return Weights(str(Path(checkpoint_path).resolve()), config, checkpoint["model"], checkpoint.get("tokenizer"),
+                   model_lib.trained_context(checkpoint))
+
+
+def recorded_shape(run_dir):
+    """The model a run started from existing weights was built as (its config.json), for a resume: the weights, not
+    the preset, set its shape. None for a run that started from a random init, or has nothing to resume."""
+    path = run_dir / "config.json"
+    if not files.step_checkpoints(run_dir) or not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        if not recorded.get("init_from"):
+            return None
+        return model_lib.ModelConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(model_lib.ModelConfig)})
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} does not describe the model this run started from ({e!r}); use another run_name")
+
+
+def weights_model_config(cfg, model_overrides, shape, training_data, weights):
+    """The ModelConfig of a run from existing weights: their shape, with this config's back-ends. A model key set
+    explicitly that contradicts them, data of another vocabulary or tokenizer, and a seq_len past the context they
+    were trained for are each one line; the keys the weights do not fix (lr, schedule, ...) stay the config's."""
+    contradicted = {key: value for key, value in model_overrides.items() if getattr(shape, key) != value}
+    if contradicted:
+        raise UserError(f"{', '.join(f'{k}={v!r}' for k, v in contradicted.items())} contradicts the weights of "
+                        f"{weights.source} ({', '.join(f'{k}={getattr(shape, k)!r}' for k in contradicted)}): "
+                        f"leave the model's shape to them")
+    if shape.vocab_size != training_data.vocab_size:
+        raise UserError(f"the weights of {weights.source} have a {shape.vocab_size}-token vocabulary but data "
+                        f"{training_data.names[0]!r} was prepared with {training_data.tokenizer!r}, a "
+                        f"{training_data.vocab_size}-token vocabulary: prepare the data with the weights' tokenizer")
+    if weights.tokenizer and weights.tokenizer != training_data.tokenizer:
+        raise UserError(f"the weights of {weights.source} were trained with tokenizer {weights.tokenizer!r} but data "
+                        f"{training_data.names[0]!r} was prepared with {training_data.tokenizer!r}")
+    if weights.context and cfg.seq_len > weights.context:
+        raise UserError(f"seq_len={cfg.seq_len} is longer than the {weights.context} tokens the weights of "
+                        f"{weights.source} were trained on at once")
+    return dataclasses.replace(shape, **{key: getattr(cfg, key) for key in model_lib.BACKEND_FIELDS})
 
 
 # ----------------------------------------------------------------------------- checkpoints, logs, samples

@@ -51,6 +51,9 @@ class TrainConfig:
     run_name: str = "run"               # the run directory is <out_dir>/<run_name>
     out_dir: str = "out"                # where run directories live
     seed: int = 1337                    # model init and data order
+    init_from: str = ""                 # "": random init; a run directory, checkpoint file (.pt) or Hugging Face
+                                        # Llama folder: start from its weights (they set the model's shape) with a
+                                        # fresh optimizer and schedule, until this run has a checkpoint of its own
     # data
     data: str = "shakespeare"           # a directory under data_dir written by prepare.py; several: "a,b" (entries
                                         # mixed by `mixture`), "a+b" (one entry drawn as a balance_remaining group)
