@@ -85,7 +85,7 @@ def test_a_run_starts_from_our_export(tiny_data, tmp_path, source):
 
 def test_a_run_directory_of_an_import_trains_from_its_weights_and_then_resumes(tiny_data, tmp_path, source):
     """export.py --import writes weights without an optimizer (ckpt_00000000.pt); training that run directory
-    used to end in KeyError: 'config'. It starts from them, then resumes from its own checkpoints."""
+    used to end in a KeyError ('config', or 'optimizer' where it records a context). It starts from them, then resumes from its own checkpoints."""
     export.main(["--import", str(source / "hf"), "--output", str(tmp_path / "imported")])
     argv = run_args(tiny_data, tmp_path, "run_name=imported", "max_steps=2")
     assert train.main(argv) == 0
