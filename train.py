@@ -139,12 +139,18 @@ def data_names(names):
     return ""
 
 
+def weights_path(value):
+    """What is wrong with an init_from value, as text: whether the path exists is checked when a run starts from it,
+    not here, since a resume no longer needs it."""
+    return "has spaces at an end (a pasted path?)" if value != value.strip() else ""
+
+
 # The valid values of every key, checked before anything is built (config.check_valid); None, where a key allows
 # it, is always valid, and a bool needs no range. Lists of choices are declared beside the code that implements them.
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
 VALID = {
     # run
-    "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0),
+    "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0), "init_from": weights_path,
     # data
     "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
     "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS),

@@ -344,7 +344,8 @@ def test_a_kill_before_the_final_sample_writes_it_on_rerun(trained, tiny_data, t
 # ----------------------------------------------------------------------------- every key's range
 
 BAD_VALUES = {  # key: (a value outside its range, a word the error must hold besides the key)
-    "run_name": ("", "plain"), "out_dir": ("FILE", "file"), "seed": (-1, "at least"), "data": ("a,,b", "valid"),
+    "run_name": ("", "plain"), "out_dir": ("FILE", "file"), "seed": (-1, "at least"), "init_from": (" out/r", "spaces"),
+    "data": ("a,,b", "valid"),
     "data_dir": ("FILE", "file"), "mixture": ("greedy", "not one of"), "mixture_weights": ([1, -1], "at least"),
     "packing": ("tight", "not one of"), "eval_data": ("a,,b", "valid"), "tokenizer": ("gpt5", "not one of"),
     "seq_len": (0, "at least"), "batch_size": (0, "at least"), "grad_accum": (-2, "at least"),
