@@ -7,8 +7,11 @@ Top to bottom:
   FLOP count for MFU.
 - Run: the run's state, set up once by start_run (the model spread over processes by parallel.py, the optimizer,
   resumed from the newest checkpoint that loads with the same global batch, or from scratch only where nothing
-  would be lost); the run directory is locked first, so that one process at a time writes it; check_memory refuses
-  first, before anything is allocated, a step or samples that would not fit (memory.py).
+  would be lost: a random init, or the weights of init_from); the run directory is locked first, so that one process
+  at a time writes it; check_memory refuses first, before anything is allocated, a step or samples that would not
+  fit (memory.py).
+- Weights, starting_weights, read_weights, recorded_shape, weights_model_config: init_from, a run started from the
+  weights of one of our runs or a Hugging Face Llama folder (llama.py reads it), checked against the config and data.
 - save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
 """
 import dataclasses
@@ -405,6 +408,8 @@ def resume(run):
         run.say(f"annealing starts at step {run.step} (start_annealing=True)")
     # init_from applied when the run started; a resume goes on from the run's own weights and keeps the record
     run.resolved["init_from"] = checkpoint["config"].get("init_from", "")
+    if cfg.init_from:
+        run.say(f"init_from={cfg.init_from} is not applied: {run_dir} goes on from its own checkpoint")
     changed = {k: v for k, v in run.resolved.items() if checkpoint["config"].get(k) != v}
     run.say(f"resuming from {checkpoint_path} at step {run.step}" + (f" with changes {changed}" if changed else ""))
 

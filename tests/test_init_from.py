@@ -138,7 +138,7 @@ def test_mistakes_are_one_line(tiny_data, tmp_path, source, llama_folder, capsys
     assert refused(f"init_from={folder}") == f"error: init_from={folder}: not a plain Llama model: rope_scaling is set"
 
 
-def test_a_resume_goes_on_from_the_run_s_own_checkpoint(tiny_data, tmp_path, source):
+def test_a_resume_goes_on_from_the_run_s_own_checkpoint(tiny_data, tmp_path, source, capsys):
     """A run from init_from killed after its step-3 checkpoint resumes at step 3 from that checkpoint, exactly as it
     would have gone on, even with the init_from file gone."""
     start = tmp_path / "start.pt"
@@ -149,7 +149,10 @@ def test_a_resume_goes_on_from_the_run_s_own_checkpoint(tiny_data, tmp_path, sou
     straight = torch.load(run_dir / "ckpt_00000006.pt", weights_only=True)["model"]
     (run_dir / "ckpt_00000006.pt").unlink()  # what a kill after step 3's checkpoint leaves (the log is trimmed)
     start.unlink()
+    capsys.readouterr()
     assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"init_from={start} is not applied" in out and "ckpt_00000003.pt at step 3" in out
     assert [r["step"] for r in read_log(run_dir)[0]] == [1, 2, 3, 4, 5, 6]
     resumed = torch.load(run_dir / "ckpt_00000006.pt", weights_only=True)
     for name, tensor in straight.items():
