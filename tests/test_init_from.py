@@ -85,7 +85,8 @@ def test_a_run_starts_from_our_export(tiny_data, tmp_path, source):
 
 def test_a_run_directory_of_an_import_trains_from_its_weights_and_then_resumes(tiny_data, tmp_path, source):
     """export.py --import writes weights without an optimizer (ckpt_00000000.pt); training that run directory
-    used to end in a KeyError ('config', or 'optimizer' where it records a context). It starts from them, then resumes from its own checkpoints."""
+    used to end in a KeyError ('config', or 'optimizer' where it records a context). It starts from them, then
+    resumes from its own checkpoints."""
     export.main(["--import", str(source / "hf"), "--output", str(tmp_path / "imported")])
     argv = run_args(tiny_data, tmp_path, "run_name=imported", "max_steps=2")
     assert train.main(argv) == 0
@@ -134,7 +135,8 @@ def test_mistakes_are_one_line(tiny_data, tmp_path, source, llama_folder, capsys
     folder = tmp_path / "scaled"
     shutil.copytree(llama_folder[0], folder)
     hf_config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(hf_config | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    scaled = hf_config | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    (folder / "config.json").write_text(json.dumps(scaled))
     assert refused(f"init_from={folder}") == f"error: init_from={folder}: not a plain Llama model: rope_scaling is set"
 
 
