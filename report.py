@@ -173,8 +173,8 @@ def finish(fig, ax, output):
 def swept_key(configs, key=None):
     """The config key the runs differ in (besides stats.NAME_KEYS): `key` when given (it must vary), else the one
     key that varies; UserError naming the keys when that is not one."""
-    varying = sorted({k for config in configs for k in config if k not in stats.NAME_KEYS
-                      and len({repr(c.get(k)) for c in configs}) > 1})
+    experiments = [stats.experiment(config) for config in configs]
+    varying = sorted({k for e in experiments for k in e if len({repr(other.get(k)) for other in experiments}) > 1})
     if key is not None:
         if key not in varying:
             raise UserError(f"--key {key}: the runs do not differ in it (they differ in: {', '.join(varying) or 'nothing'})")
@@ -194,7 +194,7 @@ def sweep_lines(runs, key):
         config = configs[members[0]]
         if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool):
             raise UserError(f"{members[0]}: {key} is {config.get(key)!r}, not a number to draw against")
-        rest = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in stats.NAME_KEYS and k != key))
+        rest = tuple(sorted((k, repr(v)) for k, v in stats.experiment(config).items() if k != key))
         losses = [final_eval_loss(runs[r][1]) for r in members]
         lines.setdefault(rest, []).append((config[key], losses))
     differing = sorted({k for rest in lines for k, v in rest if len({dict(r).get(k) for r in lines}) > 1})

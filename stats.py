@@ -18,12 +18,19 @@ import statistics
 NAME_KEYS = ("run_name", "out_dir", "seed")
 
 
+def experiment(config):
+    """What a run's config.json says it trains: its keys but NAME_KEYS, and but the keys it leaves empty ("" or None),
+    so that a run from before a key existed equals a run that records the key at an empty default."""
+    return {k: v for k, v in config.items() if k not in NAME_KEYS and v is not None and v != ""}
+
+
 def seed_groups(configs):
-    """{group name: [run, ...]} from {run: its config.json}: runs whose configs are equal but for NAME_KEYS, in the
-    order given. A group of one is a run alone; a group's name is its first run's, with "-seed<N>" dropped."""
+    """{group name: [run, ...]} from {run: its config.json}: runs whose configs are equal but for NAME_KEYS (and
+    empty keys: experiment), in the order given. A group of one is a run alone; a group's name is its first run's,
+    with "-seed<N>" dropped."""
     groups = {}
     for run, config in configs.items():
-        key = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in NAME_KEYS))
+        key = tuple(sorted((k, repr(v)) for k, v in experiment(config).items()))
         groups.setdefault(key, []).append(run)
     return {group_name(runs, configs): runs for runs in groups.values()}
 

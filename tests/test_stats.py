@@ -76,3 +76,11 @@ def test_the_compute_optimal_split_minimises_the_fitted_loss():
     n, d = stats.compute_optimal(fit, compute)
     assert 6 * n * d == pytest.approx(compute)
     assert law(n) < law(n * 1.05) and law(n) < law(n / 1.05)
+
+
+def test_a_key_a_run_leaves_empty_does_not_split_its_seed_group():
+    """A run from before a key existed (init_from, say) and one that records it at its empty default are one
+    experiment; a key set to something is not."""
+    configs = {"a-seed1": {"lr": 1e-3, "seed": 1}, "a-seed2": {"lr": 1e-3, "seed": 2, "init_from": ""},
+               "a-seed3": {"lr": 1e-3, "seed": 3, "min_lr": None}, "b": {"lr": 1e-3, "seed": 1, "init_from": "x"}}
+    assert stats.seed_groups(configs) == {"a": ["a-seed1", "a-seed2", "a-seed3"], "b": ["b"]}
