@@ -44,11 +44,13 @@ def run_main(main, argv, exit_at_once=False):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # which is one line, instead of killing without a word
     try:
         status = main(argv) or 0
+    # each line in one write: print writes the text and its newline apart, and the ranks of a launch share one
+    # stderr, so two ranks' lines could run together
     except (UserError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.stderr.write(f"error: {one_line(e)}\n")
         status = 2
     except KeyboardInterrupt as e:  # a message, where there is one, says what the interruption left
-        print("interrupted" + (f": {one_line(e)}" if str(e) else ""), file=sys.stderr)
+        sys.stderr.write("interrupted" + (f": {one_line(e)}" if str(e) else "") + "\n")
         status = 130
     if exit_at_once is True or (exit_at_once == "interrupted" and status == 130):
         sys.stdout.flush()

@@ -100,7 +100,7 @@ def test_every_command_goes_through_the_one_runner():
                 assert re.fullmatch(r"sys\.exit\((config\.)?run_main\(main, sys\.argv\[1:\](, .*)?\)\)", call), call
     assert sorted(commands) == sorted(SCRIPTS + ["model.py", "memory.py"])  # the summaries of model.py and memory.py
     # the one-line error is printed in one place only: config.run_main
-    printing = [p.name for p in SOURCES if re.search(r"""print\(f?["']error:""", p.read_text())]
+    printing = [p.name for p in SOURCES if re.search(r"""(print\(|write\()f?["']error:""", p.read_text())]
     assert printing == ["config.py"]
 
 
