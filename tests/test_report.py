@@ -89,7 +89,7 @@ def test_a_scaling_fit_of_runs_recovers_their_law(tmp_path, capsys):
     truth = {"E": 1.1, "A": 60.0, "alpha": 0.4, "B": 300.0, "beta": 0.35}
     runs = scaling_runs(tmp_path, truth, noise=0.002)
     output = tmp_path / "scaling.png"
-    assert plot.main(["scaling", *runs, "--bootstrap", "20", "--output", str(output)]) == 0
+    assert plot.main(["scaling", *runs, "--bootstrap", "10", "--output", str(output)]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in out[1:6]}
     for key in ("alpha", "beta"):  # fitted, [low, high], Chinchilla's

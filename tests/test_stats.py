@@ -60,7 +60,7 @@ def test_the_scaling_fit_recovers_the_law_it_was_drawn_from():
     assert (exact["alpha"], exact["beta"]) == (pytest.approx(0.34, abs=2e-3), pytest.approx(0.28, abs=2e-3))
     assert (exact["E"], exact["A"], exact["B"]) == (pytest.approx(1.69, rel=0.02), pytest.approx(406.4, rel=0.05),
                                                      pytest.approx(410.7, rel=0.05))
-    fit, intervals = stats.bootstrap_scaling_law(*chinchilla_grid(noise=0.002), samples=40)
+    fit, intervals = stats.bootstrap_scaling_law(*chinchilla_grid(noise=0.002), samples=20)
     for key, true in (("alpha", 0.34), ("beta", 0.28), ("E", 1.69), ("A", 406.4), ("B", 410.7)):
         low, high = intervals[key]
         assert low <= true <= high and low <= fit[key] <= high, (key, true, fit[key], intervals[key])
