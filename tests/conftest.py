@@ -8,8 +8,10 @@ import random
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -311,3 +313,10 @@ def shards_written(monkeypatch):
 def file_versions(directory):
     """{name: (inode, mtime)} of the files in a directory: a file written again, even with the same bytes, differs."""
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+def serve(handler):
+    """A local HTTP server of the request handler class on a free port, in a daemon thread: (server, its URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"

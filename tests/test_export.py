@@ -11,10 +11,9 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 import urllib.parse
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +31,7 @@ import prepare
 import sample
 import sources
 from config import run_main
+from conftest import serve
 from export import export_hf, hf_incompatibility, import_hf, main
 from llama import EOT_IDS, VOCAB_SIZES
 from model import ModelConfig, Transformer, load_model
@@ -443,9 +443,7 @@ def fake_upload_hub(monkeypatch, tmp_path):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.server_port}"
+    server, endpoint = serve(Handler)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the test file's offline is for loading
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))

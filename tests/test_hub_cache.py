@@ -8,9 +8,8 @@ import json
 import math
 import os
 import random
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +21,7 @@ import data
 import prepare
 import sources
 from config import run_main
-from conftest import fake_smollm, file_versions, random_texts, shards_written, tree, write_parquet
+from conftest import fake_smollm, file_versions, random_texts, serve, shards_written, tree, write_parquet
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
 
@@ -80,9 +79,7 @@ def fake_hub(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.server_port}"
+    server, endpoint = serve(Handler)
     try:
         with pytest.MonkeyPatch.context() as patch:  # its own patch, as hf_cache's
             # online, whatever HF_HUB_OFFLINE said when huggingface_hub was imported (tests/test_export.py sets it)
