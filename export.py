@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import save
 
 import card
-import data
 import files
+import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, one_line, run_main
 from llama import EOT_IDS, hf_tokenizer, import_hf, imported_tokenizer
 from model import BACKEND_FIELDS, ModelConfig, checkpoint_config
@@ -67,8 +67,8 @@ def tokenizer_config(max_length):
     End-of-text pads too, as in Llama-style models without a pad token: the attention mask hides the padding, so its
     id does not matter. On the left, as transformers asks of a decoder-only model for batched generation: each row's
     new tokens then follow its own prompt, and padding=True works without a setting."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.EOT, "eos_token": data.EOT,
-            "pad_token": data.EOT, "padding_side": "left", "model_max_length": max_length,
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokenizer_lib.EOT, "eos_token": tokenizer_lib.EOT,
+            "pad_token": tokenizer_lib.EOT, "padding_side": "left", "model_max_length": max_length,
             "clean_up_tokenization_spaces": False}  # decode must give back the text's bytes, spaces included
 
 
@@ -139,7 +139,7 @@ def export_hf(checkpoint, output_dir, force=False, source="the checkpoint", run_
         weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
 
     try:
-        enc = data.load_tokenizer(tokenizer) if tokenizer else None
+        enc = tokenizer_lib.load_tokenizer(tokenizer) if tokenizer else None
         warning = None if enc else "the checkpoint records no tokenizer, so the folder has no tokenizer files"
     except (ValueError, OSError) as e:  # gpt2's one-time download failed; an unknown name
         enc, warning = None, f"no tokenizer files written: {e}"

@@ -15,19 +15,19 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import decoders, models, pre_tokenizers, processors
 
-import data
 import memory
+import tokenizer as tokenizer_lib
 from model import ModelConfig, meta_model, parameter_summary
 
 
-# End-of-text id of each of our tokenizers (data.TOKENIZERS); the exported config uses it as BOS and EOS.
+# End-of-text id of each of our tokenizers (tokenizer_lib.TOKENIZERS); the exported config uses it as BOS and EOS.
 # A table rather than loading the tokenizer: gpt2's needs a download.
 EOT_IDS = {"cl100k_32k": 31999, "cl100k_base": 100257, "bytes": 256, "gpt2": 50256}
 VOCAB_SIZES = {"cl100k_32k": 32000, "cl100k_base": 100277, "bytes": 257, "gpt2": 50257}  # enc.n_vocab of each
 
 
 # -----------------------------------------------------------------------------------------------
-# Tokenizer files: each of our tiktoken tokenizers (data.load_tokenizer) rebuilt with the
+# Tokenizer files: each of our tiktoken tokenizers (tokenizer_lib.load_tokenizer) rebuilt with the
 # `tokenizers` library as the byte-level BPE that tokenizer.json describes. Both are the same
 # algorithm: cut the text with one regex, then merge each piece's bytes pairwise, lowest rank first.
 
@@ -78,10 +78,10 @@ def hf_tokenizer(enc):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # bytes -> characters, no more cutting
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([tokenizers.AddedToken(token, special=True) for token in enc._special_tokens])
-    eot = (data.EOT, enc.eot_token)
+    eot = (tokenizer_lib.EOT, enc.eot_token)
     tokenizer.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{data.EOT} $A", pair=f"{data.EOT} $A {data.EOT} $B",
+        processors.TemplateProcessing(single=f"{tokenizer_lib.EOT} $A", pair=f"{tokenizer_lib.EOT} $A {tokenizer_lib.EOT} $B",
                                       special_tokens=[eot])])
     return tokenizer
 
@@ -100,11 +100,11 @@ def tokenizer_of_folder(hf_dir):
         size = max([*vocab.values(), *added.values()]) + 1
     except (KeyError, TypeError, AttributeError, ValueError):
         return None  # not a BPE tokenizer.json
-    for name in data.TOKENIZERS:
+    for name in tokenizer_lib.TOKENIZERS:
         if VOCAB_SIZES[name] != size:
             continue
         try:
-            enc = data.load_tokenizer(name)
+            enc = tokenizer_lib.load_tokenizer(name)
         except OSError:  # gpt2's one-time download failed: it cannot be compared, so it is not recognised
             continue
         ours = json.loads(hf_tokenizer(enc).to_str())

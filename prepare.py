@@ -45,6 +45,7 @@ from tqdm import tqdm
 import data
 import files
 import sources
+import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, run_main
 from files import human_size
 
@@ -203,7 +204,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     name = name or source  # a named dataset's own name
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"--name must be a plain directory name, got {name!r}")
-    enc = data.load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
+    enc = tokenizer_lib.load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
     if hub:
         max_tokens = None if max_tokens is None else int(max_tokens)
         try:
@@ -222,7 +223,7 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         files.remove_stale_temps(out)  # left by a run that was killed
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             texts = sources.documents(source, text_field)
-            stats, _ = write_tokens(batches(texts, is_val), final, enc, data.token_dtype(enc.n_vocab), workers,
+            stats, _ = write_tokens(batches(texts, is_val), final, enc, tokenizer_lib.token_dtype(enc.n_vocab), workers,
                                     lambda docs, nbytes, tokens: progress.update(nbytes))
         if sum(s["documents"] for s in stats.values()) != n_docs:
             raise ValueError(f"{source} changed while it was being read; run again")
@@ -316,8 +317,8 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
     mirror = None if mirror is None else Path(mirror).resolve()
     sha, repo_files, source_name = list_repo(repo, pattern, revision, mirror)
     repo_files = repo_files[:max_files]
-    enc = data.load_tokenizer(tokenizer)
-    dtype = data.token_dtype(enc.n_vocab)
+    enc = tokenizer_lib.load_tokenizer(tokenizer)
+    dtype = tokenizer_lib.token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
     # no commit among the settings: a shard is kept while its own repo file is unchanged
@@ -459,7 +460,7 @@ def main(argv):
     parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset '
                                        f'({", ".join(sources.HUB_DATASETS)}), or a .txt / .jsonl file or a directory '
                                        'of them')
-    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(data.TOKENIZERS)} (default cl100k_32k)")
+    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(tokenizer_lib.TOKENIZERS)} (default cl100k_32k)")
     parser.add_argument("--name", help="output directory name (default: the dataset, file or dir name)")
     parser.add_argument("--val-fraction", type=float,
                         help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")

@@ -39,6 +39,7 @@ import model as model_lib
 import optim
 import parallel
 import sched
+import tokenizer as tokenizer_lib
 from config import UserError, one_line
 
 def make_schedule(cfg, dp_size, annealing_start=None):
@@ -275,7 +276,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
               resolved=dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
               | {"init_from": weights.source if weights else ""},  # where the weights came from, resolved
               training_data=training_data, model_config=model_config, raw_model=raw_model, model=model,
-              optimizer=optimizer, autocast=autocast, tokenizer=data.load_tokenizer(training_data.tokenizer),
+              optimizer=optimizer, autocast=autocast, tokenizer=tokenizer_lib.load_tokenizer(training_data.tokenizer),
               tokens_per_step=tokens_per_step, flops_per_token=model_lib.flops_per_token(model_config, cfg.seq_len),
               peak_flops=None, schedule=schedule)
     resume(run)
@@ -476,7 +477,7 @@ def read_weights(source):
                                                       one_line(e))) from None
         if tokenizer is None and (path / "tokenizer.json").is_file():
             raise UserError(f"init_from={source}: its tokenizer.json is none of this project's tokenizers "
-                            f"({', '.join(data.TOKENIZERS)}), so no data prepared here speaks its vocabulary")
+                            f"({', '.join(tokenizer_lib.TOKENIZERS)}), so no data prepared here speaks its vocabulary")
         return Weights(str(path.resolve()), config, state, tokenizer, hf.get("max_position_embeddings"),
                        hf.get("_name_or_path") or None)
     try:

@@ -12,10 +12,10 @@ import sys
 
 import torch
 
-import data
 import files
 import memory
 import model as model_lib
+import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, run_main
 
 
@@ -67,7 +67,7 @@ def main(argv):
     if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
         raise UserError(f"{checkpoint_path} records no tokenizer; name one with --tokenizer")
     try:
-        tokenizer = data.load_tokenizer(tokenizer_name)
+        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_name)
     except ValueError as e:  # an unknown name (gpt2's failed download is an OSError: run_main reports it)
         raise UserError(str(e)) from None
     window = None if args.extrapolate else model_lib.trained_context(checkpoint)

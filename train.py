@@ -41,6 +41,7 @@ import model as model_lib
 import optim
 import parallel
 import sched
+import tokenizer as tokenizer_lib
 from config import UserError, at_least, between, one_of, positive
 from runs import build_model_config, for_device, make_schedule, save, setup_distributed, start_run, write_samples
 
@@ -154,7 +155,7 @@ VALID = {
     # data
     "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
     "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS),
-    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*data.TOKENIZERS),
+    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*tokenizer_lib.TOKENIZERS),
     "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
     "max_steps": at_least(1),
     # model

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data.py and files.py live one folder up
 import data  # noqa: E402
 import files  # noqa: E402
+import tokenizer as tokenizer_lib  # noqa: E402
 from config import ArgumentParser, UserError, run_main  # noqa: E402
 
 PASSAGES = 60  # enough for a stable bits/byte (~30k bytes), few enough to run in seconds on a CPU
@@ -37,7 +38,7 @@ MIN_WORDS = 5  # distinct words in a question's line: 5! = 120 orders, so three 
 def val_documents(data_dir):
     """The val split's documents as text, in order (each is followed by end-of-text in val.bin)."""
     meta = data.read_meta(data_dir)
-    enc = data.load_tokenizer(meta["tokenizer"])
+    enc = tokenizer_lib.load_tokenizer(meta["tokenizer"])
     ids = np.concatenate([np.fromfile(path, dtype=meta["dtype"]) for path, _ in data.split_files(data_dir, meta, "val")])
     ends = np.flatnonzero(ids == meta["eot_id"])
     return [enc.decode(doc[:-1].tolist()) for doc in np.split(ids, ends + 1)[:-1]], enc  # each without its end-of-text

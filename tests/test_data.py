@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import tokenizer as tokenizer_lib
 from attention import document_ids
 
 EOT = 9
@@ -41,7 +42,7 @@ def write_prepared(data_dir, name, train, val, tokenizer="cl100k_32k", val_bytes
     directory.mkdir(parents=True)
     train.astype(np.uint16).tofile(directory / "train.bin")
     val.astype(np.uint16).tofile(directory / "val.bin")
-    enc = data.load_tokenizer(tokenizer)
+    enc = tokenizer_lib.load_tokenizer(tokenizer)
 
     def counts(tokens, bytes_per_token):
         text_bytes = len(tokens) - 1 if tokenizer == "bytes" else bytes_per_token * len(tokens)

@@ -30,6 +30,7 @@ import model as model_lib
 import prepare
 import sample
 import sources
+import tokenizer as tokenizer_lib
 from config import run_main
 from conftest import serve
 from export import export_hf, hf_incompatibility, import_hf, main
@@ -112,7 +113,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, n_kv_heads, tie
 
 def test_eot_and_size_tables_match_the_tokenizers():
     for name in ("cl100k_32k", "cl100k_base", "bytes"):  # gpt2's would need a download
-        enc = data.load_tokenizer(name)
+        enc = tokenizer_lib.load_tokenizer(name)
         assert (EOT_IDS[name], VOCAB_SIZES[name]) == (enc.eot_token, enc.n_vocab), name
 
 
@@ -127,18 +128,18 @@ def gpt2_encoding():
         return tiktoken.get_encoding("gpt2")
     except Exception:
         from tiktoken_ext.openai_public import r50k_pat_str
-        ranks = {piece: rank for piece, rank in data.load_tokenizer("cl100k_base")._mergeable_ranks.items()
+        ranks = {piece: rank for piece, rank in tokenizer_lib.load_tokenizer("cl100k_base")._mergeable_ranks.items()
                  if rank < 50256}
         return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                 special_tokens={data.EOT: 50256})
+                                 special_tokens={tokenizer_lib.EOT: 50256})
 
 
 @pytest.fixture
 def every_tokenizer_offline(monkeypatch):
     monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", gpt2_encoding())
-    data.load_tokenizer.cache_clear()
+    tokenizer_lib.load_tokenizer.cache_clear()
     yield
-    data.load_tokenizer.cache_clear()
+    tokenizer_lib.load_tokenizer.cache_clear()
 
 
 def exported_tokenizer(tmp_path, tokenizer):
@@ -150,7 +151,7 @@ def exported_tokenizer(tmp_path, tokenizer):
     return AutoTokenizer.from_pretrained(tmp_path / "run" / "hf")
 
 
-@pytest.mark.parametrize("tokenizer", data.TOKENIZERS)
+@pytest.mark.parametrize("tokenizer", tokenizer_lib.TOKENIZERS)
 def test_the_exported_tokenizer_gives_the_ids_prepare_wrote(tmp_path, every_tokenizer_offline, tokenizer):
     out = prepare.prepare("shakespeare", tokenizer=tokenizer, workers=2, out_dir=str(tmp_path / "data"))
     meta = data.read_meta(out)
@@ -174,9 +175,9 @@ def test_awkward_text_encodes_as_tiktoken_does(tmp_path, every_tokenizer_offline
     """Text the corpus lacks: digit runs, contractions, CRLF, trailing spaces, emoji, invalid-looking bytes."""
     texts = ["12345 1234567 3.14159 2000.", "I'LL we've THEY'RE 'tis", "a\r\n\r\nb  \n  \t x   ", "  leading",
              "naïve café 日本語 🙂🙂 \u200b", "trailing space ", "!!!???...,,,;;;"]
-    for tokenizer in data.TOKENIZERS:
+    for tokenizer in tokenizer_lib.TOKENIZERS:
         hf = exported_tokenizer(tmp_path / tokenizer, tokenizer)
-        enc = data.load_tokenizer(tokenizer)
+        enc = tokenizer_lib.load_tokenizer(tokenizer)
         for text in texts:
             assert hf(text, add_special_tokens=False).input_ids == enc.encode_ordinary(text), (tokenizer, text)
 
@@ -195,7 +196,7 @@ def test_the_pipeline_continues_a_prompt_as_sample_does(tmp_path, capsys, tokeni
 
     generate = pipeline("text-generation", model=str(tmp_path / "run" / "hf"), device="cpu")
     out = generate(prompt, max_new_tokens=new_tokens, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
-    enc = data.load_tokenizer(tokenizer)
+    enc = tokenizer_lib.load_tokenizer(tokenizer)
     prompt_ids = [enc.eot_token] + enc.encode_ordinary(prompt)
     with torch.no_grad():
         ours = model.generate(torch.tensor([prompt_ids]), new_tokens, temperature=0.0)[0].tolist()
@@ -240,14 +241,14 @@ def gpt2_offline(monkeypatch):
     import tiktoken.load
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    data.load_tokenizer.cache_clear()
+    tokenizer_lib.load_tokenizer.cache_clear()
 
 
 def test_a_tokenizer_that_cannot_load_leaves_the_weights_exported_with_a_warning(tmp_path, capsys, monkeypatch):
     gpt2_offline(monkeypatch)
     save_run(tiny_model(), tmp_path / "run", tokenizer="gpt2")
     main([str(tmp_path / "run")])
-    data.load_tokenizer.cache_clear()
+    tokenizer_lib.load_tokenizer.cache_clear()
     out, err = capsys.readouterr()
     assert out == f"wrote {tmp_path / 'run' / 'hf'}\n"
     assert err.splitlines() == ["warning: no tokenizer files written: the gpt2 tokenizer needs a one-time download that "

@@ -37,7 +37,7 @@ def project_imports(path):
 HOMES = {
     "matmul_weights": "model.py", "flops_per_token": "model.py",  # the one FLOP count, beside the parameter count
     "GPU_PEAK_FLOPS": "runs.py", "measured_cpu_peak": "runs.py", "peak_flops": "runs.py",  # where a run is set up
-    "TOKENIZERS": "data.py", "load_tokenizer": "data.py", "EOT": "data.py", "token_dtype": "data.py",  # the registry
+    "TOKENIZERS": "tokenizer.py", "load_tokenizer": "tokenizer.py", "EOT": "tokenizer.py", "token_dtype": "tokenizer.py",
     "read_meta": "data.py", "split_files": "data.py", "META_FIELDS": "data.py", "meta_header": "data.py",  # the format
     "compile_model": "parallel.py", "COMPILE_MODES": "parallel.py",  # torch.compile, for every layout
     "run_main": "config.py", "one_line": "config.py", "ArgumentParser": "config.py",  # the command line

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
+import tokenizer as tokenizer_lib  # noqa: E402
 from config import run_main  # noqa: E402
 from conftest import COSMOPEDIA_FILE, WORDS, fake_smollm, random_texts, tree, write_parquet
 
@@ -72,7 +73,7 @@ def test_smollm_mirror_shards_meta_and_split(tmp_path):
     assert (meta["tokenizer"], meta["dtype"], meta["val_fraction"]) == ("cl100k_32k", "uint16", 0.3)
     assert meta["max_tokens"] is None
 
-    enc = data.load_tokenizer("cl100k_32k")
+    enc = tokenizer_lib.load_tokenizer("cl100k_32k")
     decoded = read_shards(out, meta, enc)
     expected = expected_documents(files, 0.3)
     for split, is_val in (("train", False), ("val", True)):
@@ -115,7 +116,7 @@ def test_tinystories_layouts(tmp_path):
         f"{s}\n{separators[i % len(separators)]}" for i, s in enumerate(stories)).encode())
     stories = [s.strip() for s in stories]  # what prepare keeps: each story, trimmed
     (mirror / "TinyStories-train.txt").write_text("the first version, not read\n<|endoftext|>\n")
-    enc = data.load_tokenizer("bytes")
+    enc = tokenizer_lib.load_tokenizer("bytes")
 
     out = prepare.prepare("tinystories", None, "bytes", 0.3, 1, tmp_path / "data", mirror=mirror)
     meta = data.read_meta(out)
@@ -159,7 +160,7 @@ def test_repo_file_readers(tmp_path):
 def test_max_files_and_max_tokens(tmp_path):
     files = fake_smollm(tmp_path / "mirror", n_files=3, docs_per_file=60)
     mirror = tmp_path / "mirror"
-    enc = data.load_tokenizer("bytes")
+    enc = tokenizer_lib.load_tokenizer("bytes")
     meta = data.read_meta(prepare.prepare("smollm-fineweb-edu", "two", "bytes", 0.3, 1, tmp_path / "a",
                                              max_files=2, mirror=mirror))
     assert meta["files"] == list(files)[:2] and len(meta["train"]["files"]) == 2

@@ -12,6 +12,7 @@ import pytest
 import data
 import prepare
 import sources
+import tokenizer as tokenizer_lib
 from config import run_main
 from conftest import ROOT
 from lm_eval_tasks import shakespeare
@@ -41,7 +42,7 @@ def test_passages_are_whole_paragraphs_of_val_plays_only(tasks):
     passages = [row["text"] for row in rows["passages.jsonl"]]
     assert len(passages) == 60 and len(set(passages)) == 60
     for text in passages:
-        assert 200 <= len(text.encode("utf-8")) <= 1000 and data.EOT not in text
+        assert 200 <= len(text.encode("utf-8")) <= 1000 and tokenizer_lib.EOT not in text
         assert any(text in play for play in split[True])
         assert not any(text in play for play in split[False])
 
@@ -49,7 +50,7 @@ def test_passages_are_whole_paragraphs_of_val_plays_only(tasks):
 def test_word_order_questions_hold_one_true_line_and_three_shuffles(tasks):
     rows, split = tasks
     val_lines = {line.strip() for play in split[True] for line in play.splitlines()}
-    enc = data.load_tokenizer("bytes")
+    enc = tokenizer_lib.load_tokenizer("bytes")
     assert len(rows["word_order.jsonl"]) == 100
     for row in rows["word_order.jsonl"]:
         true_line = row["choices"][row["label"]]

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import prepare  # noqa: E402
 import sources  # noqa: E402
+import tokenizer as tokenizer_lib  # noqa: E402
 from config import run_main  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def random_text(seed, length=2000):
 
 @pytest.mark.parametrize("name", ["cl100k_32k", "cl100k_base", "bytes"])
 def test_round_trip(name):
-    enc = data.load_tokenizer(name)
+    enc = tokenizer_lib.load_tokenizer(name)
     for text in SAMPLES + [random_text(0)]:
         ids = enc.encode_ordinary(text)
         assert enc.decode(ids) == text
@@ -55,18 +56,18 @@ def test_round_trip(name):
 
 def test_vocab_sizes_and_eot():
     for name, n_vocab, eot in [("cl100k_32k", 32000, 31999), ("bytes", 257, 256), ("cl100k_base", 100277, 100257)]:
-        enc = data.load_tokenizer(name)
+        enc = tokenizer_lib.load_tokenizer(name)
         assert (enc.n_vocab, enc.eot_token) == (n_vocab, eot), name
         assert enc.decode([enc.eot_token]) == "<|endoftext|>"
-    assert data.token_dtype(32000) == np.uint16 and data.token_dtype(100277) == np.uint32
+    assert tokenizer_lib.token_dtype(32000) == np.uint16 and tokenizer_lib.token_dtype(100277) == np.uint32
 
 
 def test_load_tokenizer_is_cached():
-    assert data.load_tokenizer("cl100k_32k") is data.load_tokenizer("cl100k_32k")
+    assert tokenizer_lib.load_tokenizer("cl100k_32k") is tokenizer_lib.load_tokenizer("cl100k_32k")
 
 
 def test_cl100k_32k_matches_cl100k_base_on_low_rank_text():
-    small, base = data.load_tokenizer("cl100k_32k"), data.load_tokenizer("cl100k_base")
+    small, base = tokenizer_lib.load_tokenizer("cl100k_32k"), tokenizer_lib.load_tokenizer("cl100k_base")
     # every single byte must survive the cut, else some text could not be encoded at all
     for b in range(256):
         assert small.encode_single_token(bytes([b])) == base.encode_single_token(bytes([b])) < 31999
@@ -81,14 +82,14 @@ def test_cl100k_32k_matches_cl100k_base_on_low_rank_text():
 
 
 def test_bytes_tokenizer_ids_are_the_utf8_bytes():
-    enc = data.load_tokenizer("bytes")
+    enc = tokenizer_lib.load_tokenizer("bytes")
     for text in SAMPLES + [random_text(2)]:
         assert enc.encode_ordinary(text) == list(text.encode("utf-8"))
 
 
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="unknown tokenizer 'nope'.*cl100k_32k"):
-        data.load_tokenizer("nope")
+        tokenizer_lib.load_tokenizer("nope")
 
 
 def test_gpt2_offline_error(monkeypatch):
@@ -101,9 +102,9 @@ def test_gpt2_offline_error(monkeypatch):
 
     monkeypatch.setattr(tiktoken.load, "read_file_cached", no_network)
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)
-    data.load_tokenizer.cache_clear()
+    tokenizer_lib.load_tokenizer.cache_clear()
     with pytest.raises(ConnectionError) as info:
-        data.load_tokenizer("gpt2")
+        tokenizer_lib.load_tokenizer("gpt2")
     message = str(info.value)
     assert "\n" not in message
     assert "download" in message and "cl100k_32k" in message and "bytes" in message
@@ -113,7 +114,7 @@ def test_gpt2_offline_error(monkeypatch):
 def test_encode_to_numpy_is_encode_ordinary():
     # prepare encodes with encode_to_numpy(disallowed_special=()); it must equal encode_ordinary
     for name in ["cl100k_32k", "bytes"]:
-        enc = data.load_tokenizer(name)
+        enc = tokenizer_lib.load_tokenizer(name)
         for text in SAMPLES + [random_text(3) + "<|endoftext|>" + ENGLISH]:
             assert enc.encode_to_numpy(text, disallowed_special=()).tolist() == enc.encode_ordinary(text)
 
@@ -162,7 +163,7 @@ def test_prepare_local_dir(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     meta = data.read_meta(out)
     assert meta == json.loads((out / "meta.json").read_text())
-    enc = data.load_tokenizer("cl100k_32k")
+    enc = tokenizer_lib.load_tokenizer("cl100k_32k")
     assert ((meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"])
             == ("cl100k_32k", 32000, 31999, "uint16"))
     assert meta["source"] == str((tmp_path / "corpus").resolve()) and meta["val_fraction"] == 0.3
@@ -209,7 +210,7 @@ def test_split_is_per_document_and_stable(tmp_path):
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i:02d}.txt").write_text(f"document number {i}\n")
-    enc = data.load_tokenizer("bytes")
+    enc = tokenizer_lib.load_tokenizer("bytes")
 
     def splits(out_dir):
         out = prepare.prepare(corpus, "c", "bytes", 0.5, 2, out_dir=out_dir)
