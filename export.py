@@ -35,7 +35,7 @@ import card
 import files
 import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, one_line, run_main
-from llama import EOT_IDS, hf_tokenizer, import_hf, imported_tokenizer
+from llama import EOT_IDS, folder_tokenizer, hf_tokenizer, import_hf
 from model import BACKEND_FIELDS, ModelConfig, checkpoint_config
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
@@ -62,13 +62,13 @@ def hf_incompatibility(model_config):
     return None
 
 
-def tokenizer_config(max_length):
+def tokenizer_config(max_length, eot=tokenizer_lib.EOT):
     """tokenizer_config.json: which transformers class reads tokenizer.json, and the special tokens' roles.
     End-of-text pads too, as in Llama-style models without a pad token: the attention mask hides the padding, so its
     id does not matter. On the left, as transformers asks of a decoder-only model for batched generation: each row's
     new tokens then follow its own prompt, and padding=True works without a setting."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokenizer_lib.EOT, "eos_token": tokenizer_lib.EOT,
-            "pad_token": tokenizer_lib.EOT, "padding_side": "left", "model_max_length": max_length,
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot,
+            "pad_token": eot, "padding_side": "left", "model_max_length": max_length,
             "clean_up_tokenization_spaces": False}  # decode must give back the text's bytes, spaces included
 
 
@@ -76,9 +76,10 @@ def tokenizer_config(max_length):
 # Export: our checkpoint -> {config.json, model.safetensors, tokenizer files, small_lm.json}
 
 
-def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
-    """The LlamaConfig dict (config.json) of a ModelConfig."""
-    eot_id = EOT_IDS.get(tokenizer)  # None when the tokenizer is not known
+def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS, eot_id=None):
+    """The LlamaConfig dict (config.json) of a ModelConfig. eot_id: a tokenizer.json's end-of-text (else our
+    tokenizer's, where `tokenizer` is known)."""
+    eot_id = EOT_IDS.get(tokenizer) if eot_id is None else eot_id  # None when the tokenizer is not known
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -108,12 +109,12 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS):
     }
 
 
-def generation_config(tokenizer):
+def generation_config(tokenizer, eot_id=None):
     """generation_config.json: end-of-text stops generation and pads a batch (without a pad id transformers warns at
     every generate). Sampling is left at transformers' default, greedy. No max_length: transformers already keeps its
     default length within max_position_embeddings (the run's context), and a max_length set here draws a warning at
     every generate(max_new_tokens=...), the common call."""
-    eot_id = EOT_IDS.get(tokenizer)
+    eot_id = EOT_IDS.get(tokenizer) if eot_id is None else eot_id
     return {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id} if eot_id is not None else {}
 
 
@@ -139,23 +140,28 @@ def export_hf(checkpoint, output_dir, force=False, source="the checkpoint", run_
         weights[name] = tensor.detach().to(torch.float32).contiguous().clone()
 
     try:
-        enc = tokenizer_lib.load_tokenizer(tokenizer) if tokenizer else None
+        enc = tokenizer_lib.of_checkpoint(checkpoint) if tokenizer else None
         warning = None if enc else "the checkpoint records no tokenizer, so the folder has no tokenizer files"
     except (ValueError, OSError) as e:  # gpt2's one-time download failed; an unknown name
         enc, warning = None, f"no tokenizer files written: {e}"
+    # a tokenizer.json is written as it is, its own end-of-text in every role ours has
+    own = enc if isinstance(enc, tokenizer_lib.FileTokenizer) else None
+    eot_id = own.eot_token if own else None
     log, log_warning = run_log(run_dir)
     tokens = checkpoint.get("tokens")
     figure = "loss.png" if log and tokens and any("loss" in r and r.get("tokens", 0) <= tokens for r in log) else None
     readme = card.model_card(config, checkpoint, log, train_defaults(), source, repo, figure)
 
     def write(folder):
-        files.write_json_atomic(folder / "config.json", hf_config(config, tokenizer, seq_len))
+        files.write_json_atomic(folder / "config.json", hf_config(config, tokenizer, seq_len, eot_id))
         files.write_atomic(folder / "model.safetensors", lambda f: f.write(save(weights, metadata={"format": "pt"})))
         if enc:
-            files.write_text_atomic(folder / "tokenizer.json", hf_tokenizer(enc).to_str())
-            files.write_json_atomic(folder / "tokenizer_config.json", tokenizer_config(seq_len))
-        files.write_json_atomic(folder / "generation_config.json", generation_config(tokenizer))
-        files.write_json_atomic(folder / "small_lm.json", {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer)})
+            files.write_text_atomic(folder / "tokenizer.json", own.text if own else hf_tokenizer(enc).to_str())
+            files.write_json_atomic(folder / "tokenizer_config.json",
+                                    tokenizer_config(seq_len, own.eot_text()) if own else tokenizer_config(seq_len))
+        files.write_json_atomic(folder / "generation_config.json", generation_config(tokenizer, eot_id))
+        files.write_json_atomic(folder / "small_lm.json",
+                                {"tokenizer": tokenizer, "eot_id": EOT_IDS.get(tokenizer) if own is None else eot_id})
         if figure:
             files.save_figure(loss_figure(run_dir, log, tokens), folder / figure)
         files.write_text_atomic(folder / "README.md", readme)
@@ -199,8 +205,10 @@ def loss_figure(run_dir, log, tokens):
 def import_checkpoint(hf_dir, output_dir, force=False):
     """Write hf_dir as a run directory output_dir holding ckpt_00000000.pt (atomically)."""
     config, state = import_hf(hf_dir)
-    tokenizer = imported_tokenizer(Path(hf_dir))
-    checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "tokenizer": tokenizer, "step": 0}
+    recorded = folder_tokenizer(hf_dir)  # a tokenizer.json of its own comes along whole
+    tokenizer = recorded.get("tokenizer")
+    checkpoint = {"model": state, "model_config": dataclasses.asdict(config), "step": 0, "tokenizer": tokenizer,
+                  **recorded}
     # the context it was trained for, where a run records it: sample.py keeps within it, export_hf writes it back
     max_positions = json.loads((Path(hf_dir) / "config.json").read_text()).get("max_position_embeddings")
     if max_positions:

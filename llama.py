@@ -1,5 +1,5 @@
 """A Hugging Face Llama folder read into this project: its config.json as our ModelConfig, its model.safetensors as
-our state dict, and its tokenizer.json recognised as one of our tokenizers (or not). export.py writes such folders and
+our state dict, and its tokenizer.json recognised as one of our tokenizers (or kept as a tokenizer of its own). export.py writes such folders and
 imports them as a run directory; runs.py starts a run from one (init_from). Kept apart from export.py, which reads
 train.py's defaults for its model card, so that runs.py can read a folder without importing train.py back.
 
@@ -183,9 +183,35 @@ def import_memory(config, weights_path):
 
 
 def imported_tokenizer(hf_dir):
-    """Which of our tokenizers hf_dir's tokenizer.json is (None when it is none of ours); without one, what an
-    earlier export's small_lm.json says."""
-    if (hf_dir / "tokenizer.json").is_file():
-        return tokenizer_of_folder(hf_dir)
+    """The name of hf_dir's tokenizer: one of ours that its tokenizer.json is, else that file's own name (its
+    sha256, tokenizer_lib); without one, what an earlier export's small_lm.json says (or None)."""
+    return folder_tokenizer(hf_dir).get("tokenizer")
+
+
+def folder_tokenizer(hf_dir):
+    """What a checkpoint records of hf_dir's tokenizer: {"tokenizer": name} for one of ours, and for any other
+    tokenizer.json also its text and end-of-text id ("tokenizer_json", "eot_id"; tokenizer_lib.checkpoint_fields).
+    The end-of-text is an earlier export's small_lm.json's, else the file's own (tokenizer_lib.find_eot), else
+    config.json's eos_token_id; with none of them the tokenizer is not recorded ({})."""
+    hf_dir = Path(hf_dir)
     small_lm_path = hf_dir / "small_lm.json"
-    return json.loads(small_lm_path.read_text()).get("tokenizer") if small_lm_path.is_file() else None
+    small_lm = json.loads(small_lm_path.read_text()) if small_lm_path.is_file() else {}
+    path = hf_dir / tokenizer_lib.TOKENIZER_FILE
+    if not path.is_file():
+        return {"tokenizer": small_lm["tokenizer"]} if small_lm.get("tokenizer") else {}
+    ours = tokenizer_of_folder(hf_dir)
+    if ours:
+        return {"tokenizer": ours}
+    text = path.read_bytes().decode("utf-8")
+    eot_id = small_lm.get("eot_id")
+    if eot_id is None:
+        try:
+            eot_id = tokenizer_lib.find_eot(text, path)
+        except ValueError:
+            config_path = hf_dir / "config.json"
+            eos = json.loads(config_path.read_text()).get("eos_token_id") if config_path.is_file() else None
+            eot_id = eos if isinstance(eos, int) else None
+    if eot_id is None:
+        return {}
+    return {"tokenizer": tokenizer_lib.file_name(text),
+            **tokenizer_lib.checkpoint_fields(tokenizer_lib.from_json(text, eot_id))}

@@ -276,7 +276,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
               resolved=dataclasses.asdict(cfg) | dataclasses.asdict(model_config) | {"world_size": world_size}
               | {"init_from": weights.source if weights else ""},  # where the weights came from, resolved
               training_data=training_data, model_config=model_config, raw_model=raw_model, model=model,
-              optimizer=optimizer, autocast=autocast, tokenizer=tokenizer_lib.load_tokenizer(training_data.tokenizer),
+              optimizer=optimizer, autocast=autocast, tokenizer=training_data.encoding,
               tokens_per_step=tokens_per_step, flops_per_token=model_lib.flops_per_token(model_config, cfg.seq_len),
               peak_flops=None, schedule=schedule)
     resume(run)
@@ -475,9 +475,6 @@ def read_weights(source):
         except (ValueError, KeyError, OSError) as e:  # a KeyError: config.json lacks a field
             raise UserError(f"init_from={source}: " + (f"config.json has no {e}" if isinstance(e, KeyError) else
                                                       one_line(e))) from None
-        if tokenizer is None and (path / "tokenizer.json").is_file():
-            raise UserError(f"init_from={source}: its tokenizer.json is none of this project's tokenizers "
-                            f"({', '.join(tokenizer_lib.TOKENIZERS)}), so no data prepared here speaks its vocabulary")
         return Weights(str(path.resolve()), config, state, tokenizer, hf.get("max_position_embeddings"),
                        hf.get("_name_or_path") or None)
     try:
@@ -541,7 +538,8 @@ def save(run, best=False):
                  "optimizer": optimizer_state, "step": run.step, "tokens": run.step * run.tokens_per_step,
                  "annealing_start": run.annealing_start, "best_eval_loss": run.best_eval_loss,
                  "rng": torch.get_rng_state(), "data": run.training_data.mixture.state_dict(),
-                 "tokenizer": run.training_data.tokenizer, "config": run.resolved}
+                 "tokenizer": run.training_data.tokenizer, "config": run.resolved,
+                 **tokenizer_lib.checkpoint_fields(run.training_data.encoding)}  # a tokenizer.json: its text too
         files.save_checkpoint(run.run_dir, state, run.cfg.keep_checkpoints, best)
     if not best:
         run.saved_step = run.step

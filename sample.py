@@ -56,7 +56,8 @@ def main(argv):
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer name; default: the one the checkpoint records")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or tokenizer.json; default: the one the "
+                        "checkpoint records")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--extrapolate", action="store_true",
                         help="let the model see the whole sample, past the context it was trained on (seq_len)")
@@ -67,7 +68,7 @@ def main(argv):
     if tokenizer_name is None:  # e.g. imported from a Hugging Face folder that does not say
         raise UserError(f"{checkpoint_path} records no tokenizer; name one with --tokenizer")
     try:
-        tokenizer = tokenizer_lib.load_tokenizer(tokenizer_name)
+        tokenizer = tokenizer_lib.of_checkpoint(checkpoint, args.tokenizer)
     except ValueError as e:  # an unknown name (gpt2's failed download is an OSError: run_main reports it)
         raise UserError(str(e)) from None
     window = None if args.extrapolate else model_lib.trained_context(checkpoint)

@@ -65,7 +65,8 @@ class TrainConfig:
                                         # whole where they fit; the rest of a block is padding)
     eval_data: str = ""                 # eval_loss/eval_bpb pool this data's val split ("a+b": several; "": the
                                         # training sources); each source is also logged as eval_loss/<name>
-    tokenizer: str | None = None        # None: whatever the data was prepared with; set it to insist
+    tokenizer: str | None = None        # None: whatever the data was prepared with; set it to insist (a
+                                        # tokenizer.json: its name in meta.json, sha256:...)
     seq_len: int = 256                  # tokens per training sequence
     batch_size: int = 16                # sequences per process per micro-step
     grad_accum: int = 1                 # micro-steps per optimizer step
@@ -146,16 +147,24 @@ def weights_path(value):
     return "has spaces at an end (a pasted path?)" if value != value.strip() else ""
 
 
+def tokenizer_name(value):
+    """One of ours, or a tokenizer.json's name as meta.json gives it (sha256:...)."""
+    if value in tokenizer_lib.TOKENIZERS or tokenizer_lib.is_file_name(value):
+        return ""
+    return f"is not one of {', '.join(tokenizer_lib.TOKENIZERS)}, nor a tokenizer.json's name (sha256:... in meta.json)"
+
+
 # The valid values of every key, checked before anything is built (config.check_valid); None, where a key allows
 # it, is always valid, and a bool needs no range. Lists of choices are declared beside the code that implements them.
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16")
+
 VALID = {
     # run
     "run_name": config.plain_name, "out_dir": config.directory_or_new, "seed": at_least(0), "init_from": weights_path,
     # data
     "data": data_names, "data_dir": config.directory_or_new, "mixture": one_of(*data.MIXTURES),
     "mixture_weights": config.all_at_least(0), "packing": one_of(*data.PACKINGS),
-    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": one_of(*tokenizer_lib.TOKENIZERS),
+    "eval_data": lambda names: data_names(names) if names else "", "tokenizer": tokenizer_name,
     "seq_len": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "total_tokens": positive,
     "max_steps": at_least(1),
     # model

@@ -38,7 +38,7 @@ MIN_WORDS = 5  # distinct words in a question's line: 5! = 120 orders, so three 
 def val_documents(data_dir):
     """The val split's documents as text, in order (each is followed by end-of-text in val.bin)."""
     meta = data.read_meta(data_dir)
-    enc = tokenizer_lib.load_tokenizer(meta["tokenizer"])
+    enc = tokenizer_lib.of_directory(data_dir, meta["tokenizer"], meta["eot_id"])
     ids = np.concatenate([np.fromfile(path, dtype=meta["dtype"]) for path, _ in data.split_files(data_dir, meta, "val")])
     ends = np.flatnonzero(ids == meta["eot_id"])
     return [enc.decode(doc[:-1].tolist()) for doc in np.split(ids, ends + 1)[:-1]], enc  # each without its end-of-text
