@@ -270,20 +270,29 @@ def test_import_reads_the_tokenizer_back(tmp_path):
     main(["--import", str(resaved), "--output", str(tmp_path / "back")])
     assert torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] == "cl100k_32k"
 
-    # a tokenizer that is not ours (one merge changed) is recorded as none, not as the nearest of ours
+    # a tokenizer that is not ours (one merge changed) is not taken for the nearest of ours: it is kept as a
+    # tokenizer.json of its own (tokenizer_lib), its end-of-text the one small_lm.json gave, here transformers' eos
     spec = json.loads((resaved / "tokenizer.json").read_text())
     spec["model"]["merges"][100], spec["model"]["merges"][101] = spec["model"]["merges"][101], spec["model"]["merges"][100]
     (resaved / "tokenizer.json").write_text(json.dumps(spec))
     main(["--import", str(resaved), "--output", str(tmp_path / "foreign")])
-    assert torch.load(tmp_path / "foreign" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
+    foreign = torch.load(tmp_path / "foreign" / "ckpt_00000000.pt", weights_only=True)
+    text = (resaved / "tokenizer.json").read_text(encoding="utf-8")
+    assert (foreign["tokenizer"], foreign["tokenizer_json"]) == (tokenizer_lib.file_name(text), text)
+    assert foreign["eot_id"] == 31999
 
 
-def test_import_of_a_gpt2_sized_tokenizer_offline_records_none(tmp_path, capsys, monkeypatch, every_tokenizer_offline):
+def test_import_of_a_gpt2_sized_tokenizer_offline_keeps_the_file(tmp_path, capsys, monkeypatch,
+                                                                 every_tokenizer_offline):
+    """gpt2 cannot be built to compare with: the folder's tokenizer.json is kept as a tokenizer of its own, not
+    taken for gpt2 unchecked."""
     exported_tokenizer(tmp_path, "gpt2")  # made while gpt2 loads (here: the offline stand-in)
     gpt2_offline(monkeypatch)
     main(["--import", str(tmp_path / "run" / "hf"), "--output", str(tmp_path / "back")])
-    assert torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)["tokenizer"] is None
-    assert "tokenizer: not recognised as one of ours" in capsys.readouterr().out
+    text = (tmp_path / "run" / "hf" / "tokenizer.json").read_text(encoding="utf-8")
+    back = torch.load(tmp_path / "back" / "ckpt_00000000.pt", weights_only=True)
+    assert (back["tokenizer"], back["eot_id"]) == (tokenizer_lib.file_name(text), EOT_IDS["gpt2"])
+    assert f"tokenizer: {tokenizer_lib.file_name(text)}" in capsys.readouterr().out
 
 
 def test_a_damaged_tokenizer_file_is_one_line_and_imports_nothing(tmp_path, capsys):
