@@ -30,7 +30,8 @@ def model_card(config, checkpoint, log, train_defaults, checkpoint_name, repo=No
     sections = [front_matter(run), f"# {name}\n\n{summary(config, checkpoint, run)}",
                 model_section(config, checkpoint.get("tokenizer"), run.get("seq_len")),
                 data_section(checkpoint, run), eval_section(checkpoint, log, figure),
-                training_section(checkpoint, run, train_defaults, checkpoint_name), usage_section(repo)]
+                training_section(checkpoint, run, train_defaults, checkpoint_name),
+                usage_section(repo, None if "tokenizer_json" not in checkpoint else end_of_text(checkpoint))]
     return "\n\n".join(sections) + "\n"
 
 
@@ -86,9 +87,18 @@ def data_section(checkpoint, run):
         step = f"step {checkpoint['step']:,}" if checkpoint.get("step") is not None else "step not recorded"
         lines.append(f"- Tokens seen: {checkpoint['tokens']:,} ({step}{budget})")
     if checkpoint.get("tokenizer"):
-        lines.append(f"- Tokenizer: `{checkpoint['tokenizer']}`; `<|endoftext|>` opens every document and ends "
-                     f"generation (it is BOS, EOS and the padding token)")
+        own = " (the run's own tokenizer.json, named by its sha256)" if "tokenizer_json" in checkpoint else ""
+        lines.append(f"- Tokenizer: `{checkpoint['tokenizer']}`{own}; `{end_of_text(checkpoint)}` opens every "
+                     f"document and ends generation (it is BOS, EOS and the padding token)")
     return "## Data\n\n" + "\n".join(lines)
+
+
+def end_of_text(checkpoint):
+    """The end-of-text token's text: ours, or the one of the run's own tokenizer.json (its added token of that id)."""
+    if "tokenizer_json" not in checkpoint:
+        return "<|endoftext|>"
+    added = json.loads(checkpoint["tokenizer_json"]).get("added_tokens", [])
+    return next((t["content"] for t in added if t["id"] == checkpoint.get("eot_id")), "end-of-text")
 
 
 def data_sources(run):
@@ -179,10 +189,13 @@ def value_text(value):
     return value if isinstance(value, str) and parse_value(value) == value else repr(value)
 
 
-def usage_section(repo):
+def usage_section(repo, own_eot=None):
+    """own_eot: the end-of-text of the run's own tokenizer.json, which is exported as it is, adding nothing."""
     where = repo or "path/to/this/folder"
-    return ("## Use\n\nWith transformers (the tokenizer puts `<|endoftext|>` first, as every training document "
-            "starts):\n\n```python\n"
+    first = ("the tokenizer puts `<|endoftext|>` first, as every training document starts" if own_eot is None else
+             f"every training document starts with `{own_eot}`, which this tokenizer does not add: put it before a "
+             "prompt for the text the model saw")
+    return (f"## Use\n\nWith transformers ({first}):\n\n```python\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f'model = AutoModelForCausalLM.from_pretrained("{where}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{where}")\n'

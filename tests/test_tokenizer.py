@@ -164,6 +164,8 @@ def test_prepare_train_sample_export_import(corpus, tmp_path, capsys, kind):
     eot = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json")).id_to_token(meta["eot_id"])
     assert json.loads((hf / "tokenizer_config.json").read_text())["eos_token"] == eot
     assert json.loads((hf / "config.json").read_text())["eos_token_id"] == meta["eot_id"]
+    card = (hf / "README.md").read_text()
+    assert f"`{eot}` opens every document" in card and "which this tokenizer does not add" in card
     loaded = AutoTokenizer.from_pretrained(hf)
     for text in AWKWARD:
         assert loaded(text, add_special_tokens=False).input_ids == \
