@@ -138,9 +138,9 @@ def test_prepare_train_sample_export_import(corpus, tmp_path, capsys, kind):
         "tokenizer": str(foreign_folder(corpus, tmp_path / "model") / "tokenizer.json")}
     out = prepared(corpus, tmp_path / "data", "mine", **options)
     meta = data.read_meta(out)
-    args = [*TINY, "data=mine", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path}", "run_name=r", "max_steps=4",
-            "eval_interval=4", "eval_iters=4", "sample_prompts=['The king']"]
-    assert train.main(args) == 0
+    base = [*TINY, "data=mine", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path}"]
+    assert train.main([*base, "run_name=r", "max_steps=4", "eval_interval=4", "eval_iters=4",
+                       "sample_prompts=['The king']"]) == 0
     checkpoint = torch.load(tmp_path / "r" / "ckpt_00000004.pt", weights_only=True)
     assert checkpoint["tokenizer"] == meta["tokenizer"] and checkpoint["eot_id"] == meta["eot_id"]
     assert checkpoint["tokenizer_json"] == (out / "tokenizer.json").read_text(encoding="utf-8")
@@ -178,6 +178,16 @@ def test_prepare_train_sample_export_import(corpus, tmp_path, capsys, kind):
     capsys.readouterr()
     assert sample.main([str(tmp_path / "back"), "--prompt", "The king", "--tokens", "10", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == sampled  # the same weights and tokenizer: the same greedy text
+
+    # a run from the exported folder (init_from) on the data: the folder's tokenizer.json is the data's, by its name
+    assert train.main([*base, "run_name=again", "max_steps=1", f"init_from={hf}"]) == 0
+    # and a checkpoint that records no tokenizer decodes with a tokenizer.json named on the command line
+    del back["tokenizer"], back["tokenizer_json"], back["eot_id"]
+    torch.save(back, tmp_path / "bare.pt")
+    capsys.readouterr()
+    assert sample.main([str(tmp_path / "bare.pt"), "--tokenizer", str(out / "tokenizer.json"), "--prompt", "The king",
+                        "--tokens", "10", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == sampled
 
 
 def test_a_replaced_tokenizer_file_is_one_line_at_training(corpus, tmp_path, capsys):
