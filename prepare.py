@@ -188,9 +188,9 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
     from_file = tokenizer not in tokenizer_lib.TOKENIZERS and (tokenizer.endswith(".json") or Path(tokenizer).exists())
     if eot_token is not None and not from_file:
         raise ValueError("--eot-token names the end-of-text of a --tokenizer PATH/tokenizer.json")
-    if hub and (from_file or train_tokenizer is not None):
-        raise ValueError("--tokenizer PATH and --train-tokenizer are for the embedded corpus and local files; a Hub "
-                         "dataset takes one of " + ", ".join(tokenizer_lib.TOKENIZERS))
+    if hub and train_tokenizer is not None:  # it would read the whole corpus once more before tokenizing it
+        raise ValueError("--train-tokenizer is for the embedded corpus and local files: train one on a sample (a "
+                         "local .jsonl) and prepare the Hub dataset with --tokenizer PATH")
     if val_fraction is None:
         val_fraction = HUB_VAL_FRACTION if hub else 0.05
     if not 0 < val_fraction < 1:
@@ -231,7 +231,7 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
         max_tokens = None if max_tokens is None else int(max_tokens)
         try:
             return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens,
-                               revision, mirror, keep_downloads)
+                               revision, mirror, keep_downloads, enc)
         finally:
             files.unlock_directory(Path(out_dir) / name)  # prepare_hub locks it
 
@@ -259,14 +259,8 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
         (out / "meta.json").unlink(missing_ok=True)
         for split in final:
             os.replace(tmp[split], final[split])
-        # a tokenizer.json goes beside the data, where runs read it (checked against its sha256, meta.json's name)
-        if isinstance(enc, tokenizer_lib.FileTokenizer):
-            files.write_text_atomic(out / tokenizer_lib.TOKENIZER_FILE, enc.text)
-            tokenizer = enc.name
-        else:
-            (out / tokenizer_lib.TOKENIZER_FILE).unlink(missing_ok=True)  # an earlier prepare's
-        header = data.meta_header(tokenizer, source_name, val_fraction, enc)
-        files.write_json_atomic(out / "meta.json", {**header, **stats})
+        files.write_json_atomic(out / "meta.json", {**write_tokenizer_file(out, enc, tokenizer, source_name,
+                                                                           val_fraction), **stats})
     except KeyboardInterrupt:  # the message main prints: what Ctrl-C left
         raise KeyboardInterrupt((f"{out} has no meta.json now (it was being replaced)" if committing else
                                  f"nothing was written to {out}") + "; rerun the same command to prepare it") from None
@@ -275,6 +269,17 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
             p.unlink(missing_ok=True)
         files.unlock_directory(out)
     return out
+
+
+def write_tokenizer_file(out, enc, tokenizer, source_name, val_fraction):
+    """Put a tokenizer.json beside the data, where runs read it (checked against its sha256, meta.json's name), or
+    remove an earlier prepare's for a tokenizer of ours; returns meta.json's header. Called with meta.json gone."""
+    if isinstance(enc, tokenizer_lib.FileTokenizer):
+        files.write_text_atomic(out / tokenizer_lib.TOKENIZER_FILE, enc.text)
+        tokenizer = enc.name
+    else:
+        (out / tokenizer_lib.TOKENIZER_FILE).unlink(missing_ok=True)
+    return data.meta_header(tokenizer, source_name, val_fraction, enc)
 
 
 def read_tokenizer_file(path, eot_token):
@@ -356,23 +361,24 @@ def list_repo(repo, pattern, revision, mirror):
 
 
 def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data", max_files=None, max_tokens=None,
-                revision=None, mirror=None, keep_downloads=False):
+                revision=None, mirror=None, keep_downloads=False, enc=None):
     """Tokenize the files of sources.HUB_DATASETS[dataset] into out_dir/name/shards/ + meta.json (arguments checked
     by prepare). max_files: read only the first files (sorted by path); max_tokens: stop at the first document
     boundary at or past this many tokens (train and val together); revision: a branch, tag or commit of the repo
     (default main); mirror: a local directory laid out like the repo, read instead of the Hub; keep_downloads: leave
     the repo files in the Hugging Face cache (else each file this run downloaded is removed once its shard is
-    written)."""
+    written); enc: the tokenizer, where it is a tokenizer.json's (prepare's read_tokenizer_file)."""
     repo, pattern, text_field = sources.HUB_DATASETS[dataset]
     mirror = None if mirror is None else Path(mirror).resolve()
     sha, repo_files, source_name = list_repo(repo, pattern, revision, mirror)
     repo_files = repo_files[:max_files]
-    enc = tokenizer_lib.load_tokenizer(tokenizer)
+    enc = enc or tokenizer_lib.load_tokenizer(tokenizer)
+    name_in_meta = enc.name if isinstance(enc, tokenizer_lib.FileTokenizer) else tokenizer
     dtype = tokenizer_lib.token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
     # no commit among the settings: a shard is kept while its own repo file is unchanged
-    settings = {"repo": repo, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    settings = {"repo": repo, "tokenizer": name_in_meta, "val_fraction": val_fraction}
     to_write, tokens = shards_to_write(shards, repo_files, settings, max_tokens, tokenizer, dtype.itemsize)
     # a file in the cache needs no download; a download is removed once its shard is written unless keep_downloads,
     # so two are on disk at once (one tokenized, the next fetched)
@@ -429,7 +435,9 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
         finally:
             fetcher.close()
     used = [listed.path for listed in repo_files[:len(totals["train"]["files"])]]
-    files.write_json_atomic(out / "meta.json", {**data.meta_header(tokenizer, source_name, val_fraction), **totals,
+    (out / "meta.json").unlink(missing_ok=True)  # the old one goes before its tokenizer.json can change
+    header = write_tokenizer_file(out, enc, tokenizer, source_name, val_fraction)
+    files.write_json_atomic(out / "meta.json", {**header, **totals,
                                                 "repo": repo, "revision": sha, "files": used, "max_tokens": max_tokens})
     return out
 

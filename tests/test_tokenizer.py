@@ -18,7 +18,7 @@ import sources
 import tokenizer as tokenizer_lib
 import train
 from config import run_main
-from conftest import TINY, read_log, write_corpus
+from conftest import TINY, fake_smollm, read_log, write_corpus
 
 # text a tokenizer gets wrong first: unicode, runs of whitespace, CRLF, digits, and the end-of-text token itself
 AWKWARD = ["naïve café 日本語 🙂🙂 \u200b", "a\r\n\r\nb  \n  \t x   \n\n\n", "   leading and trailing   ",
@@ -110,6 +110,22 @@ def test_a_tokenizer_without_end_of_text_asks_for_one(corpus, tmp_path, capsys):
     assert "--eot-token '<nope>' is not a token of" in capsys.readouterr().err
     assert run_main(prepare.main, argv + ["--eot-token", "<sep>"]) == 0
     assert data.read_meta(tmp_path / "corpus")["eot_id"] == 0
+
+
+def test_a_hub_dataset_takes_a_tokenizer_file(corpus, tmp_path):
+    trained = prepared(corpus, tmp_path / "data", "trained", train_tokenizer=400)
+    texts = fake_smollm(tmp_path / "mirror", n_files=2, docs_per_file=20)
+    out = prepare.prepare("smollm-fineweb-edu", tokenizer=str(trained / "tokenizer.json"), val_fraction=0.3,
+                          workers=1, out_dir=tmp_path / "data", mirror=tmp_path / "mirror")
+    meta = data.read_meta(out)
+    assert (out / "tokenizer.json").read_bytes() == (trained / "tokenizer.json").read_bytes()
+    assert (meta["tokenizer"], meta["eot_id"]) == tuple(data.read_meta(trained)[k] for k in ("tokenizer", "eot_id"))
+    library = tokenizers.Tokenizer.from_file(str(trained / "tokenizer.json"))
+    every = [text for file_texts in texts.values() for text in file_texts if text]  # an empty one is no document
+    assert meta["train"]["tokens"] + meta["val"]["tokens"] == sum(len(library.encode(t).ids) + 1 for t in every)
+    assert meta["train"]["bytes"] + meta["val"]["bytes"] == sum(len(t.encode("utf-8")) for t in every)
+    with pytest.raises(ValueError, match="--train-tokenizer is for the embedded corpus and local files"):
+        prepare.prepare("smollm-fineweb-edu", train_tokenizer=300, out_dir=tmp_path / "data", mirror=tmp_path / "mirror")
 
 
 @pytest.mark.parametrize("argv, message", [
