@@ -54,7 +54,7 @@ def load_tokenizer(name):
         # no merges exist, so how the text is cut into pieces cannot change the ids; long pieces just make it fast
         return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]{1,64}",
                                  mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={EOT: 256})
-    raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
+    raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}, or a path to a tokenizer.json")
 
 
 def token_dtype(vocab_size):
@@ -168,7 +168,7 @@ def checkpoint_fields(enc):
 
 def of_checkpoint(checkpoint, name=None):
     """The tokenizer a checkpoint records (or `name`, one of TOKENIZERS or a tokenizer.json path, instead)."""
-    if name is not None and name not in TOKENIZERS and not is_file_name(name):
+    if name is not None and name not in TOKENIZERS and (name.endswith(".json") or Path(name).is_file()):
         path = Path(name)
         text = path.read_bytes().decode("utf-8")  # a missing file is an OSError, reported by the caller
         return from_json(text, find_eot(text, path))
