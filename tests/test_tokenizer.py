@@ -196,7 +196,8 @@ def test_prepare_train_sample_export_import(corpus, tmp_path, capsys, kind):
     assert capsys.readouterr().out == sampled  # the same weights and tokenizer: the same greedy text
 
     # a run from the exported folder (init_from) on the data: the folder's tokenizer.json is the data's, by its name
-    assert train.main([*base, "run_name=again", "max_steps=1", f"init_from={hf}"]) == 0
+    # (insisting on the tokenizer by its name in meta.json)
+    assert train.main([*base, "run_name=again", "max_steps=1", f"init_from={hf}", f"tokenizer={meta['tokenizer']}"]) == 0
     # and a checkpoint that records no tokenizer decodes with a tokenizer.json named on the command line
     del back["tokenizer"], back["tokenizer_json"], back["eot_id"]
     torch.save(back, tmp_path / "bare.pt")
@@ -217,3 +218,5 @@ def test_a_replaced_tokenizer_file_is_one_line_at_training(corpus, tmp_path, cap
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "tokenizer.json is not the tokenizer.json the data was made with" in err
     assert not (tmp_path / "r").exists()
+    assert run_main(train.main, [*args, "tokenizer=mine.json"]) == 2
+    assert "tokenizer='mine.json' is not one of cl100k_32k" in capsys.readouterr().err
