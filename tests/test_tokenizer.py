@@ -85,6 +85,7 @@ def test_a_trained_tokenizer_writes_the_librarys_own_ids(corpus, tmp_path):
         assert enc.decode(enc.encode_ordinary(text)) == text  # byte-level: every text comes back whole
 
 
+@pytest.mark.integration  # transformers saves the folder
 def test_a_transformers_folders_tokenizer_is_found_with_its_end_of_text(corpus, tmp_path):
     folder = foreign_folder(corpus, tmp_path / "model")
     out = prepared(corpus, tmp_path / "data", "foreign", tokenizer=str(folder))  # the folder, or its file
