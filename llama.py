@@ -184,7 +184,11 @@ def import_memory(config, weights_path):
 
 def imported_tokenizer(hf_dir):
     """The name of hf_dir's tokenizer: one of ours that its tokenizer.json is, else that file's own name (its
-    sha256, tokenizer_lib); without one, what an earlier export's small_lm.json says (or None)."""
+    sha256, tokenizer_lib), whether or not its end-of-text is known; without one, what an earlier export's
+    small_lm.json says (or None)."""
+    path = Path(hf_dir) / tokenizer_lib.TOKENIZER_FILE
+    if path.is_file():  # a damaged file is a ValueError (tokenizer_of_folder)
+        return tokenizer_of_folder(hf_dir) or tokenizer_lib.file_name(path.read_bytes().decode("utf-8"))
     return folder_tokenizer(hf_dir).get("tokenizer")
 
 
