@@ -178,14 +178,17 @@ def write_tokens(text_batches, paths, enc, dtype, workers, on_write, token_limit
 
 def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, out_dir="data",
             text_field="text", max_files=None, max_tokens=None, revision=None, mirror=None, keep_downloads=False,
-            train_tokenizer=None, eot_token=None):
-    """Tokenize `source` ("shakespeare", a path, or a name in sources.HUB_DATASETS) into out_dir/name; returns that
+            train_tokenizer=None, eot_token=None, config=None, split=None):
+    """Tokenize `source` ("shakespeare", a path, a name in sources.HUB_DATASETS or a Hub dataset repo OWNER/NAME)
+    into out_dir/name; returns that
     directory. tokenizer: a name of tokenizer_lib.TOKENIZERS (default cl100k_32k), or a tokenizer.json (or a folder
     holding one; eot_token names its end-of-text where it has none of tokenizer_lib.EOT_CANDIDATES); train_tokenizer:
     instead, the vocabulary size of a byte-level BPE to train on the train split. Either file is copied beside the
     data. val_fraction defaults to 0.05, or HUB_VAL_FRACTION for Hub datasets; max_files, max_tokens, revision,
-    mirror and keep_downloads are for Hub datasets (prepare_hub, whose arguments are checked here)."""
-    hub = source in sources.HUB_DATASETS
+    mirror and keep_downloads are for Hub datasets, config and split (default train) for repos OWNER/NAME
+    (prepare_hub, whose arguments are checked here)."""
+    repo = source not in sources.HUB_DATASETS and sources.is_repo_id(source)
+    hub = source in sources.HUB_DATASETS or repo
     if train_tokenizer is not None and tokenizer is not None:
         raise ValueError("--tokenizer and --train-tokenizer each choose the tokenizer: give one of them")
     tokenizer = tokenizer or "cl100k_32k"
@@ -203,8 +206,11 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if not hub and ((max_files, max_tokens, revision, mirror) != (None,) * 4 or keep_downloads):
-        raise ValueError("--max-files, --max-tokens, --revision, --mirror and --keep-downloads are for "
-                         f"{', '.join(sources.HUB_DATASETS)}")
+        raise ValueError("--max-files, --max-tokens, --revision, --mirror and --keep-downloads are for Hub "
+                         f"datasets: {', '.join(sources.HUB_DATASETS)} or a repo OWNER/NAME")
+    if not repo and (config, split) != (None, None):
+        raise ValueError("--config and --split choose the files of a Hub dataset repo OWNER/NAME; "
+                         f"{source} is {'a named dataset' if hub else 'not one'}")
     if max_files is not None and max_files < 1:
         raise ValueError(f"--max-files must be at least 1, got {max_files}")
     if max_tokens is not None and not (max_tokens >= 1 and float(max_tokens).is_integer()):
@@ -220,6 +226,9 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
         path = Path(source).resolve()
         source_name = str(path)
         name = name or (path.name if path.is_dir() else path.stem)
+    elif repo:  # the repo's name, with its config and a split other than train
+        name = name or "-".join([source.split("/")[1], *([config] if config else []),
+                                 *([split] if split not in (None, "train") else [])])
     name = name or source  # a named dataset's own name
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"--name must be a plain directory name, got {name!r}")
@@ -235,7 +244,7 @@ def prepare(source, name=None, tokenizer=None, val_fraction=None, workers=None, 
         max_tokens = None if max_tokens is None else int(max_tokens)
         try:
             return prepare_hub(source, name, tokenizer, val_fraction, workers, out_dir, max_files, max_tokens,
-                               revision, mirror, keep_downloads, enc)
+                               revision, mirror, keep_downloads, enc, text_field, config, split or "train")
         finally:
             files.unlock_directory(Path(out_dir) / name)  # prepare_hub locks it
 
@@ -351,38 +360,53 @@ def write_shard(paths, local_path, listed, text_field, settings, token_limit, ou
     return marker
 
 
-def list_repo(repo, pattern, revision, mirror):
-    """(commit sha or "mirror", the sources.ListedFile of each repo file to read, the source's name for meta.json)."""
+def list_repo(source, config, split, revision, mirror):
+    """(commit sha or "mirror", the sources.ListedFile of each repo file to read, the source's name for meta.json, the
+    repo) of a named Hub dataset (its files by pattern) or of a repo OWNER/NAME (the files of a config and split)."""
+    named = source in sources.HUB_DATASETS
+    repo, pattern, _ = sources.HUB_DATASETS[source] if named else (source, "*", None)
     if mirror is None:
         sha, repo_files = sources.hub_files(repo, pattern, revision)
-        source_name = f"hf://datasets/{repo}/{pattern}"
+        where = f"hf://datasets/{repo}"
     else:
         sha, repo_files = "mirror", sources.mirror_files(mirror, pattern)
-        source_name = f"{mirror}/{pattern} (mirror of {repo})"
-    if not repo_files:
-        raise ValueError(f"no files matching {pattern} in {source_name}")
-    return sha, repo_files, source_name
+        where = f"{mirror}"
+    if named:
+        source_name = f"{where}/{pattern}" + ("" if mirror is None else f" (mirror of {repo})")
+        if not repo_files:
+            raise ValueError(f"no files matching {pattern} in {source_name}")
+        return sha, repo_files, source_name, repo
+    readme = next((f for f in repo_files if f.path == "README.md"), None)
+    configs = sources.card_configs_of(repo, readme, sha, mirror)
+    repo_files, chosen = sources.select_repo_files(repo, repo_files, configs, config, split)
+    return sha, repo_files, f"{where} ({'mirror of ' + repo + ', ' if mirror else ''}{chosen})", repo
 
 
 def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data", max_files=None, max_tokens=None,
-                revision=None, mirror=None, keep_downloads=False, enc=None):
-    """Tokenize the files of sources.HUB_DATASETS[dataset] into out_dir/name/shards/ + meta.json (arguments checked
-    by prepare). max_files: read only the first files (sorted by path); max_tokens: stop at the first document
+                revision=None, mirror=None, keep_downloads=False, enc=None, text_field="text", config=None,
+                split="train"):
+    """Tokenize the files of a named Hub dataset (sources.HUB_DATASETS), or of the config and split of a dataset repo
+    OWNER/NAME (its text in text_field), into out_dir/name/shards/ + meta.json (arguments checked by prepare).
+    max_files: read only the first files (sorted by path); max_tokens: stop at the first document
     boundary at or past this many tokens (train and val together); revision: a branch, tag or commit of the repo
     (default main); mirror: a local directory laid out like the repo, read instead of the Hub; keep_downloads: leave
     the repo files in the Hugging Face cache (else each file this run downloaded is removed once its shard is
     written); enc: the tokenizer, where it is a tokenizer.json's (prepare's read_tokenizer_file)."""
-    repo, pattern, text_field = sources.HUB_DATASETS[dataset]
     mirror = None if mirror is None else Path(mirror).resolve()
-    sha, repo_files, source_name = list_repo(repo, pattern, revision, mirror)
+    sha, repo_files, source_name, repo = list_repo(dataset, config, split, revision, mirror)
     repo_files = repo_files[:max_files]
     enc = enc or tokenizer_lib.load_tokenizer(tokenizer)
     name_in_meta = enc.name if isinstance(enc, tokenizer_lib.FileTokenizer) else tokenizer
     dtype = tokenizer_lib.token_dtype(enc.n_vocab)
     out = Path(out_dir) / name
     shards = out / "shards"
-    # no commit among the settings: a shard is kept while its own repo file is unchanged
+    # no commit among the settings: a shard is kept while its own repo file is unchanged. A named dataset's text
+    # field is its own; any other repo's is the user's, and another field is other text
     settings = {"repo": repo, "tokenizer": name_in_meta, "val_fraction": val_fraction}
+    if dataset in sources.HUB_DATASETS:
+        text_field = sources.HUB_DATASETS[dataset][2]
+    else:
+        settings["text_field"] = text_field
     to_write, tokens = shards_to_write(shards, repo_files, settings, max_tokens, tokenizer, dtype.itemsize)
     # a file in the cache needs no download; a download is removed once its shard is written unless keep_downloads,
     # so two are on disk at once (one tokenized, the next fetched)
@@ -452,8 +476,9 @@ def prepare_hub(dataset, name, tokenizer, val_fraction, workers, out_dir="data",
 # side: a run that cannot fit is refused at the start rather than stopped by a full disk hours in. Parquet keeps text
 # compressed: a parquet byte of the Shakespeare plays holds 1.6 bytes of text with snappy (pyarrow's default, and the
 # Hub's usual codec), 2.3 with zstd and 2.5 with gzip, and columns beside the text only lower the share. A .txt or
-# .jsonl byte holds at most one byte of text.
-TEXT_BYTES_PER_FILE_BYTE = {".parquet": 2.5}
+# .jsonl byte holds at most one byte of text; a .jsonl.gz byte 2.5 of the plays (gzip -6 or -9), so 3.0 leaves room
+# for text that compresses better.
+TEXT_BYTES_PER_FILE_BYTE = {".parquet": 2.5, ".gz": 3.0}
 # BPE vocabularies cut English into 3-4.5 bytes a token (cl100k_32k: 3.2 on the plays' older spelling, ~4 on web
 # text); `bytes` makes a token of every byte. So uint16 tokens take at most 2 * 2.5 / 3 = 1.7 bytes per parquet
 # byte: the plays measure 1.0 (snappy), 1.45 (zstd) and 1.6 (gzip), the test repos' random words 0.6
@@ -513,15 +538,13 @@ def free_space_note(out, cache):
     return lambda: f"{human_size(sources.free_bytes(out))} free, cache {human_size(sources.free_bytes(cache))} free"
 
 
-
-
 # ----------------------------------------------------------------------------- command line
 
 def main(argv):
     parser = ArgumentParser(description="Tokenize a corpus into data/<name>/{train,val}.bin + meta.json")
-    parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a Hub dataset '
-                                       f'({", ".join(sources.HUB_DATASETS)}), or a .txt / .jsonl file or a directory '
-                                       'of them')
+    parser.add_argument("source", help=f'"shakespeare" (embedded corpus), a named Hub dataset '
+                                       f'({", ".join(sources.HUB_DATASETS)}), a Hub dataset repo OWNER/NAME, or a '
+                                       '.txt / .jsonl file or a directory of them')
     parser.add_argument("--tokenizer", help=f"{', '.join(tokenizer_lib.TOKENIZERS)} (default cl100k_32k), or a "
                         "Hugging Face tokenizer.json (or a model folder holding one)")
     parser.add_argument("--train-tokenizer", type=int, metavar="VOCAB_SIZE", help="train a byte-level BPE of this "
@@ -533,8 +556,12 @@ def main(argv):
                         help=f"share of documents held out (default 0.05; {HUB_VAL_FRACTION} for Hub datasets)")
     parser.add_argument("--workers", type=int, help="tokenizer threads (default: all cores)")
     parser.add_argument("--out-dir", default="data", help="parent of the output directory (default data)")
-    parser.add_argument("--text-field", default="text", help="JSON field of the text in .jsonl files (default text)")
+    parser.add_argument("--text-field", default="text", help="the text's JSON field in .jsonl files, or its column in "
+                        "a Hub repo's files (default text)")
     hub = parser.add_argument_group("Hub datasets")
+    hub.add_argument("--config", help="a repo's configuration (its card's config_name, or else a folder; default: "
+                     "the card's default)")
+    hub.add_argument("--split", help="a repo's split to read (default train; its val split is drawn from it)")
     hub.add_argument("--max-files", type=int, help="read only the first N repo files (default: all)")
     hub.add_argument("--max-tokens", type=float, help="stop at the first document boundary at or past this many "
                      "tokens, train and val together (a plain count: 5e6 is five million; default: no limit)")
@@ -546,7 +573,7 @@ def main(argv):
     try:
         out = prepare(args.source, args.name, args.tokenizer, args.val_fraction, args.workers, args.out_dir,
                       args.text_field, args.max_files, args.max_tokens, args.revision, args.mirror,
-                      args.keep_downloads, args.train_tokenizer, args.eot_token)
+                      args.keep_downloads, args.train_tokenizer, args.eot_token, args.config, args.split)
         meta = data.read_meta(out)
     except ValueError as e:  # bad input; an OSError and Ctrl-C (its message says what is left) go to run_main
         raise UserError(str(e)) from None

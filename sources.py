@@ -13,10 +13,13 @@ Functions raise ValueError (bad input) or OSError (missing files, failed downloa
 """
 
 import fnmatch
+import gzip
 import importlib.resources
 import itertools
 import json
+import re
 import shutil
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -71,8 +74,9 @@ def shakespeare_files():
 
 
 def jsonl_documents(path, rel, text_field):
-    """One document a line of a .jsonl file, keyed 'rel:line'."""
-    with open(path, encoding="utf-8") as f:
+    """One document a line of a .jsonl file (or a gzipped one, .jsonl.gz / .json.gz), keyed 'rel:line'."""
+    opened = gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+    with opened as f:
         try:
             for line_number, line in enumerate(f, 1):
                 if not line.strip():
@@ -88,6 +92,8 @@ def jsonl_documents(path, rel, text_field):
                     yield f"{rel}:{line_number}", text
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # cut short, or not gzip at all
+            raise ValueError(f"{rel}: not a readable gzip file ({one_line(e)})") from None
 
 
 def documents(source, text_field="text"):
@@ -101,8 +107,9 @@ def documents(source, text_field="text"):
         return
     root = Path(source)
     if not root.exists():
-        hint = "" if root.suffix or len(root.parts) > 1 else f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}"
-        raise FileNotFoundError(f"no such file or directory: {root}{hint}")
+        hint = ("" if root.suffix or len(root.parts) > 1 else
+                f"; named datasets: shakespeare, {', '.join(HUB_DATASETS)}; any other Hub dataset is OWNER/NAME")
+        raise FileNotFoundError(f"no such file or directory: {root} (looked for a local file or folder){hint}")
     if root.is_dir():
         paths = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not paths:
@@ -132,11 +139,11 @@ def repo_file_documents(path, rel, text_field):
     in which a line '<|endoftext|>' follows each story (each story trimmed of the blank lines around it)."""
     if path.suffix == ".parquet":
         return parquet_documents(path, rel, text_field)
-    if path.suffix == ".jsonl":
+    if path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         return jsonl_documents(path, rel, text_field)
     if path.suffix == ".txt":
         return separated_documents(path, rel)
-    raise ValueError(f"{rel}: expected a .parquet, .jsonl or .txt file")
+    raise ValueError(f"{rel}: expected a .parquet, .jsonl, .jsonl.gz or .txt file")
 
 
 def parquet_documents(path, rel, text_field):
@@ -220,6 +227,149 @@ def mirror_files(root, pattern):
     return sorted(listed)
 
 
+# ----------------------------------------------------------------------------- any dataset repo: its configs and splits
+# A repo's README.md may declare its configurations in its YAML header, as the Hub and the datasets library read it:
+#   configs:
+#   - config_name: default            (optional; "default")
+#     data_dir: some/folder           (optional; the patterns below are under it)
+#     data_files:                     a pattern, a list of them (the train split), a {split: patterns} map,
+#     - split: train                  or a list of {split, path}
+#       path: data/train-*
+#     default: true                   (optional: the config chosen when none is named)
+# A repo without them is one configuration of all its data files, whose folders name configurations too (the Hub's
+# converted parquet branch is laid out <config>/<split>/*.parquet), and a file's split is the split word in its path.
+
+REPO_DATA_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json.gz")  # what repo_file_documents reads of any repo
+# a split's words, as the datasets library recognises them in file and folder names
+SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+               "test": ("test", "testing", "eval", "evaluation")}
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(source):
+    """Whether source names a Hub dataset repo, OWNER/NAME, rather than a local path (a path whose first folder
+    exists here is local, so a mistyped file under a local folder is reported as missing, not looked up on the Hub)."""
+    return (isinstance(source, str) and REPO_ID.fullmatch(source) is not None
+            and not Path(source.split("/")[0]).exists())
+
+
+def glob_regex(pattern):
+    """A compiled regex of a data_files pattern: * and ? within one folder, ** across folders, [...] a class."""
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            parts.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] in "*?":
+            parts.append("[^/]*" if pattern[i] == "*" else "[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            parts.append(pattern[i:end + 1])
+            i = end + 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts))
+
+
+def card_configs(readme):
+    """The `configs` list of a dataset card's YAML header ([] when it has none); ValueError if it is malformed."""
+    from huggingface_hub import metadata_load  # huggingface_hub reads the header as the Hub does
+    try:
+        configs = (metadata_load(readme) or {}).get("configs") or []
+    except Exception as e:  # yaml's errors
+        raise ValueError(f"README.md: its YAML header does not parse ({one_line(e)})") from None
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise ValueError("README.md: its `configs` is not a list of configurations")
+    return configs
+
+
+def split_patterns(data_files):
+    """{split: [patterns]} of a config's data_files, in each form the Hub accepts."""
+    def patterns(p):
+        return [p] if isinstance(p, str) else p if isinstance(p, list) else None
+
+    if isinstance(data_files, dict):
+        splits = {split: patterns(p) for split, p in data_files.items()}
+    elif isinstance(data_files, list) and all(isinstance(p, dict) and "path" in p for p in data_files):
+        splits = {p.get("split", "train"): patterns(p["path"]) for p in data_files}
+    else:
+        splits = {"train": patterns(data_files)}
+    if not all(isinstance(p, list) and p and all(isinstance(q, str) for q in p) for p in splits.values()):
+        raise ValueError(f"README.md: data_files {data_files!r} is none of the Hub's forms")
+    return splits
+
+
+def split_of(path):
+    """The split whose word is in a data file's path ("data/train-00000-of-00002.parquet": train), or None."""
+    words = re.split(r"[/\-._ 0-9]+", path.lower())
+    return next((split for word in words for split, names in SPLIT_WORDS.items() if word in names), None)
+
+
+def listing(names, most=12):
+    """names joined by commas, the first `most` of them (fineweb-edu has a config for each of ~100 crawls)."""
+    names = list(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def choose_config(configs, config, repo):
+    """The configuration named config, or where config is None the repo's default one."""
+    names = [c.get("config_name", "default") for c in configs]
+    if config is None:
+        chosen = [c for c in configs if c.get("default")] or [c for c, n in zip(configs, names) if n == "default"]
+        if not chosen and len(configs) > 1:
+            raise ValueError(f"{repo} has configs {listing(names)}: choose one with --config")
+        return (chosen or configs)[0]
+    if config not in names:
+        raise ValueError(f"{repo} has no config {config!r} (its configs: {listing(names)})")
+    return configs[names.index(config)]
+
+
+def select_repo_files(repo, listed, configs, config, split):
+    """(the ListedFiles of a repo's config and split, sorted by path, a description for meta.json) from the repo's
+    files and its card's configs (card_configs; [] when it declares none)."""
+    if configs:
+        chosen = choose_config(configs, config, repo)
+        data_dir = chosen.get("data_dir", "").strip("/")
+        if "data_files" not in chosen:  # a folder of data files: inferred as in a repo without configs
+            return select_repo_files(repo, listed, [], data_dir or None, split)
+        splits = split_patterns(chosen["data_files"])
+        if split not in splits:
+            raise ValueError(f"{repo} config {chosen.get('config_name', 'default')!r} has no split {split!r} "
+                             f"(its splits: {', '.join(splits)})")
+        patterns = [f"{data_dir}/{p}" if data_dir else p for p in splits[split]]
+        regexes = [glob_regex(p.lstrip("/")) for p in patterns]
+        matched = [f for f in listed if any(r.fullmatch(f.path) for r in regexes)]
+        what = f"config {chosen.get('config_name', 'default')}, split {split}: {', '.join(patterns)}"
+    else:
+        matched = [f for f in listed if not f.path.startswith((".", "_")) and "/." not in f.path]
+        if config is not None:
+            folders = sorted({f.path.split("/")[0] for f in matched if "/" in f.path})
+            matched = [f for f in matched if f.path.startswith(config + "/")]
+            if not matched:
+                raise ValueError(f"{repo} has no config {config!r}: its card declares none, and it has no folder "
+                                 f"of that name (its folders: {listing(folders) or 'none'})")
+        data = [f for f in matched if f.path.endswith(REPO_DATA_SUFFIXES)]
+        found = {split_of(f.path.removeprefix(f"{config}/") if config else f.path) for f in data}
+        if found - {None}:  # the split words decide; without any, every data file is train
+            if split not in found:
+                raise ValueError(f"{repo} has no {split!r} files (its splits: {', '.join(sorted(found - {None}))})")
+            matched = [f for f in data if split_of(f.path.removeprefix(f"{config}/") if config else f.path) == split]
+        elif split != "train":
+            raise ValueError(f"{repo} names no splits in its file names: all its data is train")
+        what = f"{config + '/' if config else ''}*, split {split}"
+    data = sorted(f for f in matched if f.path.endswith(REPO_DATA_SUFFIXES))
+    if not data:
+        kinds = sorted({"".join(Path(f.path).suffixes) or f.path for f in matched})
+        raise ValueError(f"no .parquet or .jsonl(.gz) files in {repo} ({what})"
+                         + (f"; it has {', '.join(kinds[:5])}" if kinds else ""))
+    return data, what
+
+
 # ----------------------------------------------------------------------------- fetching a dataset repo's files
 
 def hub_download(repo, path, sha):
@@ -229,6 +379,24 @@ def hub_download(repo, path, sha):
         return Path(hf_hub_download(repo, path, repo_type="dataset", revision=sha))
     except Exception as e:
         raise OSError(f"cannot download {path} of {repo}@{sha}: {one_line(e)}") from e
+
+
+def card_configs_of(repo, readme, sha, mirror):
+    """card_configs of a repo's README.md (its ListedFile; None: the repo has none), read from the mirror, or from the
+    Hub and removed from the cache again unless it was there before."""
+    if readme is None:
+        return []
+    try:
+        if mirror is not None:
+            return card_configs(mirror / readme.path)
+        cached = in_hub_cache(repo, readme, sha)
+        try:
+            return card_configs(hub_download(repo, readme.path, sha))
+        finally:
+            if not cached:
+                remove_download(repo, readme)
+    except ValueError as e:
+        raise ValueError(f"{repo}'s {e}") from None
 
 
 def hub_cache():

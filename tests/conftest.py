@@ -1,11 +1,13 @@
 """Shared test set-up and helpers: the repository root on sys.path, a tiny prepared corpus, the tiny training
 arguments and log reader, tiny models with their exactness checks, and fake Hub files. Test modules import
 from here (`from conftest import ...`), never from each other."""
+import hashlib
 import json
 import math
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from dataclasses import replace
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +26,7 @@ from torch.testing import assert_close
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import data  # noqa: E402
 import prepare  # noqa: E402
 from attention import document_ids  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
@@ -255,6 +259,31 @@ def same_model(model, attn):
 
 # ----------------------------------------------------------------------------- from test_hub
 
+def key_hash(key):
+    """The split rule's hash, computed here without prepare.key_hash."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def expected_documents(files, val_fraction):
+    """[(repo path, is_val, text)] in corpus order: every non-empty row, split by the hash of '<path>:<row>'."""
+    return [(rel, key_hash(f"{rel}:{row}") < val_fraction, text)
+            for rel, texts in files.items() for row, text in enumerate(texts) if text]
+
+
+def decode_file(path, meta, enc):
+    tokens = np.fromfile(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
+    cuts = np.flatnonzero(tokens == enc.eot_token)
+    assert len(tokens) == 0 or cuts[-1] == len(tokens) - 1  # every document ends with end-of-text
+    starts = np.concatenate([[0], cuts[:-1] + 1])
+    return [enc.decode(tokens[s:e].tolist()) for s, e in zip(starts, cuts)]
+
+
+def read_shards(out, meta, enc):
+    """{(shard index, split): decoded documents} of the shards meta.json lists."""
+    return {(i, split): decode_file(path, meta, enc)
+            for split in ("train", "val") for i, (path, _) in enumerate(data.split_files(out, meta, split))}
+
+
 WORDS = ("once upon a time there was a little girl named Lily who loved the sun and the sea . "
          "she played with her dog in the park , and they were happy ! 🙂 naïve café").split()
 
@@ -308,6 +337,19 @@ def shards_written(monkeypatch):
 
     monkeypatch.setattr(prepare, "write_shard", recording)
     return written
+
+
+def kill_prepare_in_its_second_shard(args, cwd, shards, env=None):
+    """Run prepare.py with args and SIGKILL it while its second shard is half written: the first shard finished,
+    the second's .bin files still temp files."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), *args], cwd=cwd, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ((shards / "00000.json").exists() and list(shards.glob(".00001.train.bin.*.tmp"))):
+        assert process.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 def file_versions(directory):

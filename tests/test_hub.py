@@ -2,17 +2,13 @@
 shard files and markers, the hash split, --max-files / --max-tokens, resuming after a kill, bad input. The Hub
 itself, served on localhost (downloads, the cache, the disk estimate, new commits): tests/test_hub_cache.py."""
 
-import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,34 +18,10 @@ import prepare  # noqa: E402
 import sources  # noqa: E402
 import tokenizer as tokenizer_lib  # noqa: E402
 from config import run_main  # noqa: E402
-from conftest import COSMOPEDIA_FILE, WORDS, fake_smollm, random_texts, tree, write_parquet
+from conftest import (COSMOPEDIA_FILE, WORDS, expected_documents, fake_smollm, key_hash,
+                      kill_prepare_in_its_second_shard, random_texts, read_shards, tree, write_parquet)
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
-
-
-def key_hash(key):
-    """The split rule's hash, computed here without prepare.key_hash."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
-
-
-def expected_documents(files, val_fraction):
-    """[(repo path, is_val, text)] in corpus order: every non-empty row, split by the hash of '<path>:<row>'."""
-    return [(rel, key_hash(f"{rel}:{row}") < val_fraction, text)
-            for rel, texts in files.items() for row, text in enumerate(texts) if text]
-
-
-def decode_file(path, meta, enc):
-    tokens = np.fromfile(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
-    cuts = np.flatnonzero(tokens == enc.eot_token)
-    assert len(tokens) == 0 or cuts[-1] == len(tokens) - 1  # every document ends with end-of-text
-    starts = np.concatenate([[0], cuts[:-1] + 1])
-    return [enc.decode(tokens[s:e].tolist()) for s, e in zip(starts, cuts)]
-
-
-def read_shards(out, meta, enc):
-    """{(shard index, split): decoded documents} of the shards meta.json lists."""
-    return {(i, split): decode_file(path, meta, enc)
-            for split in ("train", "val") for i, (path, _) in enumerate(data.split_files(out, meta, split))}
 
 
 def run_cli(*args, cwd, env=None):
@@ -146,7 +118,7 @@ def test_repo_file_readers(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": "b", "x": 1}\n')
     assert list(sources.repo_file_documents(jsonl, "r.jsonl", "text")) == [("r.jsonl:1", "a"), ("r.jsonl:4", "b")]
-    with pytest.raises(ValueError, match="expected a .parquet, .jsonl or .txt file"):
+    with pytest.raises(ValueError, match="expected a .parquet, .jsonl, .jsonl.gz or .txt file"):
         sources.repo_file_documents(tmp_path / "x.csv", "x.csv", "text")
     bad = tmp_path / "numbers.parquet"
     write_parquet(bad, {"text": [1, 2, 3]})
@@ -229,15 +201,7 @@ def test_killed_run_resumes_to_the_same_files(tmp_path):
         write_parquet(mirror / f"fineweb-edu-dedup/train-{i:05d}-of-00234.parquet", {"text": texts[i * 80:] + texts[:i * 80]})
     args = ["smollm-fineweb-edu", "--mirror", str(mirror), "--val-fraction", "0.2", "--workers", "1"]
     shards = tmp_path / "data/smollm-fineweb-edu/shards"
-    process = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), *args], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    # kill while the second shard is half written: its first shard finished, its .bin files still temp files
-    while not ((shards / "00000.json").exists() and list(shards.glob(".00001.train.bin.*.tmp"))):
-        assert process.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_prepare_in_its_second_shard(args, tmp_path, shards)
     assert not (shards.parent / "meta.json").exists() and not (shards / "00001.json").exists()
     first_shard = (shards / "00000.train.bin").stat().st_mtime_ns
 
@@ -313,7 +277,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch, capsys, hf_cache):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["smollm-nope"], "no such file or directory: smollm-nope; named datasets: shakespeare, smollm-fineweb-edu"),
+    (["smollm-nope"], "no such file or directory: smollm-nope (looked for a local file or folder); named datasets: "
+                     "shakespeare, smollm-fineweb-edu"),
     (["tinystories", "--mirror", "nowhere"], "--mirror"),
     (["smollm-cosmopedia", "--mirror", "mirror"],
      f"{COSMOPEDIA_FILE}: no column 'text' (columns: prompt)"),
@@ -321,8 +286,8 @@ def test_hub_errors_are_one_line(tmp_path, monkeypatch, capsys, hf_cache):
     (["tinystories", "--mirror", "mirror", "--max-tokens", "2.5"], "--max-tokens must be a whole number"),
     (["tinystories", "--mirror", "mirror", "--max-files", "0"], "--max-files must be at least 1"),
     (["tinystories", "--mirror", "mirror", "--revision", "main"], "--revision"),
-    (["shakespeare", "--max-files", "1"], "are for smollm-fineweb-edu"),
-    (["shakespeare", "--keep-downloads"], "--keep-downloads are for smollm-fineweb-edu"),
+    (["shakespeare", "--max-files", "1"], "are for Hub datasets: smollm-fineweb-edu"),
+    (["shakespeare", "--keep-downloads"], "--keep-downloads are for Hub datasets: smollm-fineweb-edu"),
     (["tinystories", "--mirror", "mirror", "--keep-downloads"], "a --mirror's files are never removed"),
 ])
 def test_cli_bad_input(tmp_path, monkeypatch, capsys, args, message):

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -21,7 +23,8 @@ import data
 import prepare
 import sources
 from config import run_main
-from conftest import fake_smollm, file_versions, random_texts, serve, shards_written, tree, write_parquet
+from conftest import (ROOT, WORDS, fake_smollm, file_versions, kill_prepare_in_its_second_shard, random_texts, serve,
+                      shards_written, tree, write_parquet)
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
 
@@ -80,6 +83,7 @@ def fake_hub(tmp_path):
             pass
 
     server, endpoint = serve(Handler)
+    hub.endpoint = endpoint
     try:
         with pytest.MonkeyPatch.context() as patch:  # its own patch, as hf_cache's
             # online, whatever HF_HUB_OFFLINE said when huggingface_hub was imported (tests/test_export.py sets it)
@@ -290,3 +294,76 @@ def test_a_mirror_file_written_again_is_prepared_again(tmp_path, monkeypatch):
     os.utime(tmp_path / "mirror" / files[2])  # the same bytes, written again (as a new download of it would be)
     prepare.prepare("smollm-fineweb-edu", **args)
     assert written == [files[2]]
+
+
+FINEWEB_EDU_CARD = """---
+license: odc-by
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*/*
+- config_name: sample-10BT
+  data_files:
+  - split: train
+    path: sample/10BT/*
+- config_name: CC-MAIN-2024-10
+  data_files:
+  - split: train
+    path: data/CC-MAIN-2024-10/*
+---
+# FineWeb-Edu
+"""
+
+
+def fake_fineweb_edu(root, rng):
+    """HuggingFaceFW/fineweb-edu's layout: configs in its card, a folder each, parquet files with its columns."""
+    texts = [" ".join(rng.choice(WORDS) for _ in range(150)) for _ in range(400)]  # ~0.3 MB a file
+    for rel in ("data/CC-MAIN-2024-10/000_00000.parquet", "sample/10BT/000_00000.parquet",
+                "sample/10BT/001_00000.parquet", "sample/10BT/002_00000.parquet"):
+        rows = len(texts)
+        write_parquet(root / rel, {"text": texts, "id": [f"<urn:uuid:{i}>" for i in range(rows)],
+                                   "dump": ["CC-MAIN-2024-10"] * rows, "url": ["https://example.org"] * rows,
+                                   "language": ["en"] * rows, "score": [3.1] * rows, "int_score": [3] * rows})
+        texts = texts[80:] + texts[:80]
+    (root / "README.md").write_text(FINEWEB_EDU_CARD)
+
+
+def test_any_repo_through_the_hub_resumes_after_a_kill_and_removes_its_downloads(tmp_path, fake_hub, hf_cache):
+    """A repo outside the named ones, in its real layout (a config's folder chosen by its card, parquet with extra
+    columns), prepared through the Hub by prepare.py, killed with SIGKILL in its second shard and run again: the
+    finished shard is kept, the rest written, the token files those of an uninterrupted prepare, and the cache holds
+    none of the downloads (the card included)."""
+    fake_hub.repo = "HuggingFaceFW/fineweb-edu"
+    fake_fineweb_edu(fake_hub.root, random.Random(3))
+    args = ["HuggingFaceFW/fineweb-edu", "--config", "sample-10BT", "--val-fraction", "0.2", "--workers", "1"]
+    env = {**os.environ, "HF_ENDPOINT": fake_hub.endpoint, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "0"}
+    out = tmp_path / "data/fineweb-edu-sample-10BT"
+    shards = out / "shards"
+    kill_prepare_in_its_second_shard(args, tmp_path, shards, env)
+    first_shard = (shards / "00000.train.bin").stat().st_mtime_ns
+    assert "sample/10BT/000_00000.parquet" in fake_hub.downloads and not (out / "meta.json").exists()
+
+    fake_hub.downloads.clear()
+    result = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (shards / "00000.train.bin").stat().st_mtime_ns == first_shard  # kept, and its file not fetched again
+    assert "sample/10BT/000_00000.parquet" not in fake_hub.downloads
+    meta = data.read_meta(out)
+    assert meta["files"] == [f"sample/10BT/00{i}_00000.parquet" for i in range(3)]
+    assert meta["repo"] == fake_hub.repo and meta["revision"] == fake_hub.sha
+    assert cached_files(hf_cache) == [] and not list(hf_cache.rglob("*.incomplete"))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    uninterrupted = prepare.prepare(fake_hub.repo, "whole", "cl100k_32k", 0.2, 1, tmp_path / "data",
+                                    config="sample-10BT")
+    assert {p: b for p, b in tree(out).items() if p.endswith(".bin")} == \
+        {p: b for p, b in tree(uninterrupted).items() if p.endswith(".bin")}
+
+
+def test_a_repo_the_hub_does_not_have_is_one_line(tmp_path, fake_hub, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(prepare.main, ["nobody/nothing"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot list nobody/nothing@main on the Hugging Face Hub: ") and \
+        len(err.strip().splitlines()) == 1, err
