@@ -10,7 +10,6 @@ import json
 import shlex
 from pathlib import Path
 
-import sources
 from config import parse_value
 from model import BACKEND_FIELDS, PRESETS, ModelConfig, human, parameter_summary
 
@@ -103,15 +102,15 @@ def end_of_text(checkpoint):
 
 def data_sources(run):
     """[(data name, its Hub dataset repo or None)] of the run's `data`, the repo read from the data's meta.json where
-    that is still on this machine and names one of sources.HUB_DATASETS."""
+    that is still on this machine and was prepared from the Hub."""
     names = [name for part in (run.get("data") or "").split(",") for name in part.split("+") if name]
     found = []
     for name in names:
         try:
-            source = json.loads((Path(run.get("data_dir") or "data") / name / "meta.json").read_text())["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            source = None
-        found.append((name, sources.HUB_DATASETS[source][0] if source in sources.HUB_DATASETS else None))
+            repo = json.loads((Path(run.get("data_dir") or "data") / name / "meta.json").read_text()).get("repo")
+        except (OSError, ValueError, AttributeError):
+            repo = None
+        found.append((name, repo if isinstance(repo, str) else None))
     return found
 
 
@@ -152,6 +151,10 @@ def training_section(checkpoint, run, train_defaults, checkpoint_name):
     if not run.get("run_name"):  # an import records only its context: it was not trained here
         return f"## Training\n\n{made}; the checkpoint records no training run."
     changed = changed_keys(run, train_defaults)
+    if run.get("init_from"):  # this machine's path left out: the folder or run/checkpoint it names
+        changed["init_from"] = weights_name(run["init_from"])
+        made += (f". The run started from the weights of `{changed['init_from']}` (init_from), with a fresh "
+                 "optimizer and schedule")
     command = ["python", "train.py"]
     if run.get("world_size", 1) > 1:
         command.append(f"--nproc-per-node={run['world_size']}")
@@ -159,6 +162,12 @@ def training_section(checkpoint, run, train_defaults, checkpoint_name):
     return (f"## Training\n\n{made}. The run's settings that differ from train.py's defaults and from the shape of "
             f"its model preset (`auto` keys as they resolved), as the command that trains it again with small-lm "
             f"from data prepared under the same name:\n\n```\n{wrapped(command)}\n```")
+
+
+def weights_name(path):
+    """init_from's weights without this machine's folders: a checkpoint as <run>/<file>, a folder by its name."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.suffix == ".pt" else path.name
 
 
 def changed_keys(run, train_defaults):

@@ -336,7 +336,9 @@ def test_the_model_card_reports_the_run_and_its_command_trains_it_again(tmp_path
     import train
     from huggingface_hub.repocard import metadata_load
     (tmp_path / "data" / "tiny").mkdir(parents=True)  # prepared from a Hub dataset: the card names its repo
-    (tmp_path / "data" / "tiny" / "meta.json").write_text(json.dumps({"source": "smollm-fineweb-edu"}))
+    (tmp_path / "data" / "tiny" / "meta.json").write_text(json.dumps(  # as prepare.py writes it
+        {"source": "hf://datasets/HuggingFaceTB/smollm-corpus/fineweb-edu-dedup/*.parquet",
+         "repo": "HuggingFaceTB/smollm-corpus"}))
     config = save_logged_run(tmp_path / "out" / "card", tmp_path / "data")
     main([str(tmp_path / "out" / "card")])
     folder = tmp_path / "out" / "card" / "hf"
@@ -365,6 +367,15 @@ def test_the_model_card_reports_the_run_and_its_command_trains_it_again(tmp_path
     expected = {k: v for k, v in config.items() if k in train.TRAIN_KEYS} | {"out_dir": "out", "data_dir": "data"}
     assert json.loads(json.dumps(asdict(cfg))) == json.loads(json.dumps(expected))
     assert model_overrides == {"dim": 16, "n_layers": 2, "n_heads": 2, "ffn_dim": 32, "rope_theta": 500.0}
+
+    # a run from init_from says so, and its command names the weights without this machine's folders
+    checkpoint = torch.load(tmp_path / "out" / "card" / "ckpt_00000030.pt", weights_only=True)
+    checkpoint["config"]["init_from"] = str(tmp_path / "out" / "source" / "ckpt_00000005.pt")
+    torch.save(checkpoint, tmp_path / "out" / "card" / "ckpt_00000030.pt")
+    main([str(tmp_path / "out" / "card"), "--output", str(tmp_path / "from")])
+    card = (tmp_path / "from" / "README.md").read_text()
+    assert "The run started from the weights of `source/ckpt_00000005.pt` (init_from)" in card
+    assert "init_from=source/ckpt_00000005.pt" in card and str(tmp_path) not in card
 
     # a checkpoint between two evals reports the eval before it
     main([str(tmp_path / "out" / "card" / "ckpt_00000025.pt"), "--output", str(tmp_path / "at25")])

@@ -12,7 +12,7 @@ import export
 import runs
 import train
 from config import run_main
-from conftest import read_log, run_args
+from conftest import read_log, run_args, run_torchrun
 from model import ModelConfig, Transformer
 
 pytestmark = pytest.mark.integration  # runs train end to end
@@ -95,7 +95,7 @@ def test_a_run_directory_of_an_import_trains_from_its_weights_and_then_resumes(t
     assert [r["step"] for r in read_log(tmp_path / "imported")[0]] == [1, 2, 3, 4]
 
 
-def test_a_run_starts_from_a_transformers_llama(tiny_data, tmp_path, llama_folder):
+def test_a_run_starts_from_a_transformers_llama_on_one_process_and_under_torchrun(tiny_data, tmp_path, llama_folder):
     folder, hf = llama_folder
     weights = runs.read_weights(folder)
     assert (weights.config.kv_heads, weights.config.norm_eps, weights.config.rope_theta) == (1, 1e-6, 500.0)
@@ -108,11 +108,21 @@ def test_a_run_starts_from_a_transformers_llama(tiny_data, tmp_path, llama_folde
         assert expected.abs().max() > 1.0  # not near-uniform logits: the comparison has teeth
         assert_close(ours(idx), expected, atol=1e-5, rtol=1e-5)
 
-    assert train.main(run_args(tiny_data, tmp_path, "run_name=new", f"init_from={folder}", "max_steps=2")) == 0
+    common = run_args(tiny_data, tmp_path, f"init_from={folder}", "max_steps=2")
+    assert train.main(common + ["run_name=new", "grad_accum=2"]) == 0
     config = json.loads((tmp_path / "new" / "config.json").read_text())
     assert (config["n_kv_heads"], config["norm_eps"], config["rope_theta"], config["init_from"]) == (
         1, 1e-6, 500.0, str(folder.resolve()))
     assert [r["step"] for r in read_log(tmp_path / "new")[0]] == [1, 2]
+
+    # under torchrun each process reads the folder and loads the whole model before fsdp shards it: the run is the
+    # one above (2 processes of 4 rows = 4 rows x grad_accum 2), its step-0 eval the folder's
+    result = run_torchrun(common + ["run_name=fsdp", "parallel=fsdp"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"starting from the weights of {folder.resolve()}" in result.stdout
+    (one, one_evals), (fsdp, fsdp_evals) = read_log(tmp_path / "new"), read_log(tmp_path / "fsdp")
+    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in one], abs=1e-5)
+    assert fsdp_evals[0]["eval_loss"] == pytest.approx(one_evals[0]["eval_loss"], abs=1e-6)
 
 
 def test_mistakes_are_one_line(tiny_data, tmp_path, source, llama_folder, capsys):
