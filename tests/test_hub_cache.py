@@ -8,8 +8,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -23,7 +21,7 @@ import data
 import prepare
 import sources
 from config import run_main
-from conftest import (ROOT, WORDS, fake_smollm, file_versions, kill_prepare_in_its_second_shard, random_texts, serve,
+from conftest import (WORDS, fake_smollm, file_versions, kill_prepare_in_its_second_shard, random_texts, serve,
                       shards_written, tree, write_parquet)
 
 pytestmark = pytest.mark.usefixtures("hf_cache")  # conftest: each test its own Hugging Face cache
@@ -345,9 +343,7 @@ def test_any_repo_through_the_hub_resumes_after_a_kill_and_removes_its_downloads
     assert "sample/10BT/000_00000.parquet" in fake_hub.downloads and not (out / "meta.json").exists()
 
     fake_hub.downloads.clear()
-    result = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    prepare.prepare(fake_hub.repo, None, "cl100k_32k", 0.2, 1, tmp_path / "data", config="sample-10BT")  # the same
     assert (shards / "00000.train.bin").stat().st_mtime_ns == first_shard  # kept, and its file not fetched again
     assert "sample/10BT/000_00000.parquet" not in fake_hub.downloads
     meta = data.read_meta(out)
