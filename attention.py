@@ -2,7 +2,8 @@
 
 model.py's Attention module calls these; they hold no parameters. Top to bottom:
 - document_ids, document_positions, document_mask, flex_block_mask: several documents packed into one row.
-- rope_tables, apply_rope: rotary position embeddings (Hugging Face's "rotate half" layout).
+- rope_scaling_parameters, rope_frequencies, rope_tables, apply_rope: rotary position embeddings (Hugging Face's
+  "rotate half" layout), rescaled for a longer context as some Llama folders are.
 - alibi_slopes, key_minus_query: ALiBi's per-head slopes and the distances they scale.
 - eager_attention (plain tensor maths, the reference), flex_attend (flex_attention: the GPU path). The third
   back-end, sdpa, is PyTorch's F.scaled_dot_product_attention, called in model.Attention.
@@ -72,10 +73,47 @@ def compiled_block_mask():  # once, on first use
 # Positions and attention back-ends
 
 
-def rope_tables(n_positions, head_dim, theta, device):
+def rope_scaling_parameters(scaling):
+    """(kind, numbers) of a rope_scaling text: "" -> ("", ()), "linear:F" -> ("linear", (F,)), "llama3:F,LOW,HIGH,
+    CONTEXT" -> ("llama3", (F, LOW, HIGH, CONTEXT)). ValueError, in one line, for anything else."""
+    if not scaling:
+        return "", ()
+    kind, _, numbers = scaling.partition(":")
+    expected = {"linear": "linear:FACTOR", "llama3": "llama3:FACTOR,LOW_FREQ_FACTOR,HIGH_FREQ_FACTOR,CONTEXT"}
+    try:
+        values = tuple(float(n) for n in numbers.split(","))
+    except ValueError:
+        values = ()
+    if (kind not in expected or len(values) != expected[kind].count(",") + 1 or not all(v > 0 for v in values)
+            or (kind == "llama3" and values[1] >= values[2])):
+        raise ValueError(f"rope_scaling must be '' or {' or '.join(expected.values())} (positive numbers, "
+                         f"LOW_FREQ_FACTOR < HIGH_FREQ_FACTOR), got {scaling!r}")
+    return kind, values
+
+
+def rope_frequencies(head_dim, theta, scaling="", device=None):
+    """RoPE's angular frequencies (head_dim / 2,): theta^(-2i / head_dim), then rescaled for a longer context than
+    the weights were trained on (rope_scaling_parameters), as a Llama folder's rope_parameters say. "linear" divides
+    every frequency by the factor (positions spread F times wider). "llama3" (Llama 3.1) divides only the slow ones:
+    a frequency whose wavelength is past CONTEXT / LOW_FREQ_FACTOR is divided, one whose wavelength is under
+    CONTEXT / HIGH_FREQ_FACTOR is kept, and between the two the result slides linearly (in CONTEXT / wavelength)
+    from divided to kept."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    kind, values = rope_scaling_parameters(scaling)
+    if kind == "linear":
+        return inv_freq / values[0]
+    if kind == "llama3":
+        factor, low, high, context = values
+        wavelength = 2 * torch.pi / inv_freq
+        kept = ((context / wavelength - low) / (high - low)).clamp(0, 1)  # 0: divided, 1: kept
+        return (1 - kept) * inv_freq / factor + kept * inv_freq
+    return inv_freq
+
+
+def rope_tables(n_positions, head_dim, theta, device, scaling=""):
     """fp32 cos and sin (n_positions, head_dim) for positions 0..n_positions-1. Hugging Face layout: frequency
     i sits at columns i and i + head_dim/2 (halves concatenated, not interleaved), as rotate_half expects."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    inv_freq = rope_frequencies(head_dim, theta, scaling, device)
     freqs = torch.outer(torch.arange(n_positions, device=device).float(), inv_freq)
     angles = torch.cat([freqs, freqs], dim=-1)
     return angles.cos(), angles.sin()

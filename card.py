@@ -66,7 +66,8 @@ def model_section(config, tokenizer, seq_len):
             ("Key/value heads", f"{config.kv_heads} ({kv})"), ("Feed-forward width", config.ffn_dim),
             ("Vocabulary", f"{config.vocab_size:,}" + (f" (tokenizer `{tokenizer}`)" if tokenizer else "")),
             ("Context", f"{seq_len:,} tokens" if seq_len else "not recorded"),
-            ("RoPE theta", f"{config.rope_theta:g}"),
+            ("RoPE theta", f"{config.rope_theta:g}" + (f", scaled `{config.rope_scaling}`" if config.rope_scaling
+                                                        else "")),
             ("Embeddings", "input and output tied" if config.tie_embeddings else "input and output separate"),
             ("Parameters", f"{counts['total']:,} ({human(counts['total'])})"),
             ("Parameters outside the embeddings", f"{counts['non_embedding']:,} ({human(counts['non_embedding'])})")]

@@ -35,13 +35,13 @@ import card
 import files
 import tokenizer as tokenizer_lib
 from config import ArgumentParser, UserError, one_line, run_main
-from llama import EOT_IDS, folder_tokenizer, hf_tokenizer, import_hf
+from llama import EOT_IDS, folder_tokenizer, hf_tokenizer, import_hf, rope_parameters
 from model import BACKEND_FIELDS, ModelConfig, checkpoint_config
 
 # ModelConfig's fields that have a LlamaConfig equivalent. A field added later (ALiBi, Canon,
 # DeepNet, QK-norm variants) is not listed here on purpose: at its default value the model is still
 # a Llama, at any other value it is not, and hf_incompatibility says so.
-LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta",
+LLAMA_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta", "rope_scaling",
                 "norm_eps", "tie_embeddings",
                 *BACKEND_FIELDS)  # how the maths is computed, not what it is
 
@@ -92,9 +92,11 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS, eot_i
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": config.norm_eps,
-        # transformers 5 reads rope_parameters; 4.x reads rope_theta
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        # transformers 5 reads rope_parameters; 4.x reads rope_theta and rope_scaling
+        "rope_parameters": rope_parameters(config),
         "rope_theta": config.rope_theta,
+        "rope_scaling": ({key: value for key, value in rope_parameters(config).items() if key != "rope_theta"}
+                         if config.rope_scaling else None),
         "max_position_embeddings": max_positions,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_bias": False,

@@ -17,6 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 
 import memory
 import tokenizer as tokenizer_lib
+from attention import rope_scaling_parameters
 from model import ModelConfig, meta_model, parameter_summary
 
 
@@ -121,6 +122,31 @@ def tokenizer_of_folder(hf_dir):
 # A folder's config and weights -> (ModelConfig, state dict)
 
 
+# RoPE scalings this model holds (attention.rope_frequencies): the rope_parameters fields of each, in the order
+# of ModelConfig.rope_scaling's numbers
+ROPE_SCALING_FIELDS = {"default": (), "linear": ("factor",),
+                       "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_scaling_text(rope_type, rope):
+    """ModelConfig.rope_scaling of a folder's rope parameters: "" for the default, "linear:F", "llama3:F,L,H,C"."""
+    fields = ROPE_SCALING_FIELDS[rope_type]
+    if not fields:
+        return ""
+    missing = [f for f in fields if not isinstance(rope.get(f), (int, float))]
+    if missing:
+        raise ValueError(f"not a plain Llama model: rope type {rope_type!r} without {', '.join(missing)}")
+    return f"{rope_type}:" + ",".join(f"{rope[f]:g}" if float(rope[f]).is_integer() else repr(float(rope[f]))
+                                      for f in fields)
+
+
+def rope_parameters(config):
+    """config.json's rope_parameters of a ModelConfig (its base, and its scaling's fields)."""
+    kind, values = rope_scaling_parameters(config.rope_scaling)
+    return {"rope_type": kind or "default", "rope_theta": config.rope_theta,
+            **dict(zip(ROPE_SCALING_FIELDS[kind or "default"], values))}
+
+
 def import_hf(hf_dir):
     """(ModelConfig, state dict) of a Hugging Face Llama folder (config.json + model.safetensors)."""
     hf_dir = Path(hf_dir)
@@ -130,13 +156,16 @@ def import_hf(hf_dir):
     if not weights_path.is_file():
         raise ValueError(f"no model.safetensors in {hf_dir} (sharded and .bin weights are not supported)")
     hf = json.loads(config_path.read_text())
-    rope = hf.get("rope_parameters") or {}
+    # transformers 5 writes rope_parameters (the base and any scaling); 4.x, rope_theta and a rope_scaling dict
+    rope = {"rope_theta": hf.get("rope_theta", 10000.0), **(hf.get("rope_scaling") or {}),  # 10000: LlamaConfig's
+            **(hf.get("rope_parameters") or {})}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
     refusals = [
         (hf.get("model_type") != "llama", f"model_type is {hf.get('model_type')!r}, not 'llama'"),
         (hf.get("attention_bias", False), "attention_bias is true"),
         (hf.get("mlp_bias", False), "mlp_bias is true"),
-        (hf.get("rope_scaling") is not None, "rope_scaling is set"),
-        (rope.get("rope_type", "default") != "default", f"rope type is {rope.get('rope_type')!r}"),
+        (rope_type not in ROPE_SCALING_FIELDS, f"rope type is {rope_type!r} (this model holds "
+                                               f"{', '.join(ROPE_SCALING_FIELDS)})"),
         (hf.get("hidden_act", "silu") != "silu", f"hidden_act is {hf.get('hidden_act')!r}, not 'silu'"),
         (hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]),
          "head_dim is not hidden_size // num_attention_heads"),
@@ -150,7 +179,7 @@ def import_hf(hf_dir):
         n_heads=hf["num_attention_heads"],
         n_kv_heads=None if n_kv_heads == hf["num_attention_heads"] else n_kv_heads,
         ffn_dim=hf["intermediate_size"],
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),  # 10000: LlamaConfig's default
+        rope_theta=float(rope["rope_theta"]), rope_scaling=rope_scaling_text(rope_type, rope),
         norm_eps=hf.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
         tie_embeddings=hf.get("tie_word_embeddings", False))  # LlamaConfig's default
 

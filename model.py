@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import files
 from attention import (alibi_slopes, apply_rope, document_mask, document_positions, eager_attention, flex_attend,
-                       flex_block_mask, key_minus_query, rope_tables)
+                       flex_block_mask, key_minus_query, rope_scaling_parameters, rope_tables)
 from config import UserError, check_type, describe, read_overrides, run_main, unknown_key
 
 # -----------------------------------------------------------------------------------------------
@@ -55,6 +55,8 @@ class ModelConfig:
     n_kv_heads: int | None = None  # None = n_heads (MHA); fewer = grouped-query attention
     ffn_dim: int = 2048  # intermediate size of the gated MLP
     rope_theta: float = 10000.0  # RoPE base wavelength
+    rope_scaling: str = ""  # "" | "linear:F" | "llama3:F,LOW,HIGH,CONTEXT": RoPE rescaled for a longer context, as
+                            # in imported Llama folders (attention.rope_frequencies)
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     attn: str = "sdpa"  # one of ATTENTION: "sdpa" (fast) | "eager" (plain maths, the readable reference) |
@@ -90,6 +92,7 @@ class ModelConfig:
             raise ValueError(f"canon must be letters from 'ABCD', got {self.canon!r}")
         if self.alibi_trainable and self.position != "alibi":
             raise ValueError(f"alibi_trainable needs position='alibi', got position={self.position!r}")
+        rope_scaling_parameters(self.rope_scaling)  # raises its own one-line ValueError
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"head_dim = dim // n_heads = {self.head_dim} must be even for RoPE")
         if self.kv_heads < 1 or self.n_heads % self.kv_heads:
@@ -428,7 +431,8 @@ class Transformer(nn.Module):
         # cache there would guard on it, and the first call's graph (cache empty) would be compiled again.
         compiling = torch.compiler.is_compiling()
         if compiling or cos is None or cos.size(0) < max_positions or cos.device != positions.device:
-            cos, sin = rope_tables(max_positions, self.config.head_dim, self.config.rope_theta, positions.device)
+            cos, sin = rope_tables(max_positions, self.config.head_dim, self.config.rope_theta, positions.device,
+                                   self.config.rope_scaling)
             if not compiling:
                 self.rope_cache = (cos, sin)
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)

@@ -202,9 +202,10 @@ def test_mistakes_are_one_line(tiny_data, tmp_path, source, llama_folder, capsys
     folder = tmp_path / "scaled"
     shutil.copytree(llama_folder[0], folder)
     hf_config = json.loads((folder / "config.json").read_text())
-    scaled = hf_config | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    scaled = hf_config | {"rope_parameters": {"rope_type": "yarn", "rope_theta": 500.0, "factor": 2.0}}
     (folder / "config.json").write_text(json.dumps(scaled))
-    assert refused(f"init_from={folder}") == f"error: init_from={folder}: not a plain Llama model: rope_scaling is set"
+    assert refused(f"init_from={folder}").startswith(f"error: init_from={folder}: not a plain Llama model: rope type "
+                                                     "is 'yarn'")
 
 
 def test_a_resume_goes_on_from_the_run_s_own_checkpoint(tiny_data, tmp_path, source, capsys):

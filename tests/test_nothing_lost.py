@@ -366,6 +366,7 @@ BAD_VALUES = {  # key: (a value outside its range, a word the error must hold be
     # ModelConfig fields, checked by ModelConfig itself before anything is built
     "vocab_size": (0, "at least"), "dim": (0, "at least"), "n_layers": (0, "at least"), "n_heads": (0, "at least"),
     "n_kv_heads": (0, "n_heads"), "ffn_dim": (0, "at least"), "rope_theta": (0, "greater than 0"),
+    "rope_scaling": ("llama3:8,4,1,16", "LOW_FREQ_FACTOR < HIGH_FREQ_FACTOR"),
     "norm_eps": (-1e-5, "greater than 0"), "tie_embeddings": ("no", "bool"), "position": ("absolute", "must be"),
     "alibi_trainable": (True, "position='alibi'"), "qk_norm": (2, "bool"), "norm_placement": ("sandwich", "must be"),
     "ffn_act": ("gelu", "must be"), "canon": ("E", "ABCD"),
