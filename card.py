@@ -196,7 +196,11 @@ def wrapped(words, width=100):
 
 def value_text(value):
     """value as train.py's key=value reads it back (config.parse_value): text bare where it stays text."""
-    return value if isinstance(value, str) and parse_value(value) == value else repr(value)
+    if isinstance(value, str) and parse_value(value) == value:
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return json.dumps(list(value), ensure_ascii=False)  # double quotes: no quotes within the shell's
+    return repr(value)
 
 
 def usage_section(repo, own_eot=None):
