@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test test-slurm minis scaling lm-eval gpu-check clean
+.PHONY: quickstart test test-slurm test-wandb minis scaling lm-eval gpu-check clean
 
 quickstart: $(VENV)/.installed
 	$(PY) prepare.py shakespeare --tokenizer bytes
@@ -63,6 +63,11 @@ gpu-check: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
+# log_to=wandb with the real wandb in its offline mode (opt-in: an optional install, ~25 packages): a run's offline
+# W&B files hold its scalars, config and samples, and a resume goes on in the same W&B run (tests/test_trackers.py).
+test-wandb: $(VENV)/.installed-test $(VENV)/.installed-wandb
+	$(PY) -m pytest -q -rs tests/test_trackers.py
+
 # sweep.py's Slurm executor against a real one-node cluster on this machine (opt-in, not part of `make test`; root,
 # Debian/Ubuntu): tools/slurm-up installs and starts munged, slurmctld and slurmd, tests/test_slurm.py sweeps through
 # it, and tools/slurm-down stops the daemons again, whether the tests passed or not.
@@ -82,6 +87,10 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 
 $(VENV)/.installed-eval: $(VENV)/.installed requirements-eval.txt
 	$(PY) -m pip install -q -r requirements-eval.txt -c requirements.txt
+	touch $@
+
+$(VENV)/.installed-wandb: $(VENV)/.installed requirements-wandb.txt
+	$(PY) -m pip install -q -r requirements-wandb.txt -c requirements.txt
 	touch $@
 
 $(VENV)/.installed-slurm: $(VENV)/.installed requirements-slurm.txt

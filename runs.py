@@ -12,7 +12,8 @@ Top to bottom:
   fit (memory.py).
 - Weights, starting_weights, read_weights, recorded_shape, weights_model_config: init_from, a run started from the
   weights of one of our runs or a Hugging Face Llama folder (llama.py reads it), checked against the config and data.
-- save, write_samples, tensorboard_writer: what the run leaves in its directory. Only rank 0 reads and writes it.
+- save, write_samples: what the run leaves in its directory (trackers.py: TensorBoard and W&B beside the log). Only
+  rank 0 reads and writes it.
 """
 import dataclasses
 import functools
@@ -40,6 +41,7 @@ import optim
 import parallel
 import sched
 import tokenizer as tokenizer_lib
+import trackers as trackers_lib
 from config import UserError, one_line
 
 def make_schedule(cfg, dp_size, annealing_start=None):
@@ -190,7 +192,7 @@ class Run:
     flops_per_token: float              # training FLOPs of the model per token, with attention (model.py)
     peak_flops: float | None            # one device's peak FLOP/s; None: unknown, no mfu
     log_file: typing.Any = None
-    tensorboard: typing.Any = None
+    trackers: trackers_lib.Trackers = dataclasses.field(default_factory=trackers_lib.Trackers)  # rank 0's
     pipeline: parallel.Pipeline = None  # pp: the stage and its schedule
     # ---
     schedule: sched.Schedule = None
@@ -215,10 +217,7 @@ class Run:
             except OSError as e:  # a full disk: one line (the log is trimmed back to the checkpoint on resume)
                 raise files.write_error(self.run_dir / "log.jsonl", e,
                                         "the checkpoints are left as they were") from None
-        if self.tensorboard:
-            for key, value in record.items():
-                if isinstance(value, float) and key != "time":
-                    self.tensorboard.add_scalar(key, value, record["step"])
+        self.trackers.log(record)
 
     def event(self, message):  # something that happened to the run: printed, and logged at its step
         self.say(f"step {self.step:>6} | {message}")
@@ -303,7 +302,7 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         run.say(f"mfu counts {run.flops_per_token:.3g} FLOPs/token (with attention) against a peak of "
                 f"{run.peak_flops or 0:.3g} FLOP/s a device ({source})")
         run.log_file = open(run.run_dir / "log.jsonl", "a")
-        run.tensorboard = tensorboard_writer(run.run_dir)
+        run.trackers = trackers_lib.start(cfg.log_to, run.run_dir, cfg.run_name, cfg.wandb_project, run.resolved)
     if layout.pipelined:
         run.pipeline = parallel.build_pipeline(raw_model, layout, cfg, device)
     elif world_size > 1 and layout.mode == "ddp":
@@ -566,13 +565,5 @@ def write_samples(run):
     finally:
         model.train()
     files.write_text_atomic(path, before + text)
+    run.trackers.samples(run.step, text)
     run.say(text + "-----")
-
-
-def tensorboard_writer(run_dir):
-    """TensorBoard event files in <run dir>/tensorboard when the tensorboard package is installed; never required."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -42,6 +42,7 @@ import optim
 import parallel
 import sched
 import tokenizer as tokenizer_lib
+import trackers
 from config import UserError, at_least, between, one_of, positive
 from runs import build_model_config, for_device, make_schedule, save, setup_distributed, start_run, write_samples
 
@@ -121,6 +122,10 @@ class TrainConfig:
     eval_interval: int = 100            # steps between evals (and one before the first step and after the last)
     eval_iters: int = 10                # global batches of val.bin per eval (capped at the whole split)
     log_interval: int = 10              # steps between progress lines
+    log_to: str = "tensorboard"         # where the logged numbers also go, comma-separated (trackers.py): "tensorboard"
+                                        # (when the package is installed), "wandb" (Weights & Biases: pip install -r
+                                        # requirements-wandb.txt); "" for log.jsonl alone
+    wandb_project: str = "small-lm"     # the W&B project of a log_to=wandb run
     checkpoint_interval: int = 500      # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2           # newest checkpoints kept in the run directory (plus ckpt_best.pt: best eval loss)
     sample_interval: int = 0            # steps between samples into samples.txt; 0: only at the end
@@ -183,6 +188,7 @@ VALID = {
     "pp_stages": at_least(1), "pp_schedule": one_of(*parallel.PP_SCHEDULES),
     # eval, logging, checkpoints, samples
     "eval_interval": at_least(1), "eval_iters": at_least(1), "log_interval": at_least(1),
+    "log_to": trackers.tracker_names, "wandb_project": trackers.project_name,
     "checkpoint_interval": at_least(1), "keep_checkpoints": at_least(1), "sample_interval": at_least(0),
     "sample_prompts": config.not_empty, "sample_tokens": at_least(0), "sample_temperature": at_least(0),
     "sample_top_k": at_least(1),
@@ -401,7 +407,7 @@ def run_eval(run):
 # ----------------------------------------------------------------------------- training
 
 def train(cfg, model_overrides):
-    """Train (or resume) the run of cfg; returns the exit status. The log, TensorBoard and the process group are
+    """Train (or resume) the run of cfg; returns the exit status. The log, the trackers and the process group are
     closed on every exit, an error's too."""
     control.catch_stop_signals()  # from the start: a signal while the run is set up is honoured at its first chance
     rank, world_size, device = setup_distributed(cfg)
@@ -423,8 +429,8 @@ def train(cfg, model_overrides):
                 run.log_file.close()
             except OSError:  # what a full disk would not take: the error that ended the run is already on its way
                 pass
-        if run and run.tensorboard:
-            run.tensorboard.close()
+        if run:
+            run.trackers.close()
         files.unlock_directory(Path(cfg.out_dir) / cfg.run_name)  # locked by runs.resume on rank 0; elsewhere a no-op
         if world_size > 1:
             if finished:

@@ -360,7 +360,8 @@ BAD_VALUES = {  # key: (a value outside its range, a word the error must hold be
     "divergence_factor": (-3, "at least"), "device": ("tpu", "not one of"), "dtype": ("fp16", "not one of"),
     "compile": (1, "bool"), "compile_mode": ("fastest", "not one of"), "peak_flops": (0, "greater than 0"),
     "parallel": ("tp", "not one of"), "pp_stages": (0, "at least"), "pp_schedule": ("zb", "not one of"), "eval_interval": (0, "at least"), "eval_iters": (0, "at least"),
-    "log_interval": (0, "at least"), "checkpoint_interval": (0, "at least"), "keep_checkpoints": (0, "at least"),
+    "log_interval": (0, "at least"), "log_to": ("tensorboard,mlflow", "not one of"),
+    "wandb_project": ("me/project", "W&B project name"), "checkpoint_interval": (0, "at least"), "keep_checkpoints": (0, "at least"),
     "sample_interval": (-1, "at least"), "sample_prompts": ([], "empty"), "sample_tokens": (-1, "at least"),
     "sample_temperature": (-0.5, "at least"), "sample_top_k": (0, "at least"),
     # ModelConfig fields, checked by ModelConfig itself before anything is built
