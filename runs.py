@@ -301,8 +301,9 @@ def start_run(cfg, model_overrides, rank, world_size, device):
         run.peak_flops, source = peak
         run.say(f"mfu counts {run.flops_per_token:.3g} FLOPs/token (with attention) against a peak of "
                 f"{run.peak_flops or 0:.3g} FLOP/s a device ({source})")
-        run.log_file = open(run.run_dir / "log.jsonl", "a")
+        # the trackers before the log: a W&B that cannot start (one line) leaves no file open
         run.trackers = trackers_lib.start(cfg.log_to, run.run_dir, cfg.run_name, cfg.wandb_project, run.resolved)
+        run.log_file = open(run.run_dir / "log.jsonl", "a")
     if layout.pipelined:
         run.pipeline = parallel.build_pipeline(raw_model, layout, cfg, device)
     elif world_size > 1 and layout.mode == "ddp":

@@ -61,18 +61,20 @@ class Trackers:
             import wandb
             self.wandb_run.log({"samples": wandb.Table(columns=["step", "samples"], data=[[step, text]])}, step=step)
 
-    def close(self):
+    def close(self, status):
+        """status: the run's exit status, 1 for an error; W&B shows a run whose status is not 0 as failed (without it,
+        a run closed while its error is on its way would show as finished)."""
         if self.tensorboard:
             self.tensorboard.close()
         if self.wandb_run:
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=status)
 
 
 def start(log_to, run_dir, run_name, project, config):
     """The Trackers of log_to for a run (rank 0 only), config being what config.json holds."""
     names = {name.strip() for name in log_to.split(",")}
-    return Trackers(tensorboard_writer(run_dir) if "tensorboard" in names else None,
-                    wandb_run(run_dir, run_name, project, config) if "wandb" in names else None)
+    wandb = wandb_run(run_dir, run_name, project, config) if "wandb" in names else None  # first: it may fail to start
+    return Trackers(tensorboard_writer(run_dir) if "tensorboard" in names else None, wandb)
 
 
 def tensorboard_writer(run_dir):

@@ -411,7 +411,7 @@ def train(cfg, model_overrides):
     closed on every exit, an error's too."""
     control.catch_stop_signals()  # from the start: a signal while the run is set up is honoured at its first chance
     rank, world_size, device = setup_distributed(cfg)
-    run, finished = None, False
+    run, finished, status = None, False, 1  # status stays 1 when an error ends the run
     try:
         run = start_run(cfg, model_overrides, rank, world_size, device)
         status = training_loop(run)
@@ -430,7 +430,7 @@ def train(cfg, model_overrides):
             except OSError:  # what a full disk would not take: the error that ended the run is already on its way
                 pass
         if run:
-            run.trackers.close()
+            run.trackers.close(status)
         files.unlock_directory(Path(cfg.out_dir) / cfg.run_name)  # locked by runs.resume on rank 0; elsewhere a no-op
         if world_size > 1:
             if finished:

@@ -9,7 +9,7 @@ import pytest
 
 import train
 import trackers
-from config import run_main
+from config import UserError, run_main
 from conftest import read_log, run_args
 
 pytestmark = pytest.mark.integration  # trains
@@ -66,10 +66,20 @@ def history_and_config(wandb_dir):
     return history, config
 
 
-def test_a_run_logs_to_wandb_offline_and_a_resume_goes_on_in_the_same_run(tiny_data, tmp_path, monkeypatch):
+def exit_codes(wandb_dir):
+    """The exit status each offline run under a run's wandb/ ended with, oldest first."""
+    return [record.exit.exit_code for path in sorted(wandb_dir.glob("offline-run-*/run-*.wandb"))
+            for record in wandb_records(path) if record.WhichOneof("record_type") == "exit"]
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch):
     pytest.importorskip("wandb")  # `make test-wandb` installs it
     monkeypatch.setenv("WANDB_MODE", "offline")  # no account, no network
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_a_run_logs_to_wandb_offline_and_a_resume_goes_on_in_the_same_run(tiny_data, tmp_path, offline_wandb):
     args = run_args(tiny_data, tmp_path, "run_name=w", "log_to=wandb", "checkpoint_interval=3")
     assert train.main(args + ["max_steps=6"]) == 0
     run_dir = tmp_path / "w"
@@ -78,6 +88,7 @@ def test_a_run_logs_to_wandb_offline_and_a_resume_goes_on_in_the_same_run(tiny_d
     assert (run_dir / "wandb_id.txt").read_text().strip() == run_id
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)  # the same W&B run, twice
+    assert exit_codes(run_dir / "wandb") == [0, 0]  # finished, both times
 
     history, config = history_and_config(run_dir / "wandb")
     losses, evals = read_log(run_dir)
@@ -91,3 +102,11 @@ def test_a_run_logs_to_wandb_offline_and_a_resume_goes_on_in_the_same_run(tiny_d
     [table] = list(runs[1].glob("files/media/table/samples_8_*.table.json"))
     text = json.loads(table.read_text())["data"][0][1]  # step 8's: samples.txt holds step 6's before it
     assert text.startswith("----- sample at step 8 1/1") and (run_dir / "samples.txt").read_text().endswith(text)
+
+
+def test_a_run_that_ends_in_an_error_is_a_failed_wandb_run(tiny_data, tmp_path, offline_wandb, monkeypatch):
+    def diverge(run):
+        raise UserError("loss is nan at step 1")
+    monkeypatch.setattr(train, "training_loop", diverge)
+    assert run_main(train.main, run_args(tiny_data, tmp_path, "run_name=w", "log_to=wandb")) == 2
+    assert exit_codes(tmp_path / "w" / "wandb") == [1]  # W&B shows it failed, not finished
