@@ -12,7 +12,7 @@ import export
 import runs
 import train
 from config import run_main
-from conftest import read_log, run_args, run_torchrun
+from conftest import read_log, run_args
 from attention import document_mask, document_positions
 from model import ModelConfig, Transformer, meta_model
 
@@ -146,7 +146,7 @@ def test_a_run_directory_of_an_import_trains_from_its_weights_and_then_resumes(t
     assert [r["step"] for r in read_log(tmp_path / "imported")[0]] == [1, 2, 3, 4]
 
 
-def test_a_run_starts_from_a_transformers_llama_on_one_process_and_under_torchrun(tiny_data, tmp_path, llama_folder):
+def test_a_run_starts_from_a_transformers_llama(tiny_data, tmp_path, llama_folder):
     folder, hf = llama_folder
     weights, _ = assert_same_logits(folder, hf)
     assert (weights.config.kv_heads, weights.config.norm_eps, weights.config.rope_theta) == (1, 1e-6, 500.0)
@@ -160,15 +160,6 @@ def test_a_run_starts_from_a_transformers_llama_on_one_process_and_under_torchru
     assert [r["step"] for r in read_log(tmp_path / "new")[0]] == [1, 2]
     assert evals(tmp_path / "new")[0] == pytest.approx(eval_loss(hf_logits(hf), common + ["grad_accum=2"]),
                                                          rel=1e-5)
-
-    # under torchrun each process reads the folder and loads the whole model before fsdp shards it: the run is the
-    # one above (2 processes of 4 rows = 4 rows x grad_accum 2), its step-0 eval the folder's
-    result = run_torchrun(common + ["run_name=fsdp", "parallel=fsdp"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"starting from the weights of {folder.resolve()}" in result.stdout
-    (one, one_evals), (fsdp, fsdp_evals) = read_log(tmp_path / "new"), read_log(tmp_path / "fsdp")
-    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in one], abs=1e-5)
-    assert fsdp_evals[0]["eval_loss"] == pytest.approx(one_evals[0]["eval_loss"], abs=1e-6)
 
 
 @pytest.mark.slow
