@@ -354,11 +354,12 @@ def select_repo_files(repo, listed, configs, config, split):
                 raise ValueError(f"{repo} has no config {config!r}: its card declares none, and it has no folder "
                                  f"of that name (its folders: {listing(folders) or 'none'})")
         data = [f for f in matched if f.path.endswith(REPO_DATA_SUFFIXES)]
-        found = {split_of(f.path.removeprefix(f"{config}/") if config else f.path) for f in data}
-        if found - {None}:  # the split words decide; without any, every data file is train
+        split_of_file = {f: split_of(f.path.removeprefix(f"{config}/") if config else f.path) for f in data}
+        found = set(split_of_file.values()) - {None}
+        if found:  # the split words decide; without any, every data file is train
             if split not in found:
-                raise ValueError(f"{repo} has no {split!r} files (its splits: {', '.join(sorted(found - {None}))})")
-            matched = [f for f in data if split_of(f.path.removeprefix(f"{config}/") if config else f.path) == split]
+                raise ValueError(f"{repo} has no {split!r} files (its splits: {', '.join(sorted(found))})")
+            matched = [f for f in data if split_of_file[f] == split]
         elif split != "train":
             raise ValueError(f"{repo} names no splits in its file names: all its data is train")
         what = f"{config + '/' if config else ''}*, split {split}"
