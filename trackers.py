@@ -19,10 +19,15 @@ from config import UserError, one_line
 TRACKERS = ("tensorboard", "wandb")
 
 
+def names_of(log_to):
+    """The trackers a log_to value names (comma-separated, "" for none)."""
+    return [name.strip() for name in log_to.split(",") if name.strip()]
+
+
 def tracker_names(value):
     """What is wrong with a log_to value (comma-separated TRACKERS, "" for none), as text; "" when nothing is. A
     tracker that is asked for but not installed is wrong here, before anything trains."""
-    names = [name.strip() for name in value.split(",") if name.strip()]
+    names = names_of(value)
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
         return f"names {', '.join(map(repr, unknown))}, not one of {', '.join(TRACKERS)} (comma-separated)"
@@ -72,7 +77,7 @@ class Trackers:
 
 def start(log_to, run_dir, run_name, project, config):
     """The Trackers of log_to for a run (rank 0 only), config being what config.json holds."""
-    names = {name.strip() for name in log_to.split(",")}
+    names = names_of(log_to)
     wandb = wandb_run(run_dir, run_name, project, config) if "wandb" in names else None  # first: it may fail to start
     return Trackers(tensorboard_writer(run_dir) if "tensorboard" in names else None, wandb)
 
