@@ -80,6 +80,7 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS, eot_i
     """The LlamaConfig dict (config.json) of a ModelConfig. eot_id: a tokenizer.json's end-of-text (else our
     tokenizer's, where `tokenizer` is known)."""
     eot_id = EOT_IDS.get(tokenizer) if eot_id is None else eot_id  # None when the tokenizer is not known
+    rope = rope_parameters(config)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -93,10 +94,10 @@ def hf_config(config, tokenizer=None, max_positions=DEFAULT_MAX_POSITIONS, eot_i
         "hidden_act": "silu",
         "rms_norm_eps": config.norm_eps,
         # transformers 5 reads rope_parameters; 4.x reads rope_theta and rope_scaling
-        "rope_parameters": rope_parameters(config),
+        "rope_parameters": rope,
         "rope_theta": config.rope_theta,
-        "rope_scaling": ({key: value for key, value in rope_parameters(config).items() if key != "rope_theta"}
-                         if config.rope_scaling else None),
+        "rope_scaling": ({key: value for key, value in rope.items() if key != "rope_theta"} if config.rope_scaling
+                         else None),
         "max_position_embeddings": max_positions,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_bias": False,

@@ -133,13 +133,16 @@ def documents(source, text_field="text"):
 
 # ----------------------------------------------------------------------------- reading a dataset repo's files
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")  # JSON lines, plain or gzipped (jsonl_documents)
+
+
 def repo_file_documents(path, rel, text_field):
     """(key, text) of each document of a dataset repo file, keyed '<rel>:<row>', read a bounded piece at a time:
     the rows of a .parquet file's text_field column, the lines of a .jsonl file, or the stories of a .txt file
     in which a line '<|endoftext|>' follows each story (each story trimmed of the blank lines around it)."""
     if path.suffix == ".parquet":
         return parquet_documents(path, rel, text_field)
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+    if path.name.endswith(JSONL_SUFFIXES):
         return jsonl_documents(path, rel, text_field)
     if path.suffix == ".txt":
         return separated_documents(path, rel)
@@ -239,7 +242,7 @@ def mirror_files(root, pattern):
 # A repo without them is one configuration of all its data files, whose folders name configurations too (the Hub's
 # converted parquet branch is laid out <config>/<split>/*.parquet), and a file's split is the split word in its path.
 
-REPO_DATA_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json.gz")  # what repo_file_documents reads of any repo
+REPO_DATA_SUFFIXES = (".parquet", *JSONL_SUFFIXES)  # what repo_file_documents reads of any repo
 # a split's words, as the datasets library recognises them in file and folder names
 SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
                "test": ("test", "testing", "eval", "evaluation")}
