@@ -572,8 +572,9 @@ def test_a_scaled_rope_imports_and_exports_with_transformers_logits(tmp_path, ro
             p.copy_(torch.rand_like(p) + 0.5 if name.endswith("norm.weight") else torch.randn_like(p) * 0.25)
         expected = hf(input_ids=token_ids()).logits
     hf.save_pretrained(tmp_path / "hf")
-    unscaled = Transformer(dataclasses.replace(import_hf(tmp_path / "hf")[0], rope_scaling="")).eval()
-    unscaled.load_state_dict(import_hf(tmp_path / "hf")[1])
+    imported, state = import_hf(tmp_path / "hf")
+    unscaled = Transformer(dataclasses.replace(imported, rope_scaling="")).eval()
+    unscaled.load_state_dict(state)
     with torch.no_grad():
         assert (unscaled(token_ids()) - expected).abs().max() > 1e-2  # the scaling changes the logits: it is tested
     config_path = tmp_path / "hf" / "config.json"

@@ -76,7 +76,8 @@ def hf_logits(hf):
     """transformers' logits of packed rows, each document on its own: a 4D mask within documents, positions
     restarting at each one (as our model treats packed documents)."""
     def logits(x, doc_ids):
-        mask = torch.zeros(document_mask(doc_ids).shape).masked_fill(~document_mask(doc_ids), float("-inf"))
+        within = document_mask(doc_ids)
+        mask = torch.zeros(within.shape).masked_fill(~within, float("-inf"))
         return hf(input_ids=x, attention_mask=mask, position_ids=document_positions(doc_ids)).logits
     return logits
 
